@@ -1,0 +1,113 @@
+"""The loader's exceptions, and the one place psycopg errors are translated into them."""
+
+from __future__ import annotations
+
+import re
+
+import psycopg
+from psycopg import errors as pg_errors
+
+
+class LoaderError(Exception):
+    """Base of every error the loader raises on purpose."""
+
+
+class ConfigurationError(LoaderError):
+    """The loader was called wrongly or configured wrongly; retrying will not help."""
+
+
+class SchemaVersionError(ConfigurationError):
+    """The database holds another schema version than this loader was built for."""
+
+    def __init__(self, expected: int, found: int | None) -> None:
+        self.expected = expected
+        self.found = found
+        if found is None:
+            msg = (
+                f"the database has no loader schema (expected version {expected}); "
+                "deploy it with `psql -v ON_ERROR_STOP=1 -f schema.sql` or `loader schema apply`"
+            )
+        else:
+            msg = (
+                f"the database holds loader schema version {found} but this loader needs "
+                f"version {expected}; upgrade the schema or use a matching loader release"
+            )
+        super().__init__(msg)
+
+
+class TransactionStateError(ConfigurationError):
+    """A connection was handed in while inside a transaction."""
+
+
+class BatchConflictError(ConfigurationError):
+    """The call contradicts what the database already holds for the batch."""
+
+
+class DatabaseError(LoaderError):
+    """The database failed (connection lost, server error). Nothing of the call was kept."""
+
+    #: True when retrying the same call may succeed (lost connection, deadlock, ...).
+    transient: bool = False
+
+
+class TransientDatabaseError(DatabaseError):
+    """A failure worth retrying: connection lost, serialization failure, deadlock, shutdown."""
+
+    transient = True
+
+
+# SQLSTATE classes/codes after which the same call may well succeed.
+_TRANSIENT_SQLSTATES = frozenset(
+    {
+        "40001",  # serialization_failure
+        "40P01",  # deadlock_detected
+        "55P03",  # lock_not_available (lock_timeout)
+        "57014",  # query_canceled (statement_timeout)
+        "57P01",  # admin_shutdown (pg_terminate_backend, server restart)
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now (server starting up)
+        "53300",  # too_many_connections
+    }
+)
+_TRANSIENT_CLASSES = ("08",)  # connection exceptions
+
+_PASSWORD_IN_DSN = re.compile(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)|(://[^:/@\s]*:)([^@\s]*)(@)")
+
+
+def redact_dsn(text: str) -> str:
+    """Hide passwords in anything that may quote a DSN (URIs or key=value strings)."""
+
+    def _sub(m: re.Match[str]) -> str:
+        if m.group(1):
+            return f"{m.group(1)}***"
+        return f"{m.group(3)}***{m.group(5)}"
+
+    return _PASSWORD_IN_DSN.sub(_sub, text)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for database failures after which retrying the same call may succeed."""
+    if isinstance(exc, DatabaseError):
+        return exc.transient
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        sqlstate = getattr(exc, "sqlstate", None)
+        return sqlstate is None or sqlstate in _TRANSIENT_SQLSTATES or sqlstate.startswith(_TRANSIENT_CLASSES)
+    if isinstance(exc, psycopg.Error):
+        sqlstate = exc.sqlstate or ""
+        return sqlstate in _TRANSIENT_SQLSTATES or sqlstate.startswith(_TRANSIENT_CLASSES)
+    return False
+
+
+def translate(exc: psycopg.Error, doing: str) -> DatabaseError:
+    """Wrap a psycopg error raised while ``doing`` something; use with ``raise ... from exc``."""
+    kind = TransientDatabaseError if is_transient(exc) else DatabaseError
+    sqlstate = f" [SQLSTATE {exc.sqlstate}]" if exc.sqlstate else ""
+    detail = redact_dsn(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    advice = (
+        "nothing of this call was kept; retry it"
+        if kind.transient
+        else "nothing of this call was kept; check the server log and the input"
+    )
+    if isinstance(exc, pg_errors.UndefinedTable):
+        advice = "is the loader schema deployed? run `loader schema apply`"
+    return kind(f"{doing} failed{sqlstate}: {detail} ({advice})")

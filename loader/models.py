@@ -1,0 +1,133 @@
+"""The loader's data: what a caller hands in (OCRResult, TextBox) and gets back (LoadReport)."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+# Longest text accepted for one box, in characters. OCR of a page yields at most a
+# few thousand; anything near this is a corrupted result, not text worth storing.
+MAX_TEXT_CHARS = 100_000
+# Most points one bbox may hold. Boxes are quadrilaterals or short polygons; a
+# longer list is a corrupted result and would bloat the jsonb column.
+MAX_BBOX_POINTS = 64
+# Longest image_path / public_path, in characters (PATH_MAX on Linux is 4096 bytes).
+MAX_PATH_CHARS = 4096
+# Longest upstream error message kept, in characters; longer ones are truncated
+# with a marker rather than rejected, because the reason must always be stored.
+MAX_ERROR_CHARS = 10_000
+
+
+class ProcessStatus(enum.StrEnum):
+    """Celery's task states; mirrors the ``process_status`` enum of schema.sql."""
+
+    PENDING = "PENDING"
+    STARTED = "STARTED"
+    SUCCESS = "SUCCESS"
+    RUNNING = "RUNNING"
+    FAILURE = "FAILURE"
+    RETRY = "RETRY"
+    REVOKED = "REVOKED"
+
+
+def _storable_text(value: str) -> str:
+    """PostgreSQL text holds neither NUL nor lone UTF-16 surrogates: refuse them here, not in COPY."""
+    if "\x00" in value:
+        raise ValueError("contains a NUL byte, which PostgreSQL text cannot store")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"is not valid Unicode (lone surrogate at index {exc.start})") from None
+    return value
+
+
+StorableText = Annotated[str, AfterValidator(_storable_text)]
+Coordinate = Annotated[float, Field(allow_inf_nan=False)]
+# A point is [x, y]; JSON has no tuples, so it arrives as a two-element list.
+Point = Annotated[list[Coordinate], Field(min_length=2, max_length=2)]
+
+
+class TextBox(BaseModel):
+    """One recognised box: its text, the OCR confidence in [0, 1], and its polygon."""
+
+    # Strict: a confidence of "0.9" (a string) is a broken upstream, not a number.
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+    text: Annotated[StorableText, Field(max_length=MAX_TEXT_CHARS)]
+    confidence: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+    bbox: Annotated[list[Point], Field(min_length=1, max_length=MAX_BBOX_POINTS)]
+
+
+class OCRResult(BaseModel):
+    """The OCR outcome for one image, as the OCR stage reports it."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+    image_path: Annotated[StorableText, Field(min_length=1, max_length=MAX_PATH_CHARS)]
+    public_path: Annotated[StorableText, Field(min_length=1, max_length=MAX_PATH_CHARS)] | None = None
+    status: Literal["success", "failed"] = "success"
+    error: str | None = None
+    text_boxes: list[TextBox] = Field(default_factory=list)
+
+
+Outcome = Literal["stored", "failed", "rejected", "unchanged"]
+
+
+class InputIssue(BaseModel):
+    """An input that did not end as a freshly stored success, and why."""
+
+    model_config = ConfigDict(frozen=True)
+
+    position: int
+    image_path: str | None
+    outcome: Outcome
+    reason: str
+
+
+class BatchProgress(BaseModel):
+    """A batch's totals as stored in batch_executions."""
+
+    model_config = ConfigDict(frozen=True)
+
+    batch_id: str
+    status: ProcessStatus
+    total_images: int
+    completed_images: int
+    failed_images: int
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def accounted_images(self) -> int:
+        return self.completed_images + self.failed_images
+
+    @property
+    def percentage(self) -> float:
+        """Share of total_images accounted for (stored or failed), 0-100."""
+        if self.total_images == 0:
+            return 100.0
+        return min(100.0, 100.0 * self.accounted_images / self.total_images)
+
+
+class LoadReport(BaseModel):
+    """What one save_batch call did. Every input is counted in exactly one of
+    ``stored``, ``failed``, ``rejected`` or ``unchanged``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    batch_id: str
+    received: int
+    stored: int = Field(description="new images stored with OCR status success")
+    failed: int = Field(description="new images stored with OCR status failed (upstream or invalid)")
+    rejected: int = Field(description="new inputs recorded in load_rejects")
+    unchanged: int = Field(description="inputs already stored or recorded by an earlier call")
+    boxes: int = Field(description="text boxes of the newly stored images")
+    statements: int = Field(description="SQL statements sent, BEGIN and COMMIT included")
+    attempts: int = Field(default=1, description="transactions run (more than 1 after a lost race)")
+    duration_s: float
+    progress: BatchProgress
+    issues: list[InputIssue] = Field(default_factory=list)

@@ -1,0 +1,336 @@
+"""save_batch and register_batch: one batch call, one transaction."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from loader import queries
+from loader.connection import SCHEMA_VERSION, Connectable, connection, mark_checked
+from loader.copy import STAGE_BOXES, STAGE_IMAGES, copy_rows
+from loader.errors import (
+    BatchConflictError,
+    ConfigurationError,
+    SchemaVersionError,
+    TransientDatabaseError,
+    translate,
+)
+from loader.models import BatchProgress, InputIssue, LoadReport, ProcessStatus
+from loader.validate import Image, Input, Prepared, Reject, path_problem, prepare, raw_bytes
+
+log = logging.getLogger("loader")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Per-transaction server settings the loader applies (SET LOCAL, never session-wide)."""
+
+    # Memory for the merge's sorts and hashes; the 4MB default spills 10,000-image
+    # calls to disk. Per sort node, for this transaction only.
+    work_mem: str = "64MB"
+    # Bound on any one statement of the call: a 100,000-image call merges in a
+    # few seconds on 2 cores, so a minute means something is stuck.
+    statement_timeout: str = "60s"
+    # Bound on waiting for a lock (another call of the same batch holds it while
+    # it loads). Longer than statement_timeout: the holder finishes or is cancelled first.
+    lock_timeout: str = "90s"
+
+
+DEFAULT_SETTINGS = Settings()
+
+# A call whose paths another batch claims between our ownership check and our
+# merge is rolled back and run again; the next attempt sees the owner and
+# rejects those inputs properly. Racing twice in a row is already unlikely.
+MAX_ATTEMPTS = 3
+
+# Statements of one attempt, as the server counts them: BEGIN, lock_batch,
+# create_staging (two CREATEs), two COPYs, merge, COMMIT.
+STATEMENTS_PER_ATTEMPT = 8
+
+
+class _LostRace(Exception):
+    """Another batch stored some of this call's paths concurrently."""
+
+
+def _check_batch_id(batch_id: object) -> str:
+    if not isinstance(batch_id, str):
+        raise ConfigurationError(f"batch_id must be a string, got {type(batch_id).__name__}")
+    problem = path_problem(batch_id, "batch_id")
+    if problem or len(batch_id) > 255:
+        raise ConfigurationError(
+            f"unusable batch_id {batch_id[:80]!r}: {problem or 'longer than 255 characters'}"
+        )
+    return batch_id
+
+
+def _check_total(total_images: object) -> int | None:
+    if total_images is None:
+        return None
+    if not isinstance(total_images, int) or isinstance(total_images, bool) or total_images < 0:
+        raise ConfigurationError(f"total_images must be a non-negative integer, got {total_images!r}")
+    if total_images > 2**31 - 1:
+        raise ConfigurationError(f"total_images {total_images} is larger than the column allows")
+    return total_images
+
+
+def _conflict_reason(kind: str, owner: str) -> str:
+    if kind == "image_path":
+        return f"image_path already stored by another batch ({owner!r})"
+    return f"public_path already used by another image (batch {owner!r})"
+
+
+def _image_rows(images: list[Image], rejects: list[Reject]) -> Iterable[tuple[Any, ...]]:
+    for im in images:
+        yield (
+            im.pos,
+            im.chain_id,
+            im.image_path,
+            im.public_path,
+            im.status,
+            im.error,
+            None,
+            None,
+            None,
+        )
+    for rj in rejects:
+        yield (rj.pos, None, rj.image_path, None, None, None, rj.reason, rj.raw, rj.raw_sha256)
+
+
+def _box_rows(images: list[Image]) -> Iterable[tuple[Any, ...]]:
+    for im in images:
+        yield from im.boxes
+
+
+@dataclass
+class _Attempt:
+    rows: list[tuple[Any, ...]]
+    rejects: list[Reject]
+    images: list[Image]
+
+
+def _run_attempt(
+    conn: psycopg.Connection[Any],
+    batch_id: str,
+    total_images: int | None,
+    prepared: Prepared,
+    settings: Settings,
+) -> _Attempt:
+    """One transaction. Raises _LostRace (rolled back) if another batch took a path meanwhile."""
+    images = prepared.images
+    with conn.transaction():
+        cur = conn.execute(
+            queries.get("lock_batch"),
+            {
+                "batch_id": batch_id,
+                "total_images": total_images if total_images is not None else prepared.received,
+                "image_paths": [im.image_path for im in images],
+                "public_paths": [im.public_path for im in images],
+                "work_mem": settings.work_mem,
+                "statement_timeout": settings.statement_timeout,
+                "lock_timeout": settings.lock_timeout,
+                "schema_version": SCHEMA_VERSION,
+            },
+            prepare=False,
+        )
+        stored_total, _created, ords, kinds, owners, deployed = cur.fetchone() or (None,) * 6
+        if deployed != SCHEMA_VERSION:
+            raise SchemaVersionError(SCHEMA_VERSION, deployed)
+        if total_images is not None and stored_total is not None and stored_total != total_images:
+            raise BatchConflictError(
+                f"batch {batch_id!r} was registered with total_images={stored_total}, but this call "
+                f"says {total_images}; pass the same total (or none) for every call of a batch"
+            )
+
+        # Inputs whose paths other batches own become rejects, raw input kept.
+        rejects = list(prepared.rejects)
+        if ords:
+            lost: dict[int, str] = {}
+            for ordinal, kind, owner in zip(ords, kinds, owners, strict=True):
+                lost.setdefault(ordinal - 1, _conflict_reason(kind, owner))
+            keep = []
+            for index, im in enumerate(images):
+                if index in lost:
+                    rejects.append(Reject(im.pos, im.image_path, lost[index], raw_bytes(im.source)))
+                else:
+                    keep.append(im)
+            images = keep
+
+        conn.execute(queries.get("create_staging"), prepare=False)
+        copy_rows(conn, STAGE_IMAGES, _image_rows(images, rejects))
+        copy_rows(conn, STAGE_BOXES, _box_rows(images))
+        rows = conn.execute(queries.get("merge"), {"batch_id": batch_id}, prepare=False).fetchall()
+        if any(row[1] == "lost" for row in rows):
+            raise _LostRace
+    return _Attempt(rows, rejects, images)
+
+
+def save_batch(
+    pool_or_conn: Connectable,
+    batch_id: str,
+    results: Iterable[Input],
+    *,
+    total_images: int | None = None,
+    position_offset: int = 0,
+    settings: Settings = DEFAULT_SETTINGS,
+) -> LoadReport:
+    """Store one batch (or one chunk of it) in a single transaction.
+
+    ``results`` are OCRResult objects, JSON-decoded dicts, or raw JSON lines
+    (str/bytes). Every input ends stored (success), stored as failed (with the
+    reason), rejected into load_rejects (with its raw input), or unchanged (an
+    earlier call already stored it). ``position_offset`` numbers the inputs, e.g.
+    by their line in a file, for load_rejects.position.
+
+    Raises DatabaseError (TransientDatabaseError when a retry may succeed) if the
+    database fails; then nothing of the call was kept.
+    """
+    started = time.perf_counter()
+    batch_id = _check_batch_id(batch_id)
+    total_images = _check_total(total_images)
+    if isinstance(results, str | bytes):
+        raise ConfigurationError("results must be an iterable of inputs, not a single str/bytes")
+    prepared = prepare(batch_id, results, position_offset)
+
+    statements = 0
+    attempt: _Attempt | None = None
+    # The schema version is checked by lock_batch, inside the call's own transaction.
+    with connection(pool_or_conn, check_version=False) as conn:
+        for attempt_no in range(1, MAX_ATTEMPTS + 1):
+            statements += STATEMENTS_PER_ATTEMPT
+            try:
+                attempt = _run_attempt(conn, batch_id, total_images, prepared, settings)
+                mark_checked(conn)
+                break
+            except _LostRace:
+                log.info(
+                    "batch %s: a path was claimed concurrently; retrying (attempt %d)",
+                    batch_id,
+                    attempt_no,
+                )
+            except psycopg.errors.UndefinedTable as exc:
+                raise SchemaVersionError(SCHEMA_VERSION, None) from exc
+            except psycopg.Error as exc:
+                raise translate(exc, f"saving batch {batch_id!r}") from exc
+        else:
+            raise TransientDatabaseError(
+                f"saving batch {batch_id!r}: other batches kept claiming the same image paths "
+                f"concurrently ({MAX_ATTEMPTS} attempts); nothing of this call was kept; retry it"
+            )
+    assert attempt is not None
+
+    report = _report(batch_id, prepared, attempt, statements, attempt_no, time.perf_counter() - started)
+    log.info(
+        "saved batch",
+        extra={
+            "batch_id": batch_id,
+            "received": report.received,
+            "stored": report.stored,
+            "failed": report.failed,
+            "rejected": report.rejected,
+            "unchanged": report.unchanged,
+            "statements": report.statements,
+            "duration_s": round(report.duration_s, 4),
+        },
+    )
+    return report
+
+
+def _report(
+    batch_id: str,
+    prepared: Prepared,
+    attempt: _Attempt,
+    statements: int,
+    attempts: int,
+    duration: float,
+) -> LoadReport:
+    first = attempt.rows[0]
+    progress = BatchProgress(
+        batch_id=batch_id,
+        total_images=first[2],
+        completed_images=first[3],
+        failed_images=first[4],
+        status=ProcessStatus(first[5]),
+        created_at=first[6],
+        updated_at=first[7],
+    )
+    outcomes = {row[0]: row[1] for row in attempt.rows if row[0] is not None}
+    by_pos_image = {im.pos: im for im in attempt.images}
+    by_pos_reject = {rj.pos: rj for rj in attempt.rejects}
+
+    stored = failed = rejected = unchanged = boxes = 0
+    issues: list[InputIssue] = []
+    for pos in sorted(outcomes):
+        outcome = outcomes[pos]
+        image = by_pos_image.get(pos)
+        reject = by_pos_reject.get(pos)
+        path = image.image_path if image else (reject.image_path if reject else None)
+        if outcome == "rejected" and reject:
+            rejected += 1
+            issues.append(InputIssue(position=pos, image_path=path, outcome="rejected", reason=reject.reason))
+        elif outcome == "unchanged":
+            unchanged += 1
+            why = (
+                f"already recorded as rejected: {reject.reason}"
+                if reject
+                else "already stored in this batch by an earlier call (first write kept)"
+            )
+            issues.append(InputIssue(position=pos, image_path=path, outcome="unchanged", reason=why))
+        elif image and image.status == "failed":
+            failed += 1
+            boxes += 0
+            issues.append(
+                InputIssue(position=pos, image_path=path, outcome="failed", reason=image.error or "failed")
+            )
+        else:
+            stored += 1
+            boxes += len(image.boxes) if image else 0
+    return LoadReport(
+        batch_id=batch_id,
+        received=prepared.received,
+        stored=stored,
+        failed=failed,
+        rejected=rejected,
+        unchanged=unchanged,
+        boxes=boxes,
+        statements=statements,
+        attempts=attempts,
+        duration_s=duration,
+        progress=progress,
+        issues=issues,
+    )
+
+
+def register_batch(pool_or_conn: Connectable, batch_id: str, total_images: int) -> BatchProgress:
+    """Declare a batch that will arrive in chunks. Idempotent for the same total.
+
+    Its status stays PENDING until its first images arrive. Raises
+    BatchConflictError if the batch exists with another total.
+    """
+    batch_id = _check_batch_id(batch_id)
+    total = _check_total(total_images)
+    if total is None:
+        raise ConfigurationError("register_batch needs total_images")
+    from loader.progress import get_progress  # noqa: PLC0415  (progress imports nothing of ours back)
+
+    with connection(pool_or_conn) as conn:
+        try:
+            for _ in range(2):
+                with conn.transaction():
+                    row = conn.execute(
+                        queries.get("register_batch"), {"batch_id": batch_id, "total_images": total}
+                    ).fetchone()
+                if row is not None:
+                    break
+                # Created by a concurrent call after our snapshot: look again.
+        except psycopg.Error as exc:
+            raise translate(exc, f"registering batch {batch_id!r}") from exc
+        if row is not None and row[0] != total:
+            raise BatchConflictError(
+                f"batch {batch_id!r} already exists with total_images={row[0]}, not {total}"
+            )
+        return get_progress(conn, batch_id)

@@ -1,0 +1,254 @@
+"""Judging every input before COPY, so that COPY never fails on data.
+
+Each input ends as one of:
+- an image to store (success with its boxes, or failed with the reason), or
+- a reject (it cannot be stored at all), kept with its raw bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from loader.models import (
+    MAX_ERROR_CHARS,
+    MAX_PATH_CHARS,
+    InputIssue,
+    OCRResult,
+)
+
+# Namespace of the chain ids the loader derives (UUIDv5), fixed forever: changing
+# it would make redelivered batches create new chains.
+CHAIN_NAMESPACE = uuid.UUID("6f1b7c52-4d7e-4a59-9a43-0c8e2f6b1d11")
+
+# How much of an offending value an error message quotes, in characters.
+_QUOTE_CHARS = 60
+# How many field errors one message lists; the rest are counted, not quoted.
+_MAX_ERRORS_LISTED = 3
+
+Input = OCRResult | Mapping[str, Any] | str | bytes
+
+
+@dataclass(frozen=True)
+class Image:
+    """An input that will be stored (as success or as failed)."""
+
+    pos: int
+    chain_id: str
+    image_path: str
+    public_path: str | None
+    status: str  # 'success' | 'failed'
+    error: str | None
+    boxes: list[tuple[int, int, str, float, str]]  # COPY rows for the box staging table
+    source: Input
+
+
+@dataclass(frozen=True)
+class Reject:
+    """An input that cannot be stored; its raw bytes are kept in load_rejects."""
+
+    pos: int
+    image_path: str | None
+    reason: str
+    raw: bytes
+
+    @property
+    def raw_sha256(self) -> bytes:
+        return hashlib.sha256(self.raw).digest()
+
+
+@dataclass
+class Prepared:
+    """One call's inputs, judged."""
+
+    received: int
+    images: list[Image] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    # Inputs stored as failed because the loader found them invalid, by position.
+    invalid: dict[int, str] = field(default_factory=dict)
+
+
+def chain_id_for(batch_id: str, image_path: str) -> str:
+    """The chain id of an image in a batch: stable across redeliveries."""
+    return str(uuid.uuid5(CHAIN_NAMESPACE, json.dumps([batch_id, image_path])))
+
+
+def raw_bytes(item: Input) -> bytes:
+    """The input as received: the line's bytes, or the JSON encoding of an object."""
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, str):
+        # surrogatepass keeps even lone surrogates, byte for byte.
+        return item.encode("utf-8", "surrogatepass")
+    if isinstance(item, OCRResult):
+        return item.model_dump_json().encode("utf-8")
+    return json.dumps(item, ensure_ascii=False, default=repr).encode("utf-8", "surrogatepass")
+
+
+def _quote(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _QUOTE_CHARS else text[: _QUOTE_CHARS - 3] + "..."
+
+
+def storable(text: str) -> str:
+    """Make free text (an error message) storable: NUL and lone surrogates escaped, length capped."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[: MAX_ERROR_CHARS - 20] + " ...[truncated]"
+    return text
+
+
+def path_problem(value: Any, what: str) -> str | None:
+    """Why ``value`` is not a usable path, or None."""
+    if value is None:
+        return f"{what} is missing"
+    if not isinstance(value, str):
+        return f"{what} is not a string (got {type(value).__name__})"
+    if not value.strip():
+        return f"{what} is empty or only whitespace"
+    if "\x00" in value:
+        return f"{what} contains a NUL byte"
+    if len(value) > MAX_PATH_CHARS:
+        return f"{what} is longer than {MAX_PATH_CHARS} characters ({len(value)})"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{what} is not valid Unicode (lone surrogate)"
+    return None
+
+
+def describe(exc: ValidationError) -> str:
+    """A pydantic error as one line naming each offending field and value."""
+    parts = []
+    errors = exc.errors(include_url=False)
+    for err in errors[:_MAX_ERRORS_LISTED]:
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+        parts.append(f"{loc or 'input'}: {err['msg']} (got {_quote(err.get('input'))})")
+    if len(errors) > _MAX_ERRORS_LISTED:
+        parts.append(f"and {len(errors) - _MAX_ERRORS_LISTED} more")
+    return "invalid OCR result: " + "; ".join(parts)
+
+
+def _parse(item: str | bytes) -> tuple[Mapping[str, Any] | None, str | None]:
+    try:
+        value = json.loads(item)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return None, f"not valid JSON: {exc}"
+    if not isinstance(value, dict):
+        return None, f"not a JSON object (got a JSON {type(value).__name__})"
+    return value, None
+
+
+def prepare(batch_id: str, results: Iterable[Input], position_offset: int = 0) -> Prepared:
+    """Judge every input of one call. Never raises on bad data."""
+    prepared = Prepared(received=0)
+    seen_paths: dict[str, int] = {}
+    seen_public: dict[str, int] = {}
+    for index, item in enumerate(results):
+        prepared.received += 1
+        pos = position_offset + index
+
+        def reject(
+            reason: str, image_path: str | None = None, *, _item: Input = item, _pos: int = pos
+        ) -> None:
+            prepared.rejects.append(Reject(_pos, image_path, reason, raw_bytes(_item)))
+
+        if isinstance(item, OCRResult):
+            result: OCRResult | None = item
+            data: Mapping[str, Any] = {}
+        else:
+            if isinstance(item, str | bytes):
+                parsed, problem = _parse(item)
+                if parsed is None:
+                    reject(problem or "unreadable input")
+                    continue
+                data = parsed
+            elif isinstance(item, Mapping):
+                data = item
+            else:
+                reject(f"not an OCR result (got a {type(item).__name__})")
+                continue
+            result = None
+
+        image_path = result.image_path if result else data.get("image_path")
+        problem = None if result else path_problem(image_path, "image_path")
+        if problem:
+            reject(f"no usable image_path: {problem}")
+            continue
+        assert isinstance(image_path, str)
+        if image_path in seen_paths:
+            reject(
+                f"duplicate image_path within this call (first at position {seen_paths[image_path]})",
+                image_path,
+            )
+            continue
+
+        error: str | None = None
+        if result is None:
+            try:
+                result = OCRResult.model_validate(data)
+            except ValidationError as exc:
+                error = describe(exc)
+
+        if result is not None:
+            public_path = result.public_path
+        else:
+            raw_public = data.get("public_path")
+            public_path = raw_public if path_problem(raw_public, "public_path") is None else None
+        if public_path is not None and public_path in seen_public:
+            reject(
+                f"duplicate public_path within this call (first at position {seen_public[public_path]})",
+                image_path,
+            )
+            continue
+
+        seen_paths[image_path] = pos
+        if public_path is not None:
+            seen_public[public_path] = pos
+        chain_id = chain_id_for(batch_id, image_path)
+
+        boxes: list[tuple[int, int, str, float, str]] = []
+        if result is None:
+            assert error is not None
+            prepared.invalid[pos] = error
+            status = "failed"
+        elif result.status == "failed":
+            status = "failed"
+            error = storable(result.error or "") or "upstream OCR failure (no error message given)"
+        else:
+            status = "success"
+            boxes = [
+                (pos, n, box.text, box.confidence, json.dumps(box.bbox))
+                for n, box in enumerate(result.text_boxes)
+            ]
+        prepared.images.append(
+            Image(
+                pos,
+                chain_id,
+                image_path,
+                public_path,
+                status,
+                error and storable(error),
+                boxes,
+                item,
+            )
+        )
+    return prepared
+
+
+def invalid_issues(prepared: Prepared, paths: Mapping[int, str]) -> list[InputIssue]:
+    """Issues for inputs stored as failed because they were invalid."""
+    return [
+        InputIssue(position=pos, image_path=paths.get(pos), outcome="failed", reason=reason)
+        for pos, reason in prepared.invalid.items()
+    ]

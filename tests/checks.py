@@ -1,0 +1,58 @@
+"""Assertions about what the database holds, shared by the tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+TABLES = (
+    "batch_executions",
+    "chain_executions",
+    "ocr_executions",
+    "ocr_text_boxes",
+    "load_rejects",
+)
+
+
+def row_counts(db: psycopg.Connection[Any]) -> dict[str, int]:
+    return {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}  # type: ignore[index]
+
+
+def snapshot(db: psycopg.Connection[Any]) -> dict[str, Any]:
+    """Every stored row (ids and timestamps included), to compare before/after."""
+    out: dict[str, Any] = {}
+    for t in TABLES:
+        out[t] = db.execute(f"SELECT * FROM {t} ORDER BY id").fetchall()
+    return out
+
+
+def recount(db: psycopg.Connection[Any], batch_id: str) -> tuple[int, int]:
+    """(completed, failed) of a batch counted from scratch from the stored rows."""
+    row = db.execute(
+        """
+        SELECT (SELECT count(*) FROM ocr_executions o JOIN chain_executions c USING (chain_id)
+                WHERE c.batch_id = %(b)s AND o.status = 'success'),
+               (SELECT count(*) FROM ocr_executions o JOIN chain_executions c USING (chain_id)
+                WHERE c.batch_id = %(b)s AND o.status = 'failed')
+             + (SELECT count(*) FROM load_rejects WHERE batch_id = %(b)s)
+        """,
+        {"b": batch_id},
+    ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def stored_totals(db: psycopg.Connection[Any], batch_id: str) -> tuple[int, int, int, str]:
+    row = db.execute(
+        "SELECT total_images, completed_images, failed_images, status::text"
+        " FROM batch_executions WHERE batch_id = %s",
+        [batch_id],
+    ).fetchone()
+    assert row is not None, f"batch {batch_id} not stored"
+    return row[0], row[1], row[2], row[3]
+
+
+def assert_totals_match_recount(db: psycopg.Connection[Any], batch_id: str) -> None:
+    _, completed, failed, _ = stored_totals(db, batch_id)
+    assert (completed, failed) == recount(db, batch_id)

