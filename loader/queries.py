@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from importlib import resources
-from typing import LiteralString, cast
+from typing import LiteralString
 
 from loader.errors import LoaderError
 
@@ -50,7 +50,7 @@ def parse(text: str, filename: str) -> dict[str, Query]:
         if name in found:
             raise LoaderError(f"{origin}: query {name!r} is defined twice (first at {found[name].origin})")
         # The text comes from the package's own files, never from input.
-        found[name] = Query(name, description, cast(LiteralString, sql), origin)
+        found[name] = Query(name, description, sql, origin)
 
     for lineno, line in enumerate(text.splitlines(), start=1):
         m = _HEADER.match(line.strip())

@@ -150,7 +150,7 @@ def _run_attempt(
         rejects = list(prepared.rejects)
         if ords:
             lost: dict[int, str] = {}
-            for ordinal, kind, owner in zip(ords, kinds, owners, strict=True):
+            for ordinal, kind, owner in zip(ords, kinds or [], owners or [], strict=True):
                 lost.setdefault(ordinal - 1, _conflict_reason(kind, owner))
             keep = []
             for index, im in enumerate(images):

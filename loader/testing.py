@@ -150,14 +150,16 @@ class TemplateDatabases:
         return with_dbname(self.maintenance_dsn, name)
 
     def drop(self, dsn: str) -> None:
-        name = conninfo_to_dict(dsn)["dbname"]
+        name = str(conninfo_to_dict(dsn)["dbname"])
         with self._admin() as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(str(name))))
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
     def close(self) -> None:
         with self._admin() as conn:
             rows = conn.execute(
-                "SELECT datname FROM pg_database WHERE datname LIKE %s", [self.prefix + "%"]
+                "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", [self.prefix]
             ).fetchall()
             for (name,) in rows:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(str(name)))
+                )
