@@ -450,3 +450,18 @@ def test_pool_is_accepted_and_left_open(pool: Any) -> None:
     save_batch(pool, "pooled", make_batch(5))
     assert not pool.closed
     assert get_progress(pool, "pooled").completed_images == 5
+
+
+def test_replay_with_a_public_path_now_taken_stays_unchanged(
+    conn: psycopg.Connection[Any], db: psycopg.Connection[Any]
+) -> None:
+    mine = {"image_path": "/a.png", "public_path": "https://cdn/a.png"}
+    save_batch(conn, "first", [mine])
+    save_batch(conn, "other", [{"image_path": "/b.png", "public_path": "https://cdn/b.png"}])
+
+    # Redelivered with a public_path that another image owns meanwhile: still a
+    # replay of an image this batch stored, so nothing changes and nothing is counted twice.
+    report = save_batch(conn, "first", [dict(mine, public_path="https://cdn/b.png")])
+
+    assert (report.unchanged, report.rejected) == (1, 0)
+    assert stored_totals(db, "first") == (1, 1, 0, "SUCCESS")

@@ -44,11 +44,18 @@ owned AS (
         FROM unnest(%(image_paths)s::text[]) WITH ORDINALITY AS i (path, ord)
         JOIN ocr_executions o ON o.image_path = i.path
         UNION ALL
-        -- A public_path stored for a different image (in any batch).
+        -- A public_path stored for a different image (in any batch), unless
+        -- this batch already stored the image itself: then it is a replay and
+        -- the merge keeps the first write.
         SELECT u.ord, 'public_path', o.chain_id
         FROM unnest(%(image_paths)s::text[], %(public_paths)s::text[])
              WITH ORDINALITY AS u (image_path, path, ord)
         JOIN ocr_executions o ON o.public_path = u.path AND o.image_path <> u.image_path
+        WHERE NOT EXISTS (
+            SELECT FROM ocr_executions mine
+            JOIN chain_executions mc ON mc.chain_id = mine.chain_id
+            WHERE mine.image_path = u.image_path AND mc.batch_id = %(batch_id)s
+        )
     ) AS p
     JOIN chain_executions c ON c.chain_id = p.chain_id
     WHERE p.kind = 'public_path' OR c.batch_id <> %(batch_id)s
