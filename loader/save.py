@@ -194,6 +194,8 @@ def save_batch(
     total_images = _check_total(total_images)
     if isinstance(results, str | bytes):
         raise ConfigurationError("results must be an iterable of inputs, not a single str/bytes")
+    if not isinstance(position_offset, int) or isinstance(position_offset, bool) or position_offset < 0:
+        raise ConfigurationError(f"position_offset must be a non-negative integer, got {position_offset!r}")
     prepared = prepare(batch_id, results, position_offset)
 
     statements = 0
