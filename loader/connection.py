@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import psycopg
 from psycopg import pq
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolClosed
 
 from loader import queries
-from loader.errors import SchemaVersionError, TransactionStateError, translate
+from loader.errors import (
+    ConfigurationError,
+    DatabaseError,
+    SchemaVersionError,
+    TransactionStateError,
+    translate,
+)
 
 #: The schema version this loader reads and writes (see schema.sql).
 SCHEMA_VERSION = 1
@@ -86,7 +92,15 @@ def connection(target: Connectable, *, check_version: bool = True) -> Iterator[p
     owns its transaction and commits it, which would commit the caller's work.
     """
     if isinstance(target, ConnectionPool):
-        with target.connection() as conn:
+        with ExitStack() as stack:
+            try:
+                conn = stack.enter_context(target.connection())
+            except PoolClosed as exc:
+                raise ConfigurationError(
+                    f"pool {target.name!r} is closed (or was never opened); open it with pool.open()"
+                ) from exc
+            except psycopg.OperationalError as exc:  # PoolTimeout: the server is unreachable
+                raise translate(exc, f"getting a connection from pool {target.name!r}") from exc
             if check_version:
                 check_schema_version(conn)
             yield conn
@@ -94,6 +108,11 @@ def connection(target: Connectable, *, check_version: bool = True) -> Iterator[p
     if not isinstance(target, psycopg.Connection):
         raise TypeError(
             f"expected a psycopg_pool.ConnectionPool or psycopg.Connection, got {type(target).__name__}"
+        )
+    if target.closed:
+        raise DatabaseError(
+            "the connection is closed (by the caller, or lost with the server); "
+            "connect again, or pass a pool, which replaces broken connections"
         )
     status = target.info.transaction_status
     if status != pq.TransactionStatus.IDLE:

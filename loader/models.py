@@ -14,8 +14,11 @@ MAX_TEXT_CHARS = 100_000
 # Most points one bbox may hold. Boxes are quadrilaterals or short polygons; a
 # longer list is a corrupted result and would bloat the jsonb column.
 MAX_BBOX_POINTS = 64
-# Longest image_path / public_path, in characters (PATH_MAX on Linux is 4096 bytes).
-MAX_PATH_CHARS = 4096
+# Longest image_path / public_path, in UTF-8 bytes. Both columns carry a unique
+# btree index, whose entries hold at most 2704 bytes (a third of an 8 kB page);
+# a longer path made the merge fail for the whole call (SQLSTATE 54000), and
+# 4096 characters of Hangul are 12 kB. 2048 bytes stays clear of that limit.
+MAX_PATH_BYTES = 2048
 # Longest upstream error message kept, in characters; longer ones are truncated
 # with a marker rather than rejected, because the reason must always be stored.
 MAX_ERROR_CHARS = 10_000
@@ -45,7 +48,18 @@ def _storable_text(value: str) -> str:
     return value
 
 
+def _indexable_path(value: str) -> str:
+    """A path must be non-blank and fit the unique index on its column."""
+    if not value.strip():
+        raise ValueError("is empty or only whitespace")
+    size = len(value) if value.isascii() else len(value.encode("utf-8"))
+    if size > MAX_PATH_BYTES:
+        raise ValueError(f"is longer than {MAX_PATH_BYTES} bytes in UTF-8 ({size})")
+    return value
+
+
 StorableText = Annotated[str, AfterValidator(_storable_text)]
+StorablePath = Annotated[StorableText, AfterValidator(_indexable_path)]
 Coordinate = Annotated[float, Field(allow_inf_nan=False)]
 # A point is [x, y]; JSON has no tuples, so it arrives as a two-element list.
 Point = Annotated[list[Coordinate], Field(min_length=2, max_length=2)]
@@ -67,8 +81,8 @@ class OCRResult(BaseModel):
 
     model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
 
-    image_path: Annotated[StorableText, Field(min_length=1, max_length=MAX_PATH_CHARS)]
-    public_path: Annotated[StorableText, Field(min_length=1, max_length=MAX_PATH_CHARS)] | None = None
+    image_path: Annotated[StorablePath, Field(min_length=1, max_length=MAX_PATH_BYTES)]
+    public_path: Annotated[StorablePath, Field(min_length=1, max_length=MAX_PATH_BYTES)] | None = None
     status: Literal["success", "failed"] = "success"
     error: str | None = None
     text_boxes: list[TextBox] = Field(default_factory=list)

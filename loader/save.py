@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from loader import queries
+from loader import isolate, queries
 from loader.connection import SCHEMA_VERSION, Connectable, connection, mark_checked
 from loader.copy import STAGE_BOXES, STAGE_IMAGES, copy_rows
 from loader.errors import (
@@ -49,12 +49,21 @@ DEFAULT_SETTINGS = Settings()
 MAX_ATTEMPTS = 3
 
 # Statements of one attempt, as the server counts them: BEGIN, lock_batch,
-# create_staging (two CREATEs), two COPYs, merge, COMMIT.
+# create_staging (two CREATEs), two COPYs, merge, COMMIT. Only a call whose data
+# the database refuses despite validation sends more (see loader/isolate.py).
 STATEMENTS_PER_ATTEMPT = 8
+# Of those, the ones before the first COPY: BEGIN, lock_batch, two CREATEs.
+_STATEMENTS_BEFORE_COPY = 4
+# Largest input position: the position columns are 4-byte integers.
+_MAX_POSITION = 2**31 - 1
 
 
 class _LostRace(Exception):
     """Another batch stored some of this call's paths concurrently."""
+
+    def __init__(self, statements: int) -> None:
+        super().__init__()
+        self.statements = statements
 
 
 def _check_batch_id(batch_id: object) -> str:
@@ -111,6 +120,7 @@ class _Attempt:
     rows: list[tuple[Any, ...]]
     rejects: list[Reject]
     images: list[Image]
+    statements: int = STATEMENTS_PER_ATTEMPT
 
 
 def _run_attempt(
@@ -119,8 +129,10 @@ def _run_attempt(
     total_images: int | None,
     prepared: Prepared,
     settings: Settings,
+    isolating: bool = False,
 ) -> _Attempt:
-    """One transaction. Raises _LostRace (rolled back) if another batch took a path meanwhile."""
+    """One transaction. Raises _LostRace (rolled back) if another batch took a path meanwhile,
+    isolate.DataRefused (rolled back) if the database refused some input's data."""
     images = prepared.images
     with conn.transaction():
         cur = conn.execute(
@@ -161,12 +173,27 @@ def _run_attempt(
             images = keep
 
         conn.execute(queries.get("create_staging"), prepare=False)
-        copy_rows(conn, STAGE_IMAGES, _image_rows(images, rejects))
-        copy_rows(conn, STAGE_BOXES, _box_rows(images))
-        rows = conn.execute(queries.get("merge"), {"batch_id": batch_id}, prepare=False).fetchall()
+        statements = STATEMENTS_PER_ATTEMPT
+        if isolating:
+            net = isolate.store_isolating(conn, batch_id, images, rejects, _image_rows, _box_rows)
+            rows, images, rejects = net.rows, net.images, net.rejects
+            statements = _STATEMENTS_BEFORE_COPY + net.statements + 1
+        else:
+            sent = _STATEMENTS_BEFORE_COPY
+            try:
+                sent += 1
+                copy_rows(conn, STAGE_IMAGES, _image_rows(images, rejects))
+                sent += 1
+                copy_rows(conn, STAGE_BOXES, _box_rows(images))
+                sent += 1
+                rows = conn.execute(queries.get("merge"), {"batch_id": batch_id}, prepare=False).fetchall()
+            except Exception as exc:
+                if not isolate.is_data_error(exc):
+                    raise
+                raise isolate.DataRefused(exc, sent + 1) from exc  # + ROLLBACK
         if any(row[1] == "lost" for row in rows):
-            raise _LostRace
-    return _Attempt(rows, rejects, images)
+            raise _LostRace(statements)  # ROLLBACK in place of COMMIT
+    return _Attempt(rows, rejects, images, statements)
 
 
 def save_batch(
@@ -197,22 +224,39 @@ def save_batch(
     if not isinstance(position_offset, int) or isinstance(position_offset, bool) or position_offset < 0:
         raise ConfigurationError(f"position_offset must be a non-negative integer, got {position_offset!r}")
     prepared = prepare(batch_id, results, position_offset)
+    if position_offset + prepared.received - 1 > _MAX_POSITION:
+        # Binary COPY would wrap larger positions around silently, not fail.
+        raise ConfigurationError(
+            f"positions {position_offset}..{position_offset + prepared.received - 1} do not fit "
+            f"load_rejects.position (at most {_MAX_POSITION}); number the inputs from a smaller offset"
+        )
 
     statements = 0
     attempt: _Attempt | None = None
+    isolating = False
     # The schema version is checked by lock_batch, inside the call's own transaction.
     with connection(pool_or_conn, check_version=False) as conn:
         for attempt_no in range(1, MAX_ATTEMPTS + 1):
-            statements += STATEMENTS_PER_ATTEMPT
             try:
-                attempt = _run_attempt(conn, batch_id, total_images, prepared, settings)
+                attempt = _run_attempt(conn, batch_id, total_images, prepared, settings, isolating)
+                statements += attempt.statements
                 mark_checked(conn)
                 break
-            except _LostRace:
+            except _LostRace as race:
+                statements += race.statements
                 log.info(
                     "batch %s: a path was claimed concurrently; retrying (attempt %d)",
                     batch_id,
                     attempt_no,
+                )
+            except isolate.DataRefused as refused:
+                statements += refused.statements
+                isolating = True
+                log.warning(
+                    "batch %s: the database refused data that validation let through (%s); "
+                    "storing the call again, isolating the refused inputs",
+                    batch_id,
+                    refused,
                 )
             except psycopg.errors.UndefinedTable as exc:
                 raise SchemaVersionError(SCHEMA_VERSION, None) from exc

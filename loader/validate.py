@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import reprlib
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from pydantic import ValidationError
 
 from loader.models import (
     MAX_ERROR_CHARS,
-    MAX_PATH_CHARS,
+    MAX_PATH_BYTES,
     InputIssue,
     OCRResult,
 )
@@ -31,6 +32,13 @@ CHAIN_NAMESPACE = uuid.UUID("6f1b7c52-4d7e-4a59-9a43-0c8e2f6b1d11")
 _QUOTE_CHARS = 60
 # How many field errors one message lists; the rest are counted, not quoted.
 _MAX_ERRORS_LISTED = 3
+
+# Quotes offending values without walking all of them: plain repr() of a deeply
+# nested list raises RecursionError, and of a 1 MB text copies it all first.
+_QUOTER = reprlib.Repr()
+_QUOTER.maxlevel = 3
+_QUOTER.maxstring = _QUOTE_CHARS
+_QUOTER.maxother = _QUOTE_CHARS
 
 Input = OCRResult | Mapping[str, Any] | str | bytes
 
@@ -87,12 +95,23 @@ def raw_bytes(item: Input) -> bytes:
         # surrogatepass keeps even lone surrogates, byte for byte.
         return item.encode("utf-8", "surrogatepass")
     if isinstance(item, OCRResult):
-        return item.model_dump_json().encode("utf-8")
-    return json.dumps(item, ensure_ascii=False, default=repr).encode("utf-8", "surrogatepass")
+        try:
+            return item.model_dump_json().encode("utf-8")
+        except ValueError:  # built without validation (model_construct): a lone surrogate
+            item = item.model_dump()
+    try:
+        return json.dumps(item, ensure_ascii=False, default=repr).encode("utf-8", "surrogatepass")
+    except (TypeError, ValueError, RecursionError):
+        # Not JSON-encodable at all (non-string keys, a cycle, nesting deeper than
+        # the interpreter recurses): keep what Python can say about it.
+        try:
+            return repr(item).encode("utf-8", "surrogatepass")
+        except RecursionError:
+            return _QUOTER.repr(item).encode("utf-8", "surrogatepass")
 
 
 def _quote(value: Any) -> str:
-    text = repr(value)
+    text = _QUOTER.repr(value)
     return text if len(text) <= _QUOTE_CHARS else text[: _QUOTE_CHARS - 3] + "..."
 
 
@@ -117,13 +136,15 @@ def path_problem(value: Any, what: str) -> str | None:
         return f"{what} is empty or only whitespace"
     if "\x00" in value:
         return f"{what} contains a NUL byte"
-    if len(value) > MAX_PATH_CHARS:
-        return f"{what} is longer than {MAX_PATH_CHARS} characters ({len(value)})"
+    if len(value) > MAX_PATH_BYTES:
+        return f"{what} is longer than {MAX_PATH_BYTES} bytes ({len(value)} characters)"
     if not value.isascii():
         try:
-            value.encode("utf-8")
+            size = len(value.encode("utf-8"))
         except UnicodeEncodeError:
             return f"{what} is not valid Unicode (lone surrogate)"
+        if size > MAX_PATH_BYTES:
+            return f"{what} is longer than {MAX_PATH_BYTES} bytes in UTF-8 ({size})"
     return None
 
 
@@ -144,6 +165,8 @@ def _parse(item: str | bytes) -> tuple[Mapping[str, Any] | None, str | None]:
         value = json.loads(item)
     except (ValueError, UnicodeDecodeError) as exc:
         return None, f"not valid JSON: {exc}"
+    except RecursionError:
+        return None, "not valid JSON: nested deeper than the parser can follow"
     if not isinstance(value, dict):
         return None, f"not a JSON object (got a JSON {type(value).__name__})"
     return value, None
@@ -181,7 +204,9 @@ def prepare(batch_id: str, results: Iterable[Input], position_offset: int = 0) -
             result = None
 
         image_path = result.image_path if result else data.get("image_path")
-        problem = None if result else path_problem(image_path, "image_path")
+        # Checked for OCRResult objects too: one built with model_construct() was
+        # never validated, and lock_batch sends every path before COPY would.
+        problem = path_problem(image_path, "image_path")
         if problem:
             reject(f"no usable image_path: {problem}")
             continue
@@ -202,6 +227,9 @@ def prepare(batch_id: str, results: Iterable[Input], position_offset: int = 0) -
 
         if result is not None:
             public_path = result.public_path
+            problem = None if public_path is None else path_problem(public_path, "public_path")
+            if problem:
+                error, result, public_path = f"invalid OCR result: {problem}", None, None
         else:
             raw_public = data.get("public_path")
             public_path = raw_public if path_problem(raw_public, "public_path") is None else None

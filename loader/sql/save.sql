@@ -10,10 +10,7 @@
 -- Paths owned by other batches are reported here, before COPY, so the client can
 -- keep their raw input in load_rejects. A path claimed by another batch after
 -- this point is caught by the merge (ON CONFLICT) and the call is retried.
-WITH locked AS (
-    SELECT pg_advisory_xact_lock(hashtextextended('loader.batch:' || %(batch_id)s, 0))
-),
-tuned AS (
+WITH tuned AS (
     -- Statistics of the fresh staging tables are unknown; without this the
     -- planner overestimates them and spends a fifth of the merge compiling JIT.
     SELECT set_config('jit', 'off', true),
@@ -21,6 +18,13 @@ tuned AS (
            set_config('statement_timeout', %(statement_timeout)s, true),
            set_config('lock_timeout', %(lock_timeout)s, true),
            set_config('client_min_messages', 'warning', true)
+),
+locked AS (
+    -- Read from tuned so the settings are in force before the wait: then
+    -- lock_timeout bounds it (statement_timeout only applies from the next
+    -- statement on). Evaluated the other way round, a call queued behind a
+    -- stuck call of the same batch waited forever.
+    SELECT pg_advisory_xact_lock(hashtextextended('loader.batch:' || %(batch_id)s, 0)) FROM tuned
 ),
 deployed AS (
     SELECT max(version) AS version FROM loader_schema_version

@@ -1,0 +1,219 @@
+"""The safety net under validation: store what the database accepts, isolate what it refuses.
+
+validate.py judges every input so that COPY and the merge never fail on data.
+Should one still fail (a rule validation misses, an OCRResult built without
+validation, a constraint a DBA added), one bad image would cost the whole call.
+Instead the call is run again, in one transaction, in groups under savepoints:
+a group the database refuses is rolled back to its savepoint and split in
+halves, until each refused input stands alone (as pgloader does). That input is
+then stored as failed without its boxes or, when even that is refused, rejected
+with its raw input; either way with the server's error as the reason. All the
+other inputs are stored as usual, in the same transaction.
+
+Cost, on this path only: each group is SAVEPOINT, one or two COPYs, the merge,
+TRUNCATE of the staging tables and RELEASE, and k refused inputs among n take
+about 2·k·log2(n) groups. So ``LoadReport.statements`` exceeds 8 only here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NoReturn
+
+import psycopg
+
+from loader import queries
+from loader.copy import STAGE_BOXES, STAGE_IMAGES, copy_rows
+from loader.errors import DatabaseError, translate
+from loader.validate import Image, Reject, path_problem, raw_bytes, storable
+
+log = logging.getLogger("loader")
+
+# SQLSTATE classes of a refusal caused by the values of some row:
+# data_exception (bad encoding, bad JSON, out of range) and
+# integrity_constraint_violation (CHECK, UNIQUE, NOT NULL).
+_DATA_CLASSES = ("22", "23")
+# program_limit_exceeded: a value too large for an index entry.
+_DATA_STATES = frozenset({"54000"})
+
+_SAVEPOINT = "loader_isolate"
+
+ImageRows = Callable[[list[Image], list[Reject]], Iterable[Sequence[Any]]]
+BoxRows = Callable[[list[Image]], Iterable[Sequence[Any]]]
+Unit = Image | Reject
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """True when ``exc`` (raised by COPY or the merge) says some row's values were refused.
+
+    Connection losses, timeouts, deadlocks and the like are not: those are
+    failures of the database, and the call is not kept.
+    """
+    if isinstance(exc, psycopg.Error):
+        state = exc.sqlstate
+        if state is None:
+            # psycopg itself refused to encode a value.
+            return isinstance(exc, psycopg.DataError)
+        return state.startswith(_DATA_CLASSES) or state in _DATA_STATES
+    # Raised while encoding a COPY row: a lone surrogate, a value of the wrong type.
+    return isinstance(exc, UnicodeEncodeError | TypeError | ValueError | OverflowError)
+
+
+def describe_refusal(exc: BaseException) -> str:
+    """The reason stored for a refused input: the server's (or the encoder's) first line."""
+    if isinstance(exc, psycopg.Error):
+        lines = str(exc).strip().splitlines()
+        first = lines[0] if lines else type(exc).__name__
+        state = f" [SQLSTATE {exc.sqlstate}]" if exc.sqlstate else ""
+        text = f"refused by the database{state}: {first}"
+    else:
+        text = f"could not be sent to the database: {type(exc).__name__}: {exc}"
+    return storable(text)
+
+
+class DataRefused(Exception):
+    """The fast path's COPY or merge refused some input's data; run the call isolating it."""
+
+    def __init__(self, cause: BaseException, statements: int) -> None:
+        super().__init__(describe_refusal(cause))
+        self.cause = cause
+        #: Statements the refused transaction sent, its ROLLBACK included.
+        self.statements = statements
+
+
+@dataclasses.dataclass
+class Isolated:
+    """What the safety net stored, shaped as the fast path's merge result."""
+
+    #: One row per input, as the merge returns them, with the final totals.
+    rows: list[tuple[Any, ...]]
+    images: list[Image]
+    rejects: list[Reject]
+    #: Statements sent by the net (everything between CREATE and COMMIT).
+    statements: int
+    #: Inputs the database refused, now stored as failed or rejected.
+    refused: int
+
+
+def store_isolating(
+    conn: psycopg.Connection[Any],
+    batch_id: str,
+    images: list[Image],
+    rejects: list[Reject],
+    image_rows: ImageRows,
+    box_rows: BoxRows,
+) -> Isolated:
+    """Stage and merge the call in groups, isolating the inputs the database refuses.
+
+    Runs inside the caller's transaction, after lock_batch and create_staging.
+    Raises the database's error (translated) if it refuses even the record of
+    a reject: then the fault is not in one input's data.
+    """
+    net = _Net(conn, batch_id, image_rows, box_rows)
+    units: list[Unit] = sorted([*images, *rejects], key=lambda u: u.pos)
+    # The whole call was refused once already: start from its halves.
+    stack = [units[len(units) // 2 :], units[: len(units) // 2]] if len(units) > 1 else [units]
+    while stack:
+        group = stack.pop()
+        if not group:
+            continue
+        refusal = net.store(group)
+        if refusal is None:
+            continue
+        if len(group) == 1:
+            net.settle(group[0], refusal)
+        else:
+            half = len(group) // 2
+            stack += [group[half:], group[:half]]  # left half first: inputs keep their order
+    return net.result()
+
+
+class _Net:
+    def __init__(
+        self, conn: psycopg.Connection[Any], batch_id: str, image_rows: ImageRows, box_rows: BoxRows
+    ) -> None:
+        self.conn = conn
+        self.batch_id = batch_id
+        self.image_rows = image_rows
+        self.box_rows = box_rows
+        self.outcomes: list[tuple[int, str]] = []
+        self.totals: tuple[Any, ...] | None = None
+        self.images: list[Image] = []
+        self.rejects: list[Reject] = []
+        self.statements = 0
+        self.refused = 0
+
+    def store(self, group: list[Unit]) -> BaseException | None:
+        """Stage and merge ``group`` under a savepoint; the refusal, or None when stored."""
+        images = [u for u in group if isinstance(u, Image)]
+        rejects = [u for u in group if isinstance(u, Reject)]
+        self.statements += 1  # SAVEPOINT
+        try:
+            with self.conn.transaction(savepoint_name=_SAVEPOINT):
+                self.statements += 1
+                copy_rows(self.conn, STAGE_IMAGES, self.image_rows(images, rejects))
+                if any(im.boxes for im in images):
+                    self.statements += 1
+                    copy_rows(self.conn, STAGE_BOXES, self.box_rows(images))
+                self.statements += 1
+                rows = self.conn.execute(
+                    queries.get("merge"), {"batch_id": self.batch_id}, prepare=False
+                ).fetchall()
+                self.statements += 1
+                self.conn.execute(queries.get("empty_staging"), prepare=False)
+        except Exception as exc:
+            if not is_data_error(exc):
+                raise
+            self.statements += 2  # ROLLBACK TO, RELEASE
+            return exc
+        self.statements += 1  # RELEASE
+        self.outcomes += [(row[0], row[1]) for row in rows if row[0] is not None]
+        self.totals = tuple(rows[0][2:])
+        self.images += images
+        self.rejects += rejects
+        return None
+
+    def settle(self, unit: Unit, refusal: BaseException) -> None:
+        """Store one refused input as failed, else as a reject; the server's error as reason."""
+        self.refused += 1
+        reason = describe_refusal(refusal)
+        log.warning(
+            "batch %s: input %d was refused by the database although it passed validation: %s",
+            self.batch_id,
+            unit.pos,
+            reason,
+        )
+        if isinstance(unit, Reject):
+            self._give_up(refusal)
+        if unit.status == "success":
+            # Most refusals are in a box (text, confidence, bbox): keep the image, as failed.
+            again = self.store([dataclasses.replace(unit, status="failed", error=reason, boxes=[])])
+            if again is None:
+                return
+            reason = describe_refusal(again)
+        path = unit.image_path if path_problem(unit.image_path, "image_path") is None else None
+        again = self.store([Reject(unit.pos, path, reason, raw_bytes(unit.source))])
+        if again is not None:
+            self._give_up(again)
+
+    def _give_up(self, refusal: BaseException) -> NoReturn:
+        doing = f"saving batch {self.batch_id!r} (even the record of a rejected input was refused)"
+        if isinstance(refusal, psycopg.Error):
+            raise translate(refusal, doing) from refusal
+        raise DatabaseError(
+            f"{doing} failed: {describe_refusal(refusal)} (nothing of this call was kept; "
+            "check the server log and the input)"
+        ) from refusal
+
+    def result(self) -> Isolated:
+        assert self.totals is not None, "at least one group was stored"
+        rows = [(pos, outcome, *self.totals) for pos, outcome in sorted(self.outcomes)]
+        return Isolated(
+            rows or [(None, None, *self.totals)],
+            self.images,
+            self.rejects,
+            self.statements,
+            self.refused,
+        )

@@ -1,0 +1,8 @@
+-- The safety net under validation (loader/isolate.py): statements it runs only
+-- when COPY or the merge refused data that validation let through.
+
+-- name: empty_staging
+-- Empty both staging tables inside the transaction, so the next group's merge sees only its own rows.
+-- TRUNCATE rather than DELETE: one statement for both tables, and undone by a
+-- rollback to the group's savepoint like any other change.
+TRUNCATE loader_stage_images_v1, loader_stage_boxes_v1;
