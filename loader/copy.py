@@ -32,6 +32,18 @@ STAGE_BOXES = (
 )
 
 
+def bbox_json(bbox: list[list[float]]) -> str:
+    """The JSON text of a validated bbox (a list of [x, y] points of finite floats).
+
+    ``repr`` of such a list is exactly what ``json.dumps`` writes (JSON's float
+    form is ``float.__repr__``, separators ", "), at a third of the cost: it
+    needs no encoder object per call, and a 10,000-image call has 50,000 bboxes.
+    Only for values validation produced: ints, subclasses or non-finite floats
+    would print differently.
+    """
+    return repr(bbox)
+
+
 def copy_rows(
     conn: psycopg.Connection[Any],
     layout: tuple[str, Sequence[str], Sequence[str]],
