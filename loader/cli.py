@@ -323,7 +323,9 @@ environment (PGHOST, PGDATABASE, ...); passwords are never printed.
 """
 
 
-@click.group(cls=LoaderGroup, epilog=MAIN_EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    "loader", cls=LoaderGroup, epilog=MAIN_EPILOG, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.version_option(package_name="loader", prog_name="loader")
 def cli() -> None:
     """Bulk-load OCR batch results into PostgreSQL, exactly once.
@@ -718,6 +720,7 @@ the command to resume is printed (exit status 130).
 @click.option("--batch-id", "-b", required=True, help="The batch the images belong to.")
 @click.option(
     "--chunk-size",
+    metavar="N",
     type=click.IntRange(min=1),
     default=DEFAULT_CHUNK_SIZE,
     show_default=True,
@@ -725,12 +728,14 @@ the command to resume is printed (exit status 130).
 )
 @click.option(
     "--total",
+    metavar="N",
     type=click.IntRange(min=0),
     default=None,
     help="Images in the batch, when registering it (default: the lines of the input; needed for stdin).",
 )
 @click.option(
     "--skip",
+    metavar="N",
     type=click.IntRange(min=0),
     default=0,
     help="Skip the first N lines (across all files): resume where an interrupted load stopped.",
@@ -745,6 +750,7 @@ the command to resume is printed (exit status 130).
 )
 @click.option(
     "--retries",
+    metavar="N",
     type=click.IntRange(min=0),
     default=DEFAULT_RETRIES,
     show_default=True,
@@ -842,10 +848,17 @@ Examples:
 @cli.command("status", epilog=STATUS_EPILOG)
 @click.argument("batch_id", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Batches listed.")
+@click.option(
+    "--limit", metavar="N", type=click.IntRange(min=1), default=20, show_default=True, help="Batches listed."
+)
 @click.option("--unfinished", is_flag=True, help="List only batches still PENDING or STARTED.")
 @click.option(
-    "--reasons", type=click.IntRange(min=0), default=10, show_default=True, help="Failure reason kinds shown."
+    "--reasons",
+    metavar="N",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="Failure reason kinds shown.",
 )
 @common_options
 def status_command(
@@ -979,9 +992,15 @@ input exactly as received, one per line; a FILE ending in .gz is gzipped.
 
 @cli.command("rejects", epilog=REJECTS_EPILOG)
 @click.argument("batch_id")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Rejects listed.")
 @click.option(
-    "--after", type=click.IntRange(min=-1), default=-1, help="List rejects after this position (paging)."
+    "--limit", metavar="N", type=click.IntRange(min=1), default=50, show_default=True, help="Rejects listed."
+)
+@click.option(
+    "--after",
+    metavar="POSITION",
+    type=click.IntRange(min=-1),
+    default=-1,
+    help="List rejects after this position (paging).",
 )
 @click.option(
     "--export", "export_to", metavar="FILE", help="Write every reject's raw input to FILE (- for stdout)."
@@ -1225,9 +1244,16 @@ Examples:
     help="Load into this database (the schema is applied). Default: a throw-away embedded PostgreSQL.",
 )
 @click.option(
-    "--images", type=click.IntRange(min=1), default=1000, show_default=True, help="Images generated."
+    "--images",
+    metavar="N",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Images generated.",
 )
-@click.option("--chunk-size", type=click.IntRange(min=1), default=DEMO_CHUNK_SIZE, show_default=True)
+@click.option(
+    "--chunk-size", metavar="N", type=click.IntRange(min=1), default=DEMO_CHUNK_SIZE, show_default=True
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log every call (batch, counts, statements, duration).")
 def demo_command(dsn: str, images: int, chunk_size: int, verbose: bool) -> None:
     """Generate a batch with a few broken images, load it, show the report and the batch status.
