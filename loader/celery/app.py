@@ -1,0 +1,41 @@
+"""The loader's Celery app, configured for at-least-once delivery."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from loader.celery.config import TASK_NAME, CeleryConfig, config
+
+# How long results stay in the result backend, in seconds: a day is enough for a
+# caller to collect its report, and bounds what Redis keeps.
+RESULT_EXPIRES_S = 24 * 3600
+
+
+def make_app(cfg: CeleryConfig | None = None, *, main: str = "loader") -> Celery:
+    """A Celery app with the loader's settings; publishers may make their own with it."""
+    cfg = cfg or config()
+    app = Celery(main, broker=cfg.broker_url, backend=cfg.result_backend, set_as_current=False)
+    app.conf.update(
+        # JSON only: a pickled message would let whoever can publish run code in the worker.
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        # At-least-once: acknowledge after the task ran, and put the message back
+        # if the process running it dies; save_batch makes the rerun harmless.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # One message at a time per process: with late acks, a prefetched message
+        # would wait behind a long batch while another worker idles.
+        worker_prefetch_multiplier=1,
+        task_default_queue=cfg.queue,
+        task_routes={TASK_NAME: {"queue": cfg.queue}},
+        broker_transport_options={"visibility_timeout": cfg.visibility_timeout_s}
+        | cfg.broker_transport_options,
+        broker_connection_retry_on_startup=True,
+        result_expires=RESULT_EXPIRES_S,
+    )
+    return app
+
+
+#: The app ``celery -A loader.celery worker`` runs (configured from the environment).
+app = make_app()

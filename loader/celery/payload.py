@@ -1,0 +1,236 @@
+"""Batch payloads too big for a message: JSON-lines files, written by the caller and
+streamed by the worker in chunks.
+
+A file holds one input per line (JSONL, gzip-compressed or not; the gzip magic
+bytes decide, not the name). The worker reads it line by line, ``chunk_images``
+lines per ``save_batch`` call with ``position_offset`` = the chunk's first line
+index, so a rejected line keeps its exact bytes and its 0-based line number as
+its position. Each chunk is its own transaction and idempotent, so a task rerun
+after a crash finds the chunks already stored unchanged and completes the rest.
+
+References are ``file://`` URLs or absolute paths, and must lie inside the
+worker's spool directory (LOADER_SPOOL_DIR): a message must not be able to make
+the worker read, and store into the database, any file it can open.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from itertools import islice
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from psycopg_pool import ConnectionPool
+
+from loader.errors import ConfigurationError
+from loader.models import LoadReport, OCRResult
+from loader.progress import BatchNotFoundError, get_progress
+from loader.save import Settings, save_batch
+from loader.validate import Input
+
+# Most issues one combined report lists: the counts stay exact, and every
+# failure is in the database (ocr_executions.error, load_rejects), but a
+# 100,000-line report must not become a 10 MB result message.
+MAX_REPORTED_ISSUES = 1_000
+_GZIP_MAGIC = b"\x1f\x8b"
+# gzip level 1 is ~5x smaller than the raw JSON at a fraction of level 9's cost.
+_GZIP_LEVEL = 1
+
+
+class BatchReferenceError(ConfigurationError):
+    """A batch file reference that the worker cannot or may not read."""
+
+
+def encode_line(item: Input) -> bytes:
+    """One input as a JSON line (without its newline).
+
+    Raw lines are kept byte for byte; only a line with a newline inside it,
+    which JSONL cannot hold, is re-encoded (compactly if it is JSON, else as a
+    JSON string of its text, which the loader will then reject as not an object).
+    """
+    if isinstance(item, OCRResult):
+        return item.model_dump_json().encode("utf-8")
+    if isinstance(item, str | bytes):
+        raw = item if isinstance(item, bytes) else item.encode("utf-8", "surrogatepass")
+        raw = raw.removesuffix(b"\n")
+        if b"\n" not in raw:
+            return raw
+        try:
+            return json.dumps(json.loads(raw), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        except (ValueError, UnicodeError):
+            return json.dumps(raw.decode("utf-8", "backslashreplace")).encode("utf-8")
+    if isinstance(item, Mapping):
+        try:
+            return json.dumps(item, ensure_ascii=False, default=repr).encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate: escaped, it survives the trip and the loader reports it.
+            return json.dumps(item, default=repr).encode("utf-8")
+    # Not an OCR result at all; the loader rejects it with this text as raw input.
+    return json.dumps(repr(item)).encode("utf-8")
+
+
+def _write_lines(out: io.BufferedIOBase, lines: Iterable[bytes]) -> None:
+    for line in lines:
+        out.write(line)
+        out.write(b"\n")
+
+
+def write_batch_file(
+    lines: Iterable[bytes], spool_dir: Path, batch_id: str, *, compress: bool = True
+) -> Path:
+    """Write JSON lines to a new file in ``spool_dir``; returns its path.
+
+    Written under a temporary name and renamed when complete, so a worker never
+    sees half a file.
+    """
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in batch_id)[:80]
+    final = spool_dir / f"{safe}-{uuid.uuid4().hex}.jsonl{'.gz' if compress else ''}"
+    partial = final.with_name(f".{final.name}.partial")
+    try:
+        with open(partial, "wb") as raw:
+            if compress:
+                with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=_GZIP_LEVEL) as gz:
+                    _write_lines(gz, lines)
+            else:
+                _write_lines(raw, lines)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(partial, final)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return final
+
+
+def resolve_reference(reference: str, spool_dir: Path) -> Path:
+    """The file a reference names, checked to exist inside ``spool_dir``."""
+    if reference.startswith("file:"):
+        url = urlparse(reference)
+        if url.netloc not in {"", "localhost"}:
+            raise BatchReferenceError(
+                f"batch reference {reference!r} names host {url.netloc!r}; only local files "
+                "(file:///path) are supported"
+            )
+        path = Path(unquote(url.path))
+    else:
+        path = Path(reference)
+    if not path.is_absolute():
+        raise BatchReferenceError(
+            f"batch reference {reference!r} is neither a file:// URL nor an absolute path"
+        )
+    root = spool_dir.resolve()
+    try:
+        resolved = path.resolve(strict=True)
+    except OSError as exc:
+        raise BatchReferenceError(
+            f"batch file {path} cannot be read ({exc.strerror or exc}); the spool directory "
+            f"must be shared by the submitting process and the workers (LOADER_SPOOL_DIR={root})"
+        ) from exc
+    if not resolved.is_relative_to(root):
+        raise BatchReferenceError(
+            f"batch file {path} is outside the worker's spool directory {root}; "
+            "set LOADER_SPOOL_DIR on the worker to the directory the files are written to"
+        )
+    return resolved
+
+
+def read_lines(path: Path) -> Iterator[bytes]:
+    """The file's lines without their newline, streamed."""
+    number = 0
+    try:
+        with open(path, "rb") as raw:
+            gzipped = raw.read(2) == _GZIP_MAGIC
+            raw.seek(0)
+            stream: io.BufferedIOBase = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
+            with stream:
+                for number, line in enumerate(stream, start=1):  # noqa: B007  (read in the except)
+                    yield line.removesuffix(b"\n")
+    except (OSError, EOFError) as exc:
+        raise BatchReferenceError(
+            f"batch file {path} is unreadable after line {number}: {exc}; the lines before it "
+            "may be stored (each chunk commits on its own), so fix the file and send the task again"
+        ) from exc
+
+
+def count_lines(path: Path) -> int:
+    return sum(1 for _ in read_lines(path))
+
+
+def _combine(batch_id: str, reports: list[LoadReport], duration: float) -> LoadReport:
+    issues = [issue for r in reports for issue in r.issues][:MAX_REPORTED_ISSUES]
+    return LoadReport(
+        batch_id=batch_id,
+        received=sum(r.received for r in reports),
+        stored=sum(r.stored for r in reports),
+        failed=sum(r.failed for r in reports),
+        rejected=sum(r.rejected for r in reports),
+        unchanged=sum(r.unchanged for r in reports),
+        boxes=sum(r.boxes for r in reports),
+        statements=sum(r.statements for r in reports),
+        attempts=sum(r.attempts for r in reports),
+        duration_s=duration,
+        progress=reports[-1].progress,
+        issues=issues,
+    )
+
+
+def load_file(
+    pool: ConnectionPool,
+    batch_id: str,
+    path: Path,
+    *,
+    total_images: int | None,
+    chunk_images: int,
+    settings: Settings,
+) -> LoadReport:
+    """Stream a JSONL batch file through save_batch, ``chunk_images`` lines per call.
+
+    Without ``total_images``, a new batch's total is the file's line count; an
+    existing batch keeps its own.
+    """
+    started = time.perf_counter()
+    total = total_images
+    if total is None:
+        try:
+            get_progress(pool, batch_id)
+        except BatchNotFoundError:
+            total = count_lines(path)
+    reports: list[LoadReport] = []
+    lines = read_lines(path)
+    offset = 0
+    while chunk := list(islice(lines, chunk_images)):
+        reports.append(
+            save_batch(pool, batch_id, chunk, total_images=total, position_offset=offset, settings=settings)
+        )
+        offset += len(chunk)
+    if not reports:  # an empty file still creates (or checks) the batch
+        reports.append(save_batch(pool, batch_id, [], total_images=total, settings=settings))
+    return _combine(batch_id, reports, time.perf_counter() - started)
+
+
+def inline_form(item: Input) -> Any:
+    """An input as the JSON message carries it; None if it cannot travel inline."""
+    if isinstance(item, OCRResult):
+        return item.model_dump(mode="json")
+    if isinstance(item, bytes):
+        try:
+            return item.decode("utf-8")
+        except UnicodeDecodeError:
+            return None  # only a file keeps these bytes exactly
+    if isinstance(item, str):
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        return item
+    if isinstance(item, Mapping):
+        return dict(item)
+    return repr(item)

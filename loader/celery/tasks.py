@@ -1,0 +1,98 @@
+"""The loader's task: save one batch (inline results or a file reference) exactly once."""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+from celery import Task
+from psycopg_pool import PoolTimeout
+
+from loader.celery.app import app
+from loader.celery.config import TASK_NAME, CeleryConfig, config
+from loader.celery.payload import load_file, resolve_reference
+from loader.celery.pool import worker_pool
+from loader.errors import ConfigurationError, is_transient
+from loader.models import LoadReport
+from loader.save import save_batch
+
+log = logging.getLogger("loader.celery")
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether the same task may succeed later: lost connections, serialization
+    failures, deadlocks, shutdowns, an exhausted pool. Never bad data (those are
+    per-image outcomes in the report) nor a misconfiguration."""
+    if isinstance(exc, ConfigurationError):
+        return False
+    return isinstance(exc, PoolTimeout) or is_transient(exc)
+
+
+def retry_delay(retries: int, cfg: CeleryConfig) -> float:
+    """Seconds before retry number ``retries + 1``: exponential, capped, jittered.
+
+    "Equal jitter": between half and all of the exponential step, so workers that
+    failed together spread out, yet none retries at once into the same outage.
+    """
+    step = min(cfg.retry_backoff_max_s, cfg.retry_backoff_s * 2.0**retries)
+    return step / 2 + random.uniform(0, step / 2)  # noqa: S311  (spreading retries, not a secret)
+
+
+def load_payload(batch_id: str, results: Any, total_images: int | None = None) -> LoadReport:
+    """What the task does, callable without Celery: inline results or a file reference."""
+    cfg = config()
+    pool = worker_pool()
+    if isinstance(results, str):
+        path = resolve_reference(results, cfg.spool_dir)
+        return load_file(
+            pool,
+            batch_id,
+            path,
+            total_images=total_images,
+            chunk_images=cfg.chunk_images,
+            settings=cfg.save_settings,
+        )
+    if isinstance(results, list):
+        return save_batch(pool, batch_id, results, total_images=total_images, settings=cfg.save_settings)
+    raise ConfigurationError(
+        f"results must be a list of OCR results or a batch file reference (file:// URL), "
+        f"got {type(results).__name__}"
+    )
+
+
+@app.task(
+    name=TASK_NAME,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    # Bounded again per call from LOADER_MAX_RETRIES; this is Celery's default for others.
+    max_retries=config().max_retries,
+    task_log=True,
+)
+def save_ocr_batch(
+    self: Task[Any, Any], batch_id: str, results: Any, total_images: int | None = None
+) -> dict[str, Any]:
+    """Save one batch; returns the LoadReport as JSON. Retries transient database errors only."""
+    cfg = config()
+    try:
+        report = load_payload(batch_id, results, total_images)
+    except Exception as exc:
+        if not is_retryable(exc):
+            raise
+        if self.request.retries >= cfg.max_retries:
+            log.error(
+                "batch %s: transient failure after %d retries, giving up: %s", batch_id, cfg.max_retries, exc
+            )
+            raise
+        delay = retry_delay(self.request.retries, cfg)
+        log.warning(
+            "batch %s: transient failure (retry %d of %d in %.1f s): %s",
+            batch_id,
+            self.request.retries + 1,
+            cfg.max_retries,
+            delay,
+            exc,
+        )
+        raise self.retry(exc=exc, countdown=delay, max_retries=cfg.max_retries) from exc
+    return report.model_dump(mode="json")
