@@ -83,7 +83,10 @@ class CliError(click.ClickException):
 class Interrupted(CliError):
     """Stopped by a second Ctrl-C in the middle of a chunk (which was rolled back)."""
 
-    exit_code = EXIT_INTERRUPTED
+    def __init__(self, message: str, exit_code: int = EXIT_INTERRUPTED) -> None:
+        super().__init__(message)
+        #: 128 + the signal number, as a shell reports a process stopped by it.
+        self.status = exit_code
 
 
 # ---------------------------------------------------------------------------
@@ -234,7 +237,7 @@ class LoaderGroup(click.Group):
             code = EXIT_USAGE
         except Interrupted as exc:
             click.echo(f"loader: {redact_dsn(exc.format_message())}", err=True)
-            code = exc.exit_code
+            code = exc.status
         except click.ClickException as exc:
             click.echo(f"loader: error: {redact_dsn(exc.format_message())}", err=True)
             code = exc.exit_code
@@ -368,7 +371,9 @@ class StopRequest:
 
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            # After a stop the process is on its way out: a late second signal
+            # must neither kill it mid-summary nor change its exit status.
+            signal.signal(signum, signal.SIG_IGN if self.requested else handler)
 
     @property
     def requested(self) -> bool:
@@ -535,8 +540,17 @@ class Display:
 class LoadOutcome:
     totals: LoadTotals
     next_position: int
-    interrupted: bool
     total_lines: int | None
+    #: The signal that stopped the load early (SIGINT, SIGTERM), if any.
+    signum: int | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum if self.signum is not None else EXIT_OK
 
 
 def _chunks(sources: Sources, skip: int, chunk_size: int) -> Iterator[tuple[int, list[bytes]]]:
@@ -613,10 +627,11 @@ def run_load(
     conn = connect(dsn)
     totals = LoadTotals(batch_id)
     next_position = skip
+    stop: StopRequest | None = None
     try:
         progress, total_lines = _prepare_batch(conn, batch_id, files, total)
         if progress is None:
-            return LoadOutcome(totals, skip, False, total_lines)
+            return LoadOutcome(totals, skip, total_lines)
         totals.progress = progress
         if total_lines is not None and total_lines > progress.total_images:
             log.warning(
@@ -625,6 +640,9 @@ def run_load(
             )
         with StopRequest() as stop, Display(mode, batch_id, total_lines, skip) as display:
             for first, lines in _chunks(sources, skip, chunk_size):
+                log.info(
+                    "chunk read", extra={"batch_id": batch_id, "lines": f"{first + 1}-{first + len(lines)}"}
+                )
                 for attempt in range(retries + 1):
                     try:
                         report = save_batch(conn, batch_id, lines, position_offset=first)
@@ -665,12 +683,14 @@ def run_load(
                     break
             else:
                 next_position = max(next_position, sources.position)
-            interrupted = display.stopped = stop.requested
+            signum = stop.signum
+            display.stopped = signum is not None
             display.update(totals, next_position, final=True)
     except KeyboardInterrupt as exc:
         raise Interrupted(
             f"interrupted: the chunk in flight was rolled back; lines before {next_position + 1} are "
-            f"committed, resume with: {resume_command(files, batch_id, chunk_size, next_position)}"
+            f"committed, resume with: {resume_command(files, batch_id, chunk_size, next_position)}",
+            128 + (stop.signum or signal.SIGINT) if stop is not None else EXIT_INTERRUPTED,
         ) from exc
     except (LoaderError, psycopg.Error) as exc:
         where = ""
@@ -685,9 +705,7 @@ def run_load(
     finally:
         conn.close()
     totals.duration_s = time.monotonic() - started
-    if interrupted:
-        return LoadOutcome(totals, next_position, True, total_lines)
-    return LoadOutcome(totals, next_position, False, total_lines)
+    return LoadOutcome(totals, next_position, total_lines, signum)
 
 
 LOAD_EPILOG = """\b
@@ -787,7 +805,7 @@ def load_command(
             "(or re-run the same command: lines already stored are recognised and left unchanged)",
             err=True,
         )
-        raise click.exceptions.Exit(EXIT_INTERRUPTED)
+        raise click.exceptions.Exit(outcome.exit_code)
 
 
 def _print_load(outcome: LoadOutcome, batch_id: str, as_json: bool) -> None:
@@ -1293,7 +1311,7 @@ def demo_command(dsn: str, images: int, chunk_size: int, verbose: bool) -> None:
             )
             _print_load(outcome, batch_id, as_json=False)
             if outcome.interrupted:
-                raise click.exceptions.Exit(EXIT_INTERRUPTED)
+                raise click.exceptions.Exit(outcome.exit_code)
             click.echo("\n$ loader load (the same file again: a redelivery)")
             again = run_load(
                 url, files, batch_id, chunk_size=chunk_size, total=None, skip=0, mode="none", retries=0
