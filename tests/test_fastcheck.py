@@ -1,0 +1,157 @@
+"""The quick judgement (loader/fastcheck.py) never disagrees with the model.
+
+It may only pass inputs the model accepts, and must then produce the very same
+rows; everything else it leaves to the model. No database needed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from typing import Any
+
+import pytest
+from hostile_corpus import OK_BOX, corpus, dict_only_cases, line_only_cases
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import loader.fastcheck
+from loader.datagen import break_some, make_batch
+from loader.models import MAX_BBOX_POINTS, MAX_TEXT_CHARS, OCRResult
+from loader.validate import CHAIN_NAMESPACE, Prepared, _path_ok, chain_id_for, prepare
+
+
+def _model_rows(data: dict[str, Any], pos: int) -> tuple[Any, ...]:
+    """What the model path makes of an input it accepts."""
+    result = OCRResult.model_validate(data)
+    rows = [
+        (pos, n, box.text, box.confidence, json.dumps(box.bbox)) for n, box in enumerate(result.text_boxes)
+    ]
+    return result.public_path, result.status, result.error, rows
+
+
+def _agree(data: Any, pos: int = 0) -> bool:
+    """Assert the fast path agrees with the model on ``data``; return whether it passed it."""
+    quick = loader.fastcheck.check(data, _path_ok, pos)
+    if quick is None:
+        return False
+    assert (quick.public_path, quick.status, quick.error, quick.boxes) == _model_rows(data, pos)
+    return True
+
+
+def _prepared_without_fast_path(monkeypatch: pytest.MonkeyPatch, items: list[Any]) -> Prepared:
+    with monkeypatch.context() as m:
+        m.setattr(loader.fastcheck, "check", lambda *args: None)
+        return prepare("batch", items, 7)
+
+
+def test_generated_batches_take_the_fast_path_and_match_the_model() -> None:
+    results = make_batch(300, prefix="fast")
+    results[5]["text_boxes"][0]["bbox"] = [[0, 1], [2, 3]]  # integer pixels, as many engines report
+    results[6]["text_boxes"][1]["confidence"] = 1  # an integer confidence
+    results[7].update(status="failed", error="engine timeout", text_boxes=[])
+    del results[8]["public_path"]
+    assert all(_agree(item, pos) for pos, item in enumerate(results))
+
+
+def test_broken_inputs_are_left_to_the_model() -> None:
+    results = make_batch(400, prefix="broken")
+    damaged = break_some(results, every=7)
+    for index in damaged:
+        if results[index]["status"] == "failed":
+            continue  # the upstream failures of break_some are valid results
+        assert loader.fastcheck.check(results[index], _path_ok, index) is None, results[index]
+
+
+@pytest.mark.parametrize(
+    "box",
+    [
+        {**OK_BOX, "confidence": True},
+        {**OK_BOX, "confidence": "0.5"},
+        {**OK_BOX, "confidence": math.nan},
+        {**OK_BOX, "confidence": math.inf},
+        {**OK_BOX, "confidence": 1.0000001},
+        {**OK_BOX, "confidence": -0.0001},
+        {**OK_BOX, "confidence": 10**400},
+        {**OK_BOX, "text": "a\x00b"},
+        {**OK_BOX, "text": "lone \ud800 surrogate"},
+        {**OK_BOX, "text": "x" * (MAX_TEXT_CHARS + 1)},
+        {**OK_BOX, "text": None},
+        {**OK_BOX, "bbox": []},
+        {**OK_BOX, "bbox": [[0.0, 0.0]] * (MAX_BBOX_POINTS + 1)},
+        {**OK_BOX, "bbox": [[0.0, 0.0, 0.0]]},
+        {**OK_BOX, "bbox": [(0.0, 0.0)]},
+        {**OK_BOX, "bbox": [[0.0, math.inf]]},
+        {**OK_BOX, "bbox": [[0.0, math.nan]]},
+        {**OK_BOX, "bbox": [[0.0, True]]},
+        {**OK_BOX, "bbox": [[0.0, 10**400]]},
+        {**OK_BOX, "bbox": [[0.0, "1"]]},
+        {**OK_BOX, "bbox": "[[0, 0]]"},
+        {"text": "no confidence", "bbox": [[0.0, 0.0]]},
+    ],
+    ids=repr,
+)
+def test_a_box_the_model_refuses_never_passes_the_fast_path(box: dict[str, Any]) -> None:
+    data = {"image_path": "/x.png", "text_boxes": [OK_BOX, box]}
+    assert loader.fastcheck.check(data, _path_ok, 0) is None
+    with pytest.raises(ValueError):
+        OCRResult.model_validate(data)
+
+
+def test_the_fast_path_changes_no_outcome_on_the_hostile_corpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    both = corpus("/fc/")
+    items = [case.item for case in both + dict_only_cases("/fcd/")]
+    items += [case.as_line() for case in both + line_only_cases("/fcl/")]
+
+    with_fast_path = prepare("batch", items, 7)
+    without = _prepared_without_fast_path(monkeypatch, items)
+
+    assert with_fast_path.received == without.received
+    assert with_fast_path.images == without.images
+    assert with_fast_path.rejects == without.rejects
+    assert with_fast_path.invalid == without.invalid
+
+
+_number = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-(2**1100), max_value=2**1100),
+    st.booleans(),
+    st.sampled_from(["1.5", None]),
+)
+_point = st.one_of(
+    st.lists(_number, min_size=2, max_size=2),
+    st.lists(_number, min_size=0, max_size=3),
+    st.tuples(_number, _number),
+)
+_text = st.one_of(st.text(max_size=20), st.sampled_from(["a\x00b", "\ud800", "한국어 OCR", 5, None]))
+_box = st.fixed_dictionaries(
+    {
+        "text": _text,
+        "confidence": st.one_of(_number, st.floats(min_value=0, max_value=1)),
+        "bbox": st.one_of(st.lists(_point, min_size=0, max_size=4), _number, _text),
+    },
+    optional={"extra": st.integers()},
+)
+_result = st.fixed_dictionaries(
+    {"image_path": st.just("/h.png")},
+    optional={
+        "public_path": st.one_of(st.none(), st.sampled_from(["https://x/1", "   ", "a\x00", "", "\ud800"])),
+        "status": st.sampled_from(["success", "failed", "SUCCESS", None, 1]),
+        "error": st.one_of(st.none(), st.text(max_size=10), st.integers()),
+        "text_boxes": st.one_of(st.lists(_box, max_size=3), st.none(), st.just("boxes")),
+    },
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_result)
+def test_whatever_the_fast_path_passes_the_model_passes_the_same(data: dict[str, Any]) -> None:
+    _agree(data, 3)
+
+
+def test_chain_ids_are_the_uuid5_of_batch_and_path() -> None:
+    for batch_id in ("b", "배치-1", 'quote"back\\slash'):
+        for path in ("/x.png", "/이미지/1.jpg", "\ud800", "𝄞 tab\t"):
+            want = str(uuid.uuid5(CHAIN_NAMESPACE, json.dumps([batch_id, path])))
+            assert chain_id_for(batch_id, path) == want
