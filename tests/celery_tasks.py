@@ -1,9 +1,14 @@
 """Tasks of the test suite's own, imported by the test workers (``-I celery_tasks``):
-two that opt into the task log and one that does not."""
+two that opt into the task log, one that does not, and a pipeline stage that saves
+its own results."""
 
 from __future__ import annotations
 
-from loader.celery import app, logged
+import os
+from typing import Any
+
+from loader.celery import app, logged, save_with_worker_pool, worker_pool
+from loader.datagen import make_batch
 
 
 @app.task(name="tests.echo_logged", task_log=True)
@@ -20,3 +25,12 @@ def fail_logged(message: str) -> None:
 @app.task(name="tests.echo_unlogged")
 def echo_unlogged(value: int) -> int:
     return value
+
+
+@app.task(name="tests.ocr_stage", bind=True, acks_late=True)
+def ocr_stage(self: Any, batch_id: str, images: int) -> dict[str, Any]:
+    """A pipeline stage that saves its own results (the docs/celery.md example)."""
+    results = make_batch(images, prefix=batch_id)  # stands in for running the OCR
+    report = save_with_worker_pool(batch_id, results, total_images=images)
+    pool = worker_pool()
+    return {"report": report.model_dump(mode="json"), "pid": os.getpid(), "pool": pool.name}

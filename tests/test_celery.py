@@ -30,6 +30,7 @@ from celery_harness import (
     worker_backend,
 )
 from checks import assert_totals_match_recount, snapshot, stored_totals
+from psycopg.conninfo import make_conninfo
 
 from loader import make_pool, register_batch, save_batch
 from loader.celery import TASK_NAME, submit_batch, use_pool_for_publishes
@@ -118,6 +119,32 @@ def test_worker_loads_1000_image_batch_end_to_end(
     log = wait_task_log(db, submission.result.id, "SUCCESS")
     assert (log["task_name"], log["retries"], log["error"]) == (TASK_NAME, 0, None)
     assert log["started_at"] is not None and log["finished_at"] >= log["started_at"]
+    client.close()
+
+
+def test_pipeline_stage_saves_with_its_worker_process_pool(
+    start_worker: Callable[..., Worker], dsn: str, db: psycopg.Connection[Any]
+) -> None:
+    secret = "pw-never-logged-7f3a"
+    worker = start_worker(LOADER_DSN=make_conninfo(dsn, password=secret))
+    assert worker.process is not None
+    main_pid = worker.process.pid
+    client = worker.client()
+
+    first = client.send_task("tests.ocr_stage", args=("stage-a", 40), queue=worker.queue)
+    second = client.send_task("tests.ocr_stage", args=("stage-b", 60), queue=worker.queue)
+    a, b = first.get(timeout=RESULT_TIMEOUT_S), second.get(timeout=RESULT_TIMEOUT_S)
+
+    assert (a["report"]["stored"], b["report"]["stored"]) == (40, 60)
+    assert stored_totals(db, "stage-a") == (40, 40, 0, "SUCCESS")
+    assert stored_totals(db, "stage-b") == (60, 60, 0, "SUCCESS")
+    # One pool per worker process, made in that (forked) process and reused by its tasks.
+    assert a["pid"] == b["pid"] != main_pid
+    assert a["pool"] == f"loader-celery-{a['pid']}"
+    worker.stop()
+    log = worker.log_tail(500)
+    assert f"process {a['pid']}: connection pool closed" in log
+    assert "password=***" in log and secret not in log
     client.close()
 
 

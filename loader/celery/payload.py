@@ -91,7 +91,7 @@ def write_batch_file(
     sees half a file.
     """
     spool_dir.mkdir(parents=True, exist_ok=True)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in batch_id)[:80]
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in batch_id)[:80]
     final = spool_dir / f"{safe}-{uuid.uuid4().hex}.jsonl{'.gz' if compress else ''}"
     partial = final.with_name(f".{final.name}.partial")
     try:

@@ -180,6 +180,8 @@ def _retries(request: object) -> int:
 @before_task_publish.connect
 @_guarded
 def _on_publish(sender: str | None = None, headers: Mapping[str, Any] | None = None, **_: Any) -> None:
+    if current_pool() is None and not _publisher_pool:
+        return  # the common publisher: nothing to write with, so no lookups either
     headers = headers or {}
     name = str(sender or headers.get("task"))
     if name not in ALWAYS_LOGGED and not _registered_as_logged(name):
