@@ -12,7 +12,10 @@ other inputs are stored as usual, in the same transaction.
 
 Cost, on this path only: each group is SAVEPOINT, one or two COPYs, the merge,
 TRUNCATE of the staging tables and RELEASE, and k refused inputs among n take
-about 2·k·log2(n) groups. So ``LoadReport.statements`` exceeds 8 only here.
+about 2·k·log2(n) groups.
+
+Also here: ``reject_lost``, for inputs whose paths another batch stored while
+the call was loading. ``LoadReport.statements`` exceeds 8 only in these two cases.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ _DATA_CLASSES = ("22", "23")
 _DATA_STATES = frozenset({"54000"})
 
 _SAVEPOINT = "loader_isolate"
+
+#: Reason kept for an input whose path another batch stored while the call was loading.
+CLAIMED_CONCURRENTLY = "image_path (or public_path) stored by another batch while this call was loading"
 
 ImageRows = Callable[[list[Image], list[Reject]], Iterable[Sequence[Any]]]
 BoxRows = Callable[[list[Image]], Iterable[Sequence[Any]]]
@@ -128,6 +134,55 @@ def store_isolating(
             half = len(group) // 2
             stack += [group[half:], group[:half]]  # left half first: inputs keep their order
     return net.result()
+
+
+@dataclasses.dataclass
+class Resolved:
+    """The call's merge result once inputs lost to a concurrent batch are rejected."""
+
+    rows: list[tuple[Any, ...]]
+    images: list[Image]
+    rejects: list[Reject]
+    #: Statements sent to resolve them: TRUNCATE, COPY, merge.
+    statements: int
+
+
+def reject_lost(
+    conn: psycopg.Connection[Any],
+    batch_id: str,
+    rows: list[tuple[Any, ...]],
+    images: list[Image],
+    rejects: list[Reject],
+    image_rows: ImageRows,
+) -> Resolved:
+    """Reject, in the same transaction, the inputs the merge reported as 'lost'.
+
+    lock_batch found their paths free, but another batch stored them before our
+    merge did (its ON CONFLICT skipped them, after waiting for that batch to
+    commit), so the merge wrote everything else but not the totals. Staging
+    those inputs as rejects and merging again records them and the totals:
+    what a rerun of the whole call would end with, without its cost and
+    without failing when batches keep racing for the same paths.
+    """
+    lost = {row[0] for row in rows if row[1] == "lost"}
+    late = [
+        Reject(im.pos, im.image_path, CLAIMED_CONCURRENTLY, raw_bytes(im.source))
+        for im in images
+        if im.pos in lost
+    ]
+    conn.execute(queries.get("empty_staging"), prepare=False)
+    copy_rows(conn, STAGE_IMAGES, image_rows([], late))
+    again = conn.execute(queries.get("merge"), {"batch_id": batch_id}, prepare=False).fetchall()
+    totals = tuple(again[0][2:])
+    outcomes = [(row[0], row[1]) for row in rows if row[0] is not None and row[0] not in lost]
+    outcomes += [(row[0], row[1]) for row in again if row[0] is not None]
+    log.info("batch %s: %d paths were stored by another batch meanwhile; rejected", batch_id, len(late))
+    return Resolved(
+        [(pos, outcome, *totals) for pos, outcome in sorted(outcomes)] or [(None, None, *totals)],
+        [im for im in images if im.pos not in lost],
+        [*rejects, *late],
+        3,
+    )
 
 
 class _Net:

@@ -144,7 +144,7 @@ class LoadReport(BaseModel):
     unchanged: int = Field(description="inputs already stored or recorded by an earlier call")
     boxes: int = Field(description="text boxes of the newly stored images")
     statements: int = Field(description="SQL statements sent, BEGIN and COMMIT included")
-    attempts: int = Field(default=1, description="transactions run (more than 1 after a lost race)")
+    attempts: int = Field(default=1, description="transactions run (2 when the database refused some data)")
     duration_s: float
     progress: BatchProgress
     issues: list[InputIssue] = Field(default_factory=list)

@@ -17,7 +17,6 @@ from loader.errors import (
     BatchConflictError,
     ConfigurationError,
     SchemaVersionError,
-    TransientDatabaseError,
     translate,
 )
 from loader.models import BatchProgress, InputIssue, LoadReport, ProcessStatus
@@ -43,10 +42,9 @@ class Settings:
 
 DEFAULT_SETTINGS = Settings()
 
-# A call whose paths another batch claims between our ownership check and our
-# merge is rolled back and run again; the next attempt sees the owner and
-# rejects those inputs properly. Racing twice in a row is already unlikely.
-MAX_ATTEMPTS = 3
+# Transactions a call may run: the fast one and, only when the database refused
+# some input's data despite validation, one more isolating it (loader/isolate.py).
+MAX_ATTEMPTS = 2
 
 # Statements of one attempt, as the server counts them: BEGIN, lock_batch,
 # create_staging (two CREATEs), two COPYs, merge, COMMIT. Only a call whose data
@@ -56,14 +54,6 @@ STATEMENTS_PER_ATTEMPT = 8
 _STATEMENTS_BEFORE_COPY = 4
 # Largest input position: the position columns are 4-byte integers.
 _MAX_POSITION = 2**31 - 1
-
-
-class _LostRace(Exception):
-    """Another batch stored some of this call's paths concurrently."""
-
-    def __init__(self, statements: int) -> None:
-        super().__init__()
-        self.statements = statements
 
 
 def _check_batch_id(batch_id: object) -> str:
@@ -131,8 +121,8 @@ def _run_attempt(
     settings: Settings,
     isolating: bool = False,
 ) -> _Attempt:
-    """One transaction. Raises _LostRace (rolled back) if another batch took a path meanwhile,
-    isolate.DataRefused (rolled back) if the database refused some input's data."""
+    """One transaction. Raises isolate.DataRefused (rolled back) if the database refused
+    some input's data."""
     images = prepared.images
     with conn.transaction():
         cur = conn.execute(
@@ -192,7 +182,11 @@ def _run_attempt(
                     raise
                 raise isolate.DataRefused(exc, sent + 1) from exc  # + ROLLBACK
         if any(row[1] == "lost" for row in rows):
-            raise _LostRace(statements)  # ROLLBACK in place of COMMIT
+            # Another batch stored some paths after lock_batch looked: reject
+            # those inputs in this same transaction instead of running it again.
+            late = isolate.reject_lost(conn, batch_id, rows, images, rejects, _image_rows)
+            rows, images, rejects = late.rows, late.images, late.rejects
+            statements += late.statements
     return _Attempt(rows, rejects, images, statements)
 
 
@@ -233,25 +227,17 @@ def save_batch(
 
     statements = 0
     attempt: _Attempt | None = None
-    isolating = False
     # The schema version is checked by lock_batch, inside the call's own transaction.
     with connection(pool_or_conn, check_version=False) as conn:
         for attempt_no in range(1, MAX_ATTEMPTS + 1):
             try:
+                isolating = attempt_no > 1  # the first attempt's data was refused
                 attempt = _run_attempt(conn, batch_id, total_images, prepared, settings, isolating)
                 statements += attempt.statements
                 mark_checked(conn)
                 break
-            except _LostRace as race:
-                statements += race.statements
-                log.info(
-                    "batch %s: a path was claimed concurrently; retrying (attempt %d)",
-                    batch_id,
-                    attempt_no,
-                )
             except isolate.DataRefused as refused:
                 statements += refused.statements
-                isolating = True
                 log.warning(
                     "batch %s: the database refused data that validation let through (%s); "
                     "storing the call again, isolating the refused inputs",
@@ -262,11 +248,7 @@ def save_batch(
                 raise SchemaVersionError(SCHEMA_VERSION, None) from exc
             except psycopg.Error as exc:
                 raise translate(exc, f"saving batch {batch_id!r}") from exc
-        else:
-            raise TransientDatabaseError(
-                f"saving batch {batch_id!r}: other batches kept claiming the same image paths "
-                f"concurrently ({MAX_ATTEMPTS} attempts); nothing of this call was kept; retry it"
-            )
+    # The isolating attempt never raises DataRefused: the loop ended in a break.
     assert attempt is not None
 
     report = _report(batch_id, prepared, attempt, statements, attempt_no, time.perf_counter() - started)
