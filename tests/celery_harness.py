@@ -128,6 +128,8 @@ class Worker:
             LOADER_BROKER_TRANSPORT_OPTIONS=json.dumps(broker.transport_options),
             LOADER_QUEUE=self.queue,
             LOADER_SPOOL_DIR=str(self.spool_dir),
+            # Results outlive a test by a few minutes at most on the shared broker.
+            LOADER_RESULT_EXPIRES="600",
             # The tests' own opt-in tasks (tests/celery_tasks.py) are importable.
             PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH")])),
         )

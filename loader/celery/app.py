@@ -6,10 +6,6 @@ from celery import Celery
 
 from loader.celery.config import TASK_NAME, CeleryConfig, config
 
-# How long results stay in the result backend, in seconds: a day is enough for a
-# caller to collect its report, and bounds what Redis keeps.
-RESULT_EXPIRES_S = 24 * 3600
-
 
 def make_app(cfg: CeleryConfig | None = None, *, main: str = "loader") -> Celery:
     """A Celery app with the loader's settings; publishers may make their own with it."""
@@ -32,7 +28,7 @@ def make_app(cfg: CeleryConfig | None = None, *, main: str = "loader") -> Celery
         broker_transport_options={"visibility_timeout": cfg.visibility_timeout_s}
         | cfg.broker_transport_options,
         broker_connection_retry_on_startup=True,
-        result_expires=RESULT_EXPIRES_S,
+        result_expires=cfg.result_expires_s,
     )
     return app
 

@@ -39,6 +39,9 @@ DEFAULT_RETRY_BACKOFF_MAX_S = 120.0
 # Bound on one task-log write (statement, lock wait, pool wait), in milliseconds:
 # the log is advisory, so a slow database must cost the task little.
 DEFAULT_TASKLOG_TIMEOUT_MS = 2_000
+# Seconds results stay in the result backend: a day is enough for a caller to
+# collect its report, and bounds what the backend keeps.
+DEFAULT_RESULT_EXPIRES_S = 24 * 3600
 # Seconds Redis keeps an unacknowledged (acks_late) message before another worker
 # gets it; must exceed the longest task, else a running task is delivered twice.
 DEFAULT_VISIBILITY_TIMEOUT_S = 3_600
@@ -108,6 +111,7 @@ class CeleryConfig:
     chunk_images: int = DEFAULT_CHUNK_IMAGES
     tasklog_timeout_ms: int = DEFAULT_TASKLOG_TIMEOUT_MS
     visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S
+    result_expires_s: int = DEFAULT_RESULT_EXPIRES_S
     #: Extra kombu transport options (e.g. Redis Sentinel's master_name), merged
     #: over the visibility timeout.
     broker_transport_options: dict[str, Any] = field(default_factory=dict)
@@ -141,6 +145,7 @@ class CeleryConfig:
             chunk_images=_int(env, "LOADER_CHUNK_IMAGES", DEFAULT_CHUNK_IMAGES, 1),
             tasklog_timeout_ms=_int(env, "LOADER_TASKLOG_TIMEOUT_MS", DEFAULT_TASKLOG_TIMEOUT_MS, 1),
             visibility_timeout_s=_int(env, "LOADER_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT_S, 1),
+            result_expires_s=_int(env, "LOADER_RESULT_EXPIRES", DEFAULT_RESULT_EXPIRES_S, 1),
             broker_transport_options=_json_object(env, "LOADER_BROKER_TRANSPORT_OPTIONS"),
             save_settings=Settings(
                 work_mem=env.get("LOADER_WORK_MEM", "").strip() or base.work_mem,
