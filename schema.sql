@@ -1,5 +1,5 @@
 -- =============================================================================
--- loader schema, version 1
+-- loader schema, version 2
 --
 -- The contract between the loader and the DBA. Deploy with:
 --
@@ -7,9 +7,12 @@
 --
 -- * All or nothing: the whole file is one transaction; any error rolls it all back.
 -- * Safe to run twice: every object is created only when missing, so re-running
---   the file on a version-1 database changes nothing.
+--   the file on a version-2 database changes nothing.
 -- * Refuses to run on a database holding another schema version (it raises and
---   rolls back); upgrades go through numbered migration files instead.
+--   rolls back). An older one is upgraded in place by the numbered migrations
+--   in loader/migrations/ (`loader schema upgrade`), never by this file.
+-- * A fresh install is created at version 2 directly and records versions 1
+--   and 2, exactly as a version-1 database upgraded by migration 0002.
 -- * Plain SQL only (no psql meta-commands) so `loader schema apply` can run the
 --   very same file through psycopg.
 -- =============================================================================
@@ -41,9 +44,12 @@ DECLARE
     deployed integer;
 BEGIN
     SELECT max(version) INTO deployed FROM loader_schema_version;
-    IF deployed IS NOT NULL AND deployed <> 1 THEN
-        RAISE EXCEPTION 'loader schema.sql is version 1 but this database holds schema version %', deployed
-            USING HINT = 'Apply the numbered migrations instead, or use the schema.sql of the matching loader release.';
+    IF deployed < 2 THEN
+        RAISE EXCEPTION 'loader schema.sql is version 2 but this database holds schema version %', deployed
+            USING HINT = 'Upgrade it in place with `loader schema upgrade` (or apply loader/migrations/0002_*.sql with psql); this file does not upgrade.';
+    ELSIF deployed > 2 THEN
+        RAISE EXCEPTION 'loader schema.sql is version 2 but this database holds the newer schema version %', deployed
+            USING HINT = 'Use the schema.sql of the loader release that matches the database.';
     END IF;
 END
 $$;
@@ -223,6 +229,13 @@ CREATE INDEX IF NOT EXISTS task_logs_chain_id_idx ON task_logs (chain_id);
 CREATE INDEX IF NOT EXISTS task_logs_status_updated_idx ON task_logs (status, updated_at);
 -- `loader status` without an id lists the most recent batches.
 CREATE INDEX IF NOT EXISTS batch_executions_created_at_idx ON batch_executions (created_at);
+-- Version 2: unfinished batches by age (`loader status --unfinished`, alerts on
+-- stuck backfills), however much finished history the table holds. The
+-- predicate must match the query's word for word (loader/sql/cli.sql).
+CREATE INDEX IF NOT EXISTS batch_executions_unfinished_idx ON batch_executions (created_at, id)
+    WHERE status IN ('PENDING', 'STARTED');
+COMMENT ON INDEX batch_executions_unfinished_idx IS
+    'Unfinished batches by age (`loader status --unfinished`); the predicate must match the query''s word for word.';
 
 -- -----------------------------------------------------------------------------
 -- Grants: least privilege for the loader
@@ -258,8 +271,10 @@ $$;
 -- Record the version (last, so a failure above leaves no version row behind)
 -- -----------------------------------------------------------------------------
 
+-- A fresh install records both versions, as an upgraded database does.
 INSERT INTO loader_schema_version (version, description)
-VALUES (1, 'initial schema: batches, chains, task logs, OCR executions, text boxes, load rejects')
+VALUES (1, 'initial schema: batches, chains, task logs, OCR executions, text boxes, load rejects'),
+       (2, 'index the unfinished batches (PENDING or STARTED) by age')
 ON CONFLICT (version) DO NOTHING;
 
 COMMIT;

@@ -21,7 +21,7 @@ from loader.errors import (
 )
 
 #: The schema version this loader reads and writes (see schema.sql).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 Connectable = ConnectionPool | psycopg.Connection[Any]
 

@@ -27,10 +27,15 @@ class SchemaVersionError(ConfigurationError):
                 f"the database has no loader schema (expected version {expected}); "
                 "deploy it with `psql -v ON_ERROR_STOP=1 -f schema.sql` or `loader schema apply`"
             )
+        elif found < expected:
+            msg = (
+                f"the database holds loader schema version {found} but this loader needs "
+                f"version {expected}; upgrade it in place with `loader schema upgrade`"
+            )
         else:
             msg = (
                 f"the database holds loader schema version {found} but this loader needs "
-                f"version {expected}; upgrade the schema or use a matching loader release"
+                f"version {expected}; use the loader release built for version {found}"
             )
         super().__init__(msg)
 

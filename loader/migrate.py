@@ -128,6 +128,8 @@ def upgrade(
                     # The simple query protocol runs the file, BEGIN to COMMIT, in one round trip.
                     conn.execute(mig.sql.encode("utf-8"))
                 except psycopg.errors.RaiseException as exc:
+                    # The file's own BEGIN left the session in the aborted transaction.
+                    conn.execute("ROLLBACK")
                     # Its version guard refused: another runner may have applied it meanwhile.
                     now = deployed_version(conn)
                     if now is not None and now >= mig.version:

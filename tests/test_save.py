@@ -301,12 +301,13 @@ def test_connection_inside_a_transaction_is_refused(
 
 
 def test_other_schema_version_is_refused_naming_both(dsn: str, db: psycopg.Connection[Any]) -> None:
-    from loader import SchemaVersionError
+    from loader import SCHEMA_VERSION, SchemaVersionError
 
-    db.execute("INSERT INTO loader_schema_version (version, description) VALUES (2, 'future')")
+    future = SCHEMA_VERSION + 1
+    db.execute("INSERT INTO loader_schema_version (version, description) VALUES (%s, 'future')", [future])
     with (
         psycopg.connect(dsn) as c,
-        pytest.raises(SchemaVersionError, match="version 2 .* version 1"),
+        pytest.raises(SchemaVersionError, match=f"version {future} .* version {SCHEMA_VERSION}"),
     ):
         save_batch(c, "future", make_batch(1))
     assert row_counts(db)["batch_executions"] == 0
