@@ -94,7 +94,8 @@ def pick_broker(scratch: Path) -> Broker:
         f"\n{'!' * 78}\n{why}: the Celery tests use kombu's serverless filesystem transport\n"
         f"instead of a broker server (the worker is still a real subprocess)\n{'!' * 78}"
     )
-    options = {"data_folder_in": str(folder), "data_folder_out": str(folder)}
+    # control_folder too: kombu otherwise writes its pidbox files into the working directory.
+    options = {"data_folder_in": str(folder), "data_folder_out": str(folder), "control_folder": str(folder)}
     return Broker("filesystem", "filesystem://", results, options)
 
 
