@@ -12,6 +12,7 @@ from psycopg import pq
 from psycopg_pool import ConnectionPool, PoolClosed
 
 from loader import queries
+from loader.dsn import check_dsn
 from loader.errors import (
     ConfigurationError,
     DatabaseError,
@@ -67,7 +68,9 @@ def make_pool(
     """A pool whose connections are checked (and replaced when broken) on checkout.
 
     Returned closed (``open=False``): open it explicitly, after any fork.
+    Raises ConfigurationError at once for a DSN libpq cannot parse.
     """
+    check_dsn(conninfo)
     return ConnectionPool(
         conninfo,
         min_size=min_size,

@@ -6,6 +6,7 @@ from importlib import resources
 
 import psycopg
 
+from loader.dsn import check_dsn
 from loader.errors import LoaderError, translate
 
 
@@ -16,6 +17,7 @@ def schema_sql() -> str:
 
 def apply_schema(conninfo: str) -> None:
     """Run schema.sql on the database at ``conninfo`` (all or nothing, safe to repeat)."""
+    check_dsn(conninfo)
     try:
         # autocommit: the file carries its own BEGIN/COMMIT; the simple query
         # protocol (no parameters) runs all its statements in one round trip.
