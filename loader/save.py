@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable
@@ -130,8 +131,8 @@ def _run_attempt(
             {
                 "batch_id": batch_id,
                 "total_images": total_images if total_images is not None else prepared.received,
-                "image_paths": [im.image_path for im in images],
-                "public_paths": [im.public_path for im in images],
+                "image_paths": json.dumps([im.image_path for im in images]),
+                "public_paths": json.dumps([im.public_path for im in images]),
                 "work_mem": settings.work_mem,
                 "statement_timeout": settings.statement_timeout,
                 "lock_timeout": settings.lock_timeout,

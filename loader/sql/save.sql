@@ -38,21 +38,24 @@ created AS (
     RETURNING total_images
 ),
 owned AS (
-    -- 1-based ordinals into the arrays the client sent.
+    -- 1-based ordinals into the arrays the client sent. They come as JSON text,
+    -- not text[]: psycopg encodes a list as an array element by element in
+    -- Python (25 ms for a 10,000-image call), json.dumps in C (5 ms).
     SELECT array_agg(p.ord ORDER BY p.ord) AS ords,
            array_agg(p.kind ORDER BY p.ord) AS kinds,
            array_agg(c.batch_id ORDER BY p.ord) AS owners
     FROM (
         -- An image_path stored by another batch.
         SELECT i.ord, 'image_path' AS kind, o.chain_id
-        FROM unnest(%(image_paths)s::text[]) WITH ORDINALITY AS i (path, ord)
+        FROM json_array_elements_text(%(image_paths)s::json) WITH ORDINALITY AS i (path, ord)
         JOIN ocr_executions o ON o.image_path = i.path
         UNION ALL
         -- A public_path stored for a different image (in any batch), unless
         -- this batch already stored the image itself: then it is a replay and
         -- the merge keeps the first write.
         SELECT u.ord, 'public_path', o.chain_id
-        FROM unnest(%(image_paths)s::text[], %(public_paths)s::text[])
+        FROM ROWS FROM (json_array_elements_text(%(image_paths)s::json),
+                        json_array_elements_text(%(public_paths)s::json))
              WITH ORDINALITY AS u (image_path, path, ord)
         JOIN ocr_executions o ON o.public_path = u.path AND o.image_path <> u.image_path
         WHERE NOT EXISTS (
