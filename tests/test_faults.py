@@ -28,6 +28,7 @@ from tcp_proxy import TcpProxy, upstream_of
 
 import loader.save
 from loader import (
+    ConfigurationError,
     DatabaseError,
     LoadReport,
     Settings,
@@ -204,6 +205,10 @@ def test_backend_terminated_during_the_merge(
         _merge_parked(db, pid)
         db.execute("SELECT pg_terminate_backend(%s)", [pid])
         _assert_transient(call.outcome())
+        # Retrying on the dead connection itself cannot succeed: it says so.
+        with pytest.raises(DatabaseError, match="connect again") as again:
+            save_batch(victim, BATCH, CALL, position_offset=100)
+        assert not again.value.transient
     blocker.rollback()
 
     assert snapshot(db) == before
@@ -451,3 +456,9 @@ def test_server_stopped_and_started_between_retries() -> None:
                 # The wheel's cleanup only stops the postmaster it started itself.
                 with contextlib.suppress(subprocess.CalledProcessError):
                     pg_ctl("-m", "immediate", "stop")
+
+
+def test_a_pool_that_is_not_open_is_a_configuration_error(dsn: str) -> None:
+    pool = make_pool(dsn)
+    with pytest.raises(ConfigurationError, match="open it"):
+        save_batch(pool, BATCH, CALL)
