@@ -518,6 +518,8 @@ class Display:
         now = time.monotonic()
         if not final and totals.chunks > 1 and now - self.last_line < PLAIN_PROGRESS_INTERVAL_S:
             return
+        if not final and self.total is not None and next_position >= self.total:
+            return  # the final line follows at once
         self.last_line = now
         fields: dict[str, Any] = {"batch_id": self.batch_id, "lines": next_position}
         if self.total is not None:
@@ -1200,7 +1202,7 @@ def schema_check_command(as_json: bool, dsn: str) -> None:
         click.echo(
             f"schema {diff.namespace!r} matches the package (version {SCHEMA_VERSION}): "
             + ", ".join(
-                f"{n} {'indexes' if kind == 'index' else kind + 's'}"
+                f"{n} {kind}" if n == 1 else f"{n} {'indexes' if kind == 'index' else kind + 's'}"
                 for kind, n in sorted(counts.items())
                 if kind != "version"
             )
