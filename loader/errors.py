@@ -108,11 +108,17 @@ def translate(exc: psycopg.Error, doing: str) -> DatabaseError:
     kind = TransientDatabaseError if is_transient(exc) else DatabaseError
     sqlstate = f" [SQLSTATE {exc.sqlstate}]" if exc.sqlstate else ""
     detail = redact_dsn(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-    advice = (
-        "nothing of this call was kept; retry it"
-        if kind.transient
-        else "nothing of this call was kept; check the server log and the input"
-    )
+    if exc.sqlstate is None or exc.sqlstate.startswith("08"):
+        # The connection itself went away: if that happened while COMMIT was in
+        # flight, the server may have committed without telling us.
+        advice = (
+            "the call was rolled back, unless the connection dropped during COMMIT; "
+            "retrying is safe either way, since a replay changes nothing"
+        )
+    elif kind.transient:
+        advice = "nothing of this call was kept; retry it"
+    else:
+        advice = "nothing of this call was kept; check the server log and the input"
     if isinstance(exc, pg_errors.UndefinedTable):
         advice = "is the loader schema deployed? run `loader schema apply`"
     return kind(f"{doing} failed{sqlstate}: {detail} ({advice})")
