@@ -32,6 +32,7 @@ import psycopg
 
 from loader import migrate, queries
 from loader.connection import SCHEMA_VERSION
+from loader.dsn import check_dsn
 from loader.errors import DatabaseError, LoaderError, redact_dsn
 from loader.jsonl import InputFileError, Sources, count_lines, countable
 from loader.models import BatchProgress, InputIssue, LoadReport
@@ -200,6 +201,8 @@ def common_options(func: F) -> F:
 
 def connect(dsn: str) -> psycopg.Connection[Any]:
     """A connection, or one clear line saying why not (password never shown)."""
+    # libpq's parse errors quote the DSN, password and all: refuse those first.
+    check_dsn(dsn)
     try:
         return psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_S, application_name="loader-cli")
     except psycopg.Error as exc:

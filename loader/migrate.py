@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 
 from loader.connection import SCHEMA_VERSION
+from loader.dsn import check_dsn
 from loader.errors import LoaderError, translate
 
 _FILENAME = re.compile(r"^(?P<version>\d{4})_(?P<slug>[a-z0-9_]+)\.sql$")
@@ -110,6 +111,7 @@ def upgrade(
         raise MigrationError(
             f"no migration reaches schema version {target} (the newest shipped is {available})"
         )
+    check_dsn(conninfo)
     try:
         with psycopg.connect(conninfo, autocommit=True) as conn:
             found = deployed_version(conn)

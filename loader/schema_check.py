@@ -21,6 +21,7 @@ import psycopg
 from psycopg import sql
 
 from loader import queries
+from loader.dsn import check_dsn
 from loader.errors import LoaderError, translate
 from loader.schema import schema_sql
 
@@ -176,6 +177,7 @@ def deployed_namespace(conn: psycopg.Connection[Any]) -> str:
 
 def describe_deployed(conninfo: str) -> Description:
     """The description of the loader schema deployed at ``conninfo``."""
+    check_dsn(conninfo)
     try:
         with psycopg.connect(conninfo) as conn:
             namespace = deployed_namespace(conn)
@@ -188,6 +190,7 @@ def describe_deployed(conninfo: str) -> Description:
 
 def check(conninfo: str) -> SchemaDiff:
     """Compare the schema deployed at ``conninfo`` with the package's schema.sql."""
+    check_dsn(conninfo)
     scratch = f"loader_schema_check_{secrets.token_hex(6)}"
     try:
         with psycopg.connect(conninfo) as conn:

@@ -541,3 +541,22 @@ def test_demo_without_a_dsn_runs_an_embedded_postgres() -> None:
     assert result.exit_code == 0, result.stderr
     assert "starting a throw-away PostgreSQL" in result.stdout
     assert "loaded 200 lines" in result.stdout and "SUCCESS, 200 of 200 images" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("status", "b1"),
+        ("schema", "check"),
+        ("schema", "upgrade"),
+        ("schema", "apply"),
+    ],
+)
+def test_an_unparsable_dsn_is_one_line_that_never_shows_the_password(args: tuple[str, ...]) -> None:
+    # libpq's own parse error would quote the part after the space: the password.
+    result = run(*args, "--dsn", "postgresql://loader:s3cr3t word@127.0.0.1/db")
+
+    assert result.exit_code == 1
+    assert "s3cr3t" not in result.stdout + result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "DSN cannot be parsed" in result.stderr
