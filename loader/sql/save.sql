@@ -107,13 +107,20 @@ CREATE TEMP TABLE IF NOT EXISTS loader_stage_boxes_v1 (
 -- OCR rows that actually went in.
 WITH
 stage AS (
+    -- Already stored by this batch: probed per staged path through the unique
+    -- index on image_path (LATERAL + LIMIT keeps it a probe). Joining the
+    -- batch's stored images instead read all of them on every call: 59,000
+    -- rows, 120 ms, for the 60th chunk of a 1,000-image-chunk load.
     SELECT s.*,
-           mine.image_path IS NOT NULL AS already_stored
+           mine.stored IS NOT NULL AS already_stored
     FROM loader_stage_images_v1 s
-    LEFT JOIN (ocr_executions o
-               JOIN chain_executions c
-                 ON c.chain_id = o.chain_id AND c.batch_id = %(batch_id)s) AS mine
-           ON s.reject IS NULL AND mine.image_path = s.image_path
+    LEFT JOIN LATERAL (
+        SELECT true AS stored
+        FROM ocr_executions o
+        JOIN chain_executions c ON c.chain_id = o.chain_id
+        WHERE s.reject IS NULL AND o.image_path = s.image_path AND c.batch_id = %(batch_id)s
+        LIMIT 1
+    ) AS mine ON true
 ),
 new_ocr AS (
     -- Inserted in image_path order so that concurrent calls of different
@@ -190,6 +197,9 @@ totals AS (
                     + (SELECT count(*) FROM new_chains WHERE status = 'FAILURE')
                     + (SELECT count(*) FROM load_rejects WHERE batch_id = be.batch_id)
                     + (SELECT count(*) FROM new_rejects) AS failed
+             -- OFFSET 0 keeps this subquery from being pulled up into the CASE
+             -- below, which then ran each count once per mention (four times).
+             OFFSET 0
          ) AS t
     WHERE be.batch_id = %(batch_id)s
 ),
