@@ -21,6 +21,7 @@ from loader.errors import (
     translate,
 )
 from loader.models import BatchProgress, InputIssue, LoadReport, ProcessStatus
+from loader.progress import get_progress
 from loader.validate import Image, Input, Prepared, Reject, path_problem, prepare, raw_bytes
 
 log = logging.getLogger("loader")
@@ -311,7 +312,6 @@ def _report(
             issues.append(InputIssue(position=pos, image_path=path, outcome="unchanged", reason=why))
         elif image and image.status == "failed":
             failed += 1
-            boxes += 0
             issues.append(
                 InputIssue(position=pos, image_path=path, outcome="failed", reason=image.error or "failed")
             )
@@ -344,8 +344,6 @@ def register_batch(pool_or_conn: Connectable, batch_id: str, total_images: int) 
     total = _check_total(total_images)
     if total is None:
         raise ConfigurationError("register_batch needs total_images")
-    from loader.progress import get_progress  # noqa: PLC0415  (progress imports nothing of ours back)
-
     with connection(pool_or_conn) as conn:
         try:
             for _ in range(2):
