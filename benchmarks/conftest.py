@@ -81,7 +81,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not RESULTS:
         return
     rounds = sorted({r["rounds"] for r in RESULTS})
-    META["rounds"] = "/".join(str(r) for r in rounds) + " rounds"
+    META["rounds"] = f"{rounds[0]}" if len(rounds) == 1 else f"{rounds[0]}-{rounds[-1]}"
+    META["rounds"] += " rounds" if rounds[-1] > 1 else " round"
     write = terminalreporter.write_line
     write("")
     write(f"## Save-path benchmarks ({report.heading(META)})")

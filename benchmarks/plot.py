@@ -35,7 +35,7 @@ _STYLE = {
 
 def plot(data: dict[str, Any], out: Path) -> Path:
     results = data["results"]
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=120)
     for name in report.ORDER:
         points = sorted((r["n"], r["rows_per_s"]) for r in results if r["approach"] == name)
         if not points:
@@ -51,7 +51,7 @@ def plot(data: dict[str, Any], out: Path) -> Path:
     ax.set_xlabel("images per batch (N); 7 rows per image")
     ax.set_ylabel("rows stored per second (median)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="best")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.set_title("Saving one OCR batch: throughput by approach", fontsize=12)
     fig.text(0.5, 0.005, report.heading(data["meta"]), ha="center", fontsize=8, color="dimgray")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
