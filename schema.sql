@@ -241,8 +241,9 @@ COMMENT ON INDEX batch_executions_unfinished_idx IS
 -- Grants: least privilege for the loader
 --
 -- loader_writer is a NOLOGIN group role holding exactly what the loader needs:
--- read and insert rows, update in place only the two tables whose rows change
--- (batch totals, task log), no DELETE, no DDL, and TEMP on the database for its
+-- read and insert rows, update in place only the tables whose rows change
+-- (batch totals, task log, and an image's OCR row and chain when a later success
+-- replaces its failure), no DELETE, no DDL, and TEMP on the database for its
 -- staging tables. Grant it to the login role the workers use:
 --     CREATE ROLE ocr_worker LOGIN PASSWORD '...' IN ROLE loader_writer;
 -- -----------------------------------------------------------------------------
@@ -261,7 +262,7 @@ $$;
 GRANT SELECT ON loader_schema_version TO loader_writer;
 GRANT SELECT, INSERT ON batch_executions, chain_executions, task_logs,
     ocr_executions, ocr_text_boxes, load_rejects TO loader_writer;
-GRANT UPDATE ON batch_executions, task_logs TO loader_writer;
+GRANT UPDATE ON batch_executions, chain_executions, task_logs, ocr_executions TO loader_writer;
 
 DO $$
 BEGIN
@@ -276,7 +277,7 @@ $$;
 -- A fresh install records both versions, as an upgraded database does.
 INSERT INTO loader_schema_version (version, description)
 VALUES (1, 'initial schema: batches, chains, task logs, OCR executions, text boxes, load rejects'),
-       (2, 'index the unfinished batches (PENDING or STARTED) by age; loader_writer updates only batch_executions and task_logs')
+       (2, 'index the unfinished batches (PENDING or STARTED) by age; loader_writer may not update text boxes or rejects')
 ON CONFLICT (version) DO NOTHING;
 
 COMMIT;

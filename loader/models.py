@@ -142,6 +142,9 @@ class LoadReport(BaseModel):
     failed: int = Field(description="new images stored with OCR status failed (upstream or invalid)")
     rejected: int = Field(description="new inputs recorded in load_rejects")
     unchanged: int = Field(description="inputs already stored or recorded by an earlier call")
+    replaced: int = Field(
+        default=0, description="of ``stored``: images whose earlier stored failure a success replaced"
+    )
     boxes: int = Field(description="text boxes of the newly stored images")
     statements: int = Field(description="SQL statements sent, BEGIN and COMMIT included")
     attempts: int = Field(default=1, description="transactions run (2 when the database refused some data)")

@@ -292,7 +292,7 @@ def _report(
     by_pos_image = {im.pos: im for im in attempt.images}
     by_pos_reject = {rj.pos: rj for rj in attempt.rejects}
 
-    stored = failed = rejected = unchanged = boxes = 0
+    stored = failed = rejected = unchanged = replaced = boxes = 0
     issues: list[InputIssue] = []
     for pos in sorted(outcomes):
         outcome = outcomes[pos]
@@ -316,7 +316,9 @@ def _report(
                 InputIssue(position=pos, image_path=path, outcome="failed", reason=image.error or "failed")
             )
         else:
+            # 'stored', or 'replaced': a success taking the place of a stored failure.
             stored += 1
+            replaced += outcome == "replaced"
             boxes += len(image.boxes) if image else 0
     return LoadReport(
         batch_id=batch_id,
@@ -325,6 +327,7 @@ def _report(
         failed=failed,
         rejected=rejected,
         unchanged=unchanged,
+        replaced=replaced,
         boxes=boxes,
         statements=statements,
         attempts=attempts,

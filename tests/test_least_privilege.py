@@ -55,7 +55,7 @@ _MINIMAL_GRANTS = [
     "GRANT SELECT ON loader_schema_version TO {role}",
     "GRANT SELECT, INSERT ON batch_executions, chain_executions, ocr_executions,"
     " ocr_text_boxes, load_rejects TO {role}",
-    "GRANT UPDATE ON batch_executions TO {role}",
+    "GRANT UPDATE ON batch_executions, chain_executions, ocr_executions TO {role}",
 ]
 
 

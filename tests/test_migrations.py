@@ -57,6 +57,8 @@ def fill_v1(dsn: str) -> list[dict[str, Any]]:
     """What a version-1 loader left behind: a finished batch (one image failed, one input
     rejected) and a registered batch still waiting for its images."""
     images = make_batch(3, prefix="old")
+    # Image 1 arrived as an upstream failure, so replaying these inputs is a no-op.
+    images[1].update(status="failed", error="OCR engine timeout after 30s", text_boxes=[])
     with psycopg.connect(dsn) as conn:
         conn.execute(
             "INSERT INTO batch_executions (batch_id, total_images, completed_images, failed_images, status)"

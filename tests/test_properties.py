@@ -97,7 +97,11 @@ class Model:
                 continue
             seen.add(path)
             if self.owner.get(path) == batch:
-                unchanged += 1
+                if variant == "good" and not self.succeeded[path]:
+                    self.succeeded[path] = True  # a later success replaces a failure
+                    stored += 1
+                else:
+                    unchanged += 1
             elif path in self.owner:  # another batch's image
                 reject(pos, value)
             else:

@@ -467,3 +467,35 @@ def test_replay_with_a_public_path_now_taken_stays_unchanged(
 
     assert (report.unchanged, report.rejected) == (1, 0)
     assert stored_totals(db, "first") == (1, 1, 0, "SUCCESS")
+
+
+def test_a_later_success_replaces_a_stored_failure_and_never_the_reverse(
+    conn: psycopg.Connection[Any], db: psycopg.Connection[Any]
+) -> None:
+    good = make_batch(3, prefix="rerun")
+    failed = [dict(good[0], status="failed", error="GPU out of memory", text_boxes=[])]
+    invalid = json.loads(json.dumps(good[1]))
+    invalid["text_boxes"][0]["confidence"] = 1.7
+    first = save_batch(conn, "rerun", [failed[0], invalid, good[2]])
+    assert (first.stored, first.failed) == (1, 2)
+    ids_before = db.execute("SELECT id, chain_id FROM ocr_executions ORDER BY id").fetchall()
+
+    # OCR re-run (or the input fixed): both failures become successes, same rows.
+    second = save_batch(conn, "rerun", good)
+
+    assert (second.stored, second.replaced, second.failed, second.unchanged) == (2, 2, 0, 1)
+    assert db.execute("SELECT id, chain_id FROM ocr_executions ORDER BY id").fetchall() == ids_before
+    assert db.execute(
+        "SELECT count(*) FILTER (WHERE o.status = 'success' AND o.error IS NULL AND c.status = 'SUCCESS'"
+        " AND c.completed_tasks = 1 AND c.failed_tasks = 0) FROM ocr_executions o JOIN chain_executions c"
+        " USING (chain_id)"
+    ).fetchone() == (3,)
+    assert db.execute("SELECT count(*) FROM ocr_text_boxes").fetchone()[0] == 15
+    assert stored_totals(db, "rerun") == (3, 3, 0, "SUCCESS")
+    assert_totals_match_recount(db, "rerun")
+
+    # The old failure redelivered afterwards changes nothing.
+    before = snapshot(db)
+    third = save_batch(conn, "rerun", [failed[0], invalid])
+    assert (third.stored, third.unchanged) == (0, 2)
+    assert snapshot(db) == before

@@ -1,8 +1,8 @@
 -- migration 0002: index the unfinished batches (PENDING or STARTED) by age, for `loader status --unfinished` and stuck-batch alerts
 --
 -- Takes a loader schema from version 1 to version 2: one partial index, and
--- loader_writer loses UPDATE on the tables the loader only ever inserts into
--- (least privilege). No table or data change. Apply with `loader schema upgrade`,
+-- loader_writer loses UPDATE on the two tables the loader only ever inserts
+-- into (least privilege). No table or data change. Apply with `loader schema upgrade`,
 -- or as a DBA:
 --
 --     psql -v ON_ERROR_STOP=1 -f 0002_unfinished_batches_index.sql "$DSN"
@@ -45,10 +45,10 @@ CREATE INDEX batch_executions_unfinished_idx ON batch_executions (created_at, id
 COMMENT ON INDEX batch_executions_unfinished_idx IS
     'Unfinished batches by age (`loader status --unfinished`); the predicate must match the query''s word for word.';
 
--- Version 1 granted UPDATE on every table; rows of these four are only inserted.
-REVOKE UPDATE ON chain_executions, ocr_executions, ocr_text_boxes, load_rejects FROM loader_writer;
+-- Version 1 granted UPDATE on every table; rows of these two are only inserted.
+REVOKE UPDATE ON ocr_text_boxes, load_rejects FROM loader_writer;
 
 INSERT INTO loader_schema_version (version, description)
-VALUES (2, 'index the unfinished batches (PENDING or STARTED) by age; loader_writer updates only batch_executions and task_logs');
+VALUES (2, 'index the unfinished batches (PENDING or STARTED) by age; loader_writer may not update text boxes or rejects');
 
 COMMIT;

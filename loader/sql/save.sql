@@ -112,10 +112,14 @@ stage AS (
     -- batch's stored images instead read all of them on every call: 59,000
     -- rows, 120 ms, for the 60th chunk of a 1,000-image-chunk load.
     SELECT s.*,
-           mine.stored IS NOT NULL AS already_stored
+           mine.id IS NOT NULL AS already_stored,
+           mine.id AS stored_id,
+           -- A failed image that arrives again as a success (re-run OCR, or a
+           -- fixed input) replaces its failure; a success is never replaced.
+           coalesce(mine.status = 'failed' AND s.status = 'success', false) AS upgrade
     FROM loader_stage_images_v1 s
     LEFT JOIN LATERAL (
-        SELECT true AS stored
+        SELECT o.id, o.status
         FROM ocr_executions o
         JOIN chain_executions c ON c.chain_id = o.chain_id
         WHERE s.reject IS NULL AND o.image_path = s.image_path AND c.batch_id = %(batch_id)s
@@ -145,12 +149,31 @@ new_chains AS (
     FROM new_ocr
     RETURNING chain_id, status
 ),
+upgraded_ocr AS (
+    UPDATE ocr_executions o
+    SET status = 'success', error = NULL
+    FROM stage s
+    WHERE s.upgrade AND o.id = s.stored_id
+    RETURNING o.id, o.chain_id
+),
+upgraded_chains AS (
+    UPDATE chain_executions c
+    SET status = 'SUCCESS', completed_tasks = 1, failed_tasks = 0
+    FROM upgraded_ocr u
+    WHERE c.chain_id = u.chain_id AND c.status = 'FAILURE'
+    RETURNING c.chain_id
+),
 new_boxes AS (
+    -- Stored failures never have boxes, so an upgraded image takes its boxes
+    -- without meeting old ones.
     INSERT INTO ocr_text_boxes (ocr_execution_id, position, text, confidence, bbox)
     SELECT o.id, b.box, b.text, b.confidence, b.bbox::jsonb
-    FROM new_ocr o
-    JOIN stage s ON s.chain_id = o.chain_id
-    JOIN loader_stage_boxes_v1 b ON b.pos = s.pos
+    FROM (
+        SELECT n.id, s.pos FROM new_ocr n JOIN stage s ON s.chain_id = n.chain_id
+        UNION ALL
+        SELECT u.id, s.pos FROM upgraded_ocr u JOIN stage s ON s.stored_id = u.id
+    ) AS o
+    JOIN loader_stage_boxes_v1 b ON b.pos = o.pos
     ORDER BY o.id, b.box
     RETURNING 1
 ),
@@ -168,12 +191,14 @@ outcome AS (
            CASE
                WHEN s.reject IS NOT NULL AND r.position IS NOT NULL THEN 'rejected'
                WHEN s.reject IS NOT NULL THEN 'unchanged'
+               WHEN u.id IS NOT NULL THEN 'replaced'
                WHEN s.already_stored THEN 'unchanged'
                WHEN n.chain_id IS NOT NULL THEN 'stored'
                ELSE 'lost'
            END AS outcome
     FROM stage s
     LEFT JOIN new_ocr n ON n.chain_id = s.chain_id AND s.reject IS NULL
+    LEFT JOIN upgraded_ocr u ON u.id = s.stored_id
     LEFT JOIN new_rejects r ON r.position = s.pos AND r.raw_sha256 = s.raw_sha256
 ),
 -- Totals: this statement's snapshot does not see its own inserts, so the stored
@@ -191,10 +216,12 @@ totals AS (
          LATERAL (
              SELECT (SELECT count(*) FROM chain_executions
                      WHERE batch_id = be.batch_id AND status = 'SUCCESS')
-                    + (SELECT count(*) FROM new_chains WHERE status = 'SUCCESS') AS completed,
+                    + (SELECT count(*) FROM new_chains WHERE status = 'SUCCESS')
+                    + (SELECT count(*) FROM upgraded_chains) AS completed,
                     (SELECT count(*) FROM chain_executions
                      WHERE batch_id = be.batch_id AND status = 'FAILURE')
                     + (SELECT count(*) FROM new_chains WHERE status = 'FAILURE')
+                    - (SELECT count(*) FROM upgraded_chains)
                     + (SELECT count(*) FROM load_rejects WHERE batch_id = be.batch_id)
                     + (SELECT count(*) FROM new_rejects) AS failed
              -- OFFSET 0 keeps this subquery from being pulled up into the CASE
