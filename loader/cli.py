@@ -17,10 +17,12 @@ import shlex
 import signal
 import sys
 import tempfile
+import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -37,8 +39,9 @@ from loader.errors import DatabaseError, LoaderError, redact_dsn
 from loader.jsonl import InputFileError, Sources, count_lines, countable
 from loader.models import BatchProgress, InputIssue, LoadReport
 from loader.progress import BatchNotFoundError, get_progress
-from loader.save import register_batch, save_batch
+from loader.save import register_batch, save_prepared
 from loader.schema import apply_schema, schema_sql
+from loader.validate import Prepared, prepare
 
 # Images per transaction for `loader load`. Each chunk is one save_batch call
 # (8 statements); bigger chunks amortise them, smaller ones commit more often and
@@ -577,6 +580,23 @@ def _chunks(sources: Sources, skip: int, chunk_size: int) -> Iterator[tuple[int,
         yield first, chunk
 
 
+@dataclass
+class _Judging:
+    """A chunk read and handed to the judging thread."""
+
+    first: int
+    lines: list[bytes]
+    prepared: Future[Prepared]
+
+
+def _until(cancel: threading.Event, lines: list[bytes]) -> Iterable[bytes]:
+    """The lines, until the load stops: a chunk judged for nothing should not hold up the exit."""
+    for line in lines:
+        if cancel.is_set():
+            return
+        yield line
+
+
 def resume_command(files: tuple[str, ...], batch_id: str, chunk_size: int, skip: int) -> str:
     parts = ["loader", "load", *files, "--batch-id", batch_id]
     if chunk_size != DEFAULT_CHUNK_SIZE:
@@ -644,50 +664,83 @@ def run_load(
                 extra={"batch_id": batch_id, "lines": total_lines, "total_images": progress.total_images},
             )
         with StopRequest() as stop, Display(mode, batch_id, total_lines, skip) as display:
-            for first, lines in _chunks(sources, skip, chunk_size):
-                log.info(
-                    "chunk read", extra={"batch_id": batch_id, "lines": f"{first + 1}-{first + len(lines)}"}
-                )
-                for attempt in range(retries + 1):
-                    try:
-                        report = save_batch(conn, batch_id, lines, position_offset=first)
-                        break
-                    except DatabaseError as exc:
-                        if not exc.transient or attempt == retries:
-                            raise
-                        wait = 2.0**attempt
-                        log.warning(
-                            "chunk failed, retrying",
-                            extra={
-                                "batch_id": batch_id,
-                                "first_line": first + 1,
-                                "retry_in_s": wait,
-                                "error": str(exc),
-                            },
-                        )
-                        time.sleep(wait)
-                        conn.close()
-                        conn = connect(dsn)
-                totals.add(report)
-                next_position = first + len(lines)
-                log.info(
-                    "chunk committed",
-                    extra={
-                        "batch_id": batch_id,
-                        "lines": f"{first + 1}-{next_position}",
-                        "stored": report.stored,
-                        "failed": report.failed,
-                        "rejected": report.rejected,
-                        "unchanged": report.unchanged,
-                        "statements": report.statements,
-                        "duration_s": round(report.duration_s, 4),
-                    },
-                )
-                display.update(totals, next_position)
-                if stop.requested:
-                    break
-            else:
-                next_position = max(next_position, sources.position)
+            # Validation (pure Python) of chunk k+1 runs in one thread while chunk k is
+            # stored (the main thread mostly waits on the server). Lines are read
+            # here only, in order; at most two chunks are held. A stream (stdin, a
+            # pipe) is read on only after a commit, as without the thread, so a
+            # slow producer never holds a commit back.
+            chunks = _chunks(sources, skip, chunk_size)
+            read_ahead = total_lines is not None
+            cancel = threading.Event()
+            judge = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loader-judge")
+
+            def read_next() -> _Judging | Exception | None:
+                try:
+                    item = next(chunks, None)
+                except Exception as exc:  # raised when the loop reaches it: after the chunk before commits
+                    return exc
+                if item is None:
+                    return None
+                first, lines = item
+                return _Judging(first, lines, judge.submit(prepare, batch_id, _until(cancel, lines), first))
+
+            try:
+                ahead = read_next()
+                while ahead is not None:
+                    if isinstance(ahead, Exception):
+                        raise ahead
+                    first, lines = ahead.first, ahead.lines
+                    log.info(
+                        "chunk read",
+                        extra={"batch_id": batch_id, "lines": f"{first + 1}-{first + len(lines)}"},
+                    )
+                    prepared = ahead.prepared.result()
+                    ahead = read_next() if read_ahead else None
+                    for attempt in range(retries + 1):
+                        try:
+                            report = save_prepared(conn, batch_id, prepared)
+                            break
+                        except DatabaseError as exc:
+                            if not exc.transient or attempt == retries:
+                                raise
+                            wait = 2.0**attempt
+                            log.warning(
+                                "chunk failed, retrying",
+                                extra={
+                                    "batch_id": batch_id,
+                                    "first_line": first + 1,
+                                    "retry_in_s": wait,
+                                    "error": str(exc),
+                                },
+                            )
+                            time.sleep(wait)
+                            conn.close()
+                            conn = connect(dsn)
+                    totals.add(report)
+                    next_position = first + len(lines)
+                    log.info(
+                        "chunk committed",
+                        extra={
+                            "batch_id": batch_id,
+                            "lines": f"{first + 1}-{next_position}",
+                            "stored": report.stored,
+                            "failed": report.failed,
+                            "rejected": report.rejected,
+                            "unchanged": report.unchanged,
+                            "statements": report.statements,
+                            "duration_s": round(report.duration_s, 4),
+                        },
+                    )
+                    display.update(totals, next_position)
+                    if stop.requested:
+                        break  # a chunk judged ahead is dropped: it was not stored
+                    if not read_ahead:
+                        ahead = read_next()
+                else:
+                    next_position = max(next_position, sources.position)
+            finally:
+                cancel.set()
+                judge.shutdown(wait=False, cancel_futures=True)
             signum = stop.signum
             display.stopped = signum is not None
             display.update(totals, next_position, final=True)

@@ -226,7 +226,45 @@ def save_batch(
             f"positions {position_offset}..{position_offset + prepared.received - 1} do not fit "
             f"load_rejects.position (at most {_MAX_POSITION}); number the inputs from a smaller offset"
         )
+    return _store(pool_or_conn, batch_id, prepared, total_images, settings, started)
 
+
+def save_prepared(
+    pool_or_conn: Connectable,
+    batch_id: str,
+    prepared: Prepared,
+    *,
+    total_images: int | None = None,
+    settings: Settings = DEFAULT_SETTINGS,
+) -> LoadReport:
+    """save_batch for inputs already judged by ``loader.validate.prepare(batch_id, results, offset)``.
+
+    Lets a caller judge the next chunk (pure Python) while this one is stored;
+    ``prepared`` must come from prepare() with the same batch_id. Same outcomes,
+    errors and transaction as save_batch; duration_s covers only the storing.
+    """
+    started = time.perf_counter()
+    batch_id = _check_batch_id(batch_id)
+    total_images = _check_total(total_images)
+    # prepare() appends both in input order: their last items hold the highest positions.
+    last = max([im.pos for im in prepared.images[-1:]] + [rj.pos for rj in prepared.rejects[-1:]], default=-1)
+    if last > _MAX_POSITION:
+        # Binary COPY would wrap larger positions around silently, not fail.
+        raise ConfigurationError(
+            f"position {last} does not fit load_rejects.position (at most {_MAX_POSITION}); "
+            "number the inputs from a smaller offset"
+        )
+    return _store(pool_or_conn, batch_id, prepared, total_images, settings, started)
+
+
+def _store(
+    pool_or_conn: Connectable,
+    batch_id: str,
+    prepared: Prepared,
+    total_images: int | None,
+    settings: Settings,
+    started: float,
+) -> LoadReport:
     statements = 0
     attempt: _Attempt | None = None
     # The schema version is checked by lock_batch, inside the call's own transaction.

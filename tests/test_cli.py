@@ -14,7 +14,7 @@ from checks import assert_totals_match_recount, row_counts, snapshot, stored_tot
 from click.testing import CliRunner, Result
 from psycopg import sql
 
-from loader import LoadReport, register_batch
+from loader import LoadReport, register_batch, save_batch
 from loader.cli import DEFAULT_CHUNK_SIZE, cli
 from loader.demo import write_demo_file
 from loader.schema import schema_sql
@@ -228,6 +228,83 @@ def test_skip_loads_only_the_rest_and_a_full_run_completes_it(
     assert "unchanged 400" in full.stdout
     assert stored_totals(db, "B1") == (1000, 988, 12, "SUCCESS")
     assert row_counts(db)["ocr_executions"] == 998
+
+
+def stored_content(dsn: str) -> dict[str, list[Any]]:
+    """Every stored row without its timestamps, to compare two databases."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return {
+            table: [
+                row[0]
+                for row in conn.execute(
+                    sql.SQL(
+                        "SELECT to_jsonb(t) - ARRAY['created_at', 'updated_at', 'started_at', 'finished_at'] "
+                        "FROM {} t ORDER BY id"
+                    ).format(sql.Identifier(table))
+                )
+            ]
+            for table in (
+                "batch_executions",
+                "chain_executions",
+                "ocr_executions",
+                "ocr_text_boxes",
+                "load_rejects",
+            )
+        }
+
+
+@pytest.mark.parametrize("source", ["file", "stdin"])
+def test_a_chunked_load_stores_and_reports_exactly_what_save_batch_chunk_by_chunk_does(
+    templates: TemplateDatabases, demo_file: Path, source: str
+) -> None:
+    # The CLI judges the next chunk while it stores one; the outcome must not show it.
+    chunk = 300
+    cli_dsn, direct_dsn = templates.create(), templates.create()
+    try:
+        args = [str(demo_file)] if source == "file" else ["-", "--total", str(DEMO_IMAGES)]
+        data = demo_file.read_bytes() if source == "stdin" else None
+        result = run(
+            "load", *args, "-b", "B1", "--chunk-size", str(chunk), "--json", "--dsn", cli_dsn, input=data
+        )
+        assert result.exit_code == 0, result.stderr
+        loaded = json.loads(result.stdout)
+
+        lines = lines_of(demo_file)
+        with psycopg.connect(direct_dsn) as conn:
+            register_batch(conn, "B1", DEMO_IMAGES)
+            reports = [
+                save_batch(conn, "B1", lines[first : first + chunk], position_offset=first)
+                for first in range(0, len(lines), chunk)
+            ]
+
+        assert stored_content(cli_dsn) == stored_content(direct_dsn)
+        fields = ("received", "stored", "failed", "rejected", "unchanged", "boxes", "statements", "attempts")
+        assert {f: loaded[f] for f in fields} == {f: sum(getattr(r, f) for r in reports) for f in fields}
+        assert loaded["issues"] == [i.model_dump(mode="json") for r in reports for i in r.issues]
+        assert (loaded["chunks"], loaded["next_position"]) == (len(reports), DEMO_IMAGES)
+    finally:
+        templates.drop(cli_dsn)
+        templates.drop(direct_dsn)
+
+
+def test_a_read_error_in_a_later_chunk_keeps_the_chunks_before_it(
+    dsn: str, db: psycopg.Connection[Any], demo_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The next chunk is read while this one is judged and stored: its read error
+    # must still come after this chunk commits, as when chunks ran one by one.
+    lines = lines_of(demo_file)
+    lines[450] = b"x" * 5000
+    demo_file.write_bytes(b"\n".join(lines) + b"\n")
+    monkeypatch.setattr("loader.jsonl.MAX_LINE_BYTES", 4000)
+
+    result = run("load", str(demo_file), "-b", "B1", "--chunk-size", "300", "--dsn", dsn)
+
+    assert result.exit_code == 1
+    assert "results.jsonl:451: line longer than" in result.stderr
+    assert "lines before 301 are committed" in result.stderr and "--skip 300" in result.stderr
+    total, completed, failed, status = stored_totals(db, "B1")
+    assert (total, completed + failed, status) == (DEMO_IMAGES, 300, "STARTED")
+    assert_totals_match_recount(db, "B1")
 
 
 def test_an_empty_file_creates_no_batch(dsn: str, db: psycopg.Connection[Any], tmp_path: Path) -> None:
