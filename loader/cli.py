@@ -720,16 +720,7 @@ def run_load(
                     next_position = first + len(lines)
                     log.info(
                         "chunk committed",
-                        extra={
-                            "batch_id": batch_id,
-                            "lines": f"{first + 1}-{next_position}",
-                            "stored": report.stored,
-                            "failed": report.failed,
-                            "rejected": report.rejected,
-                            "unchanged": report.unchanged,
-                            "statements": report.statements,
-                            "duration_s": round(report.duration_s, 4),
-                        },
+                        extra={**report.log_fields(), "lines": f"{first + 1}-{next_position}"},
                     )
                     display.update(totals, next_position)
                     if stop.requested:

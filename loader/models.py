@@ -151,3 +151,17 @@ class LoadReport(BaseModel):
     duration_s: float
     progress: BatchProgress
     issues: list[InputIssue] = Field(default_factory=list)
+
+    def log_fields(self) -> dict[str, object]:
+        """The report's counts as structured-log fields (``logging``'s ``extra``)."""
+        return {
+            "batch_id": self.batch_id,
+            "received": self.received,
+            "stored": self.stored,
+            "failed": self.failed,
+            "rejected": self.rejected,
+            "unchanged": self.unchanged,
+            "replaced": self.replaced,
+            "statements": self.statements,
+            "duration_s": round(self.duration_s, 4),
+        }

@@ -292,19 +292,7 @@ def _store(
     assert attempt is not None
 
     report = _report(batch_id, prepared, attempt, statements, attempt_no, time.perf_counter() - started)
-    log.info(
-        "saved batch",
-        extra={
-            "batch_id": batch_id,
-            "received": report.received,
-            "stored": report.stored,
-            "failed": report.failed,
-            "rejected": report.rejected,
-            "unchanged": report.unchanged,
-            "statements": report.statements,
-            "duration_s": round(report.duration_s, 4),
-        },
-    )
+    log.info("saved batch", extra=report.log_fields())
     return report
 
 
