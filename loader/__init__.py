@@ -23,8 +23,9 @@ from loader.models import (
     TextBox,
 )
 from loader.progress import BatchNotFoundError, get_progress
-from loader.save import Settings, register_batch, save_batch
+from loader.save import Settings, register_batch, save_batch, save_prepared
 from loader.schema import apply_schema
+from loader.validate import Prepared, prepare
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -37,6 +38,7 @@ __all__ = [
     "LoadReport",
     "LoaderError",
     "OCRResult",
+    "Prepared",
     "ProcessStatus",
     "SchemaVersionError",
     "Settings",
@@ -46,6 +48,8 @@ __all__ = [
     "apply_schema",
     "get_progress",
     "make_pool",
+    "prepare",
     "register_batch",
     "save_batch",
+    "save_prepared",
 ]
