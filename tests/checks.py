@@ -56,3 +56,18 @@ def stored_totals(db: psycopg.Connection[Any], batch_id: str) -> tuple[int, int,
 def assert_totals_match_recount(db: psycopg.Connection[Any], batch_id: str) -> None:
     _, completed, failed, _ = stored_totals(db, batch_id)
     assert (completed, failed) == recount(db, batch_id)
+
+
+def hold_image_path(dsn: str, image_path: str) -> psycopg.Connection[Any]:
+    """A session holding an uncommitted OCR row for ``image_path``: a merge storing
+    that path waits on it (after its COPYs) until this session ends."""
+    blocker = psycopg.connect(dsn)
+    blocker.execute(
+        "INSERT INTO batch_executions (batch_id, total_images) VALUES ('blocker', 1);"
+        "INSERT INTO chain_executions (chain_id, batch_id) VALUES ('blocker-chain', 'blocker');"
+    )
+    blocker.execute(
+        "INSERT INTO ocr_executions (chain_id, image_path, status) VALUES ('blocker-chain', %s, 'success')",
+        [image_path],
+    )
+    return blocker

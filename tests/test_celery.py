@@ -29,7 +29,7 @@ from celery_harness import (
     wait_task_log,
     worker_backend,
 )
-from checks import assert_totals_match_recount, snapshot, stored_totals
+from checks import assert_totals_match_recount, hold_image_path, snapshot, stored_totals
 from psycopg.conninfo import make_conninfo
 
 from loader import make_pool, register_batch, save_batch
@@ -61,21 +61,6 @@ def start_worker(broker: Broker, dsn: str, tmp_path: Path) -> Iterator[Callable[
     yield start
     for worker in workers:
         worker.stop()
-
-
-def _hold_image_path(dsn: str, image_path: str) -> psycopg.Connection[Any]:
-    """A session holding an uncommitted OCR row for ``image_path``: a merge storing
-    that path waits on it (after its COPYs) until this session ends."""
-    blocker = psycopg.connect(dsn)
-    blocker.execute(
-        "INSERT INTO batch_executions (batch_id, total_images) VALUES ('blocker', 1);"
-        "INSERT INTO chain_executions (chain_id, batch_id) VALUES ('blocker-chain', 'blocker');"
-    )
-    blocker.execute(
-        "INSERT INTO ocr_executions (chain_id, image_path, status) VALUES ('blocker-chain', %s, 'success')",
-        [image_path],
-    )
-    return blocker
 
 
 def _stored_boxes(db: psycopg.Connection[Any], batch_id: str) -> set[tuple[str, int, str, float, str]]:
@@ -187,7 +172,7 @@ def test_worker_killed_mid_save_leaves_nothing_and_redelivery_completes_the_batc
     before = snapshot(db)
     results = make_batch(300, prefix="killed")
 
-    blocker = _hold_image_path(dsn, results[150]["image_path"])
+    blocker = hold_image_path(dsn, results[150]["image_path"])
     try:
         submission = submit_batch("killed", results, total_images=600, app=client)
         # The task's merge waits on the blocker: save_batch is mid-transaction.
@@ -228,7 +213,7 @@ def test_transient_failure_is_retried_and_logged_retry_then_success(
     results = make_batch(200, prefix="transient")
     before = snapshot(db)
 
-    blocker = _hold_image_path(dsn, results[100]["image_path"])
+    blocker = hold_image_path(dsn, results[100]["image_path"])
     try:
         submission = submit_batch("transient", results, app=client)
         task_id = submission.result.id

@@ -10,7 +10,14 @@ from typing import Any
 
 import psycopg
 import pytest
-from checks import assert_totals_match_recount, recount, row_counts, snapshot, stored_totals
+from checks import (
+    assert_totals_match_recount,
+    hold_image_path,
+    recount,
+    row_counts,
+    snapshot,
+    stored_totals,
+)
 
 from loader import (
     BatchConflictError,
@@ -347,15 +354,7 @@ def test_backend_killed_mid_merge_rolls_back_everything(dsn: str, db: psycopg.Co
 
     # Another session holds an uncommitted OCR row for one of the call's paths,
     # so the call's merge waits on it (after its COPYs) until we kill it.
-    blocker = psycopg.connect(dsn)
-    blocker.execute(
-        "INSERT INTO batch_executions (batch_id, total_images) VALUES ('blocker', 1);"
-        "INSERT INTO chain_executions (chain_id, batch_id) VALUES ('blocker-chain', 'blocker');"
-    )
-    blocker.execute(
-        "INSERT INTO ocr_executions (chain_id, image_path, status) VALUES ('blocker-chain', %s, 'success')",
-        [results[150]["image_path"]],
-    )
+    blocker = hold_image_path(dsn, results[150]["image_path"])
     errors: list[BaseException] = []
 
     def call() -> None:
