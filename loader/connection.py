@@ -22,7 +22,7 @@ from loader.errors import (
 )
 
 #: The schema version this loader reads and writes (see schema.sql).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 Connectable = ConnectionPool | psycopg.Connection[Any]
 

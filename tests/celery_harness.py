@@ -258,8 +258,10 @@ def process_gone(pid: int) -> bool | None:
 
 def task_log(db: psycopg.Connection[Any], task_id: str) -> dict[str, Any] | None:
     cur = db.execute(
-        "SELECT task_name, chain_id, status::text AS status, retries, error, started_at, finished_at"
-        " FROM task_logs WHERE task_id = %s",
+        # chain_id: the header the task carried, as resolved to its chain's id.
+        "SELECT t.task_name, c.chain_id, t.chain_execution_id, t.status::text AS status, t.retries,"
+        " t.error, t.started_at, t.finished_at"
+        " FROM task_logs t LEFT JOIN chain_executions c ON c.id = t.chain_execution_id WHERE t.task_id = %s",
         [task_id],
     )
     row = cur.fetchone()

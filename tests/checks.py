@@ -27,15 +27,25 @@ def snapshot(db: psycopg.Connection[Any]) -> dict[str, Any]:
     return out
 
 
+def snapshot_by_column(db: psycopg.Connection[Any], tables: tuple[str, ...] = TABLES) -> dict[str, Any]:
+    """Every stored row as {column: value}, so a schema change's new columns can be set aside."""
+    out: dict[str, Any] = {}
+    for t in tables:
+        cur = db.execute(f"SELECT * FROM {t} ORDER BY id")
+        names = [c.name for c in cur.description or ()]
+        out[t] = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    return out
+
+
 def recount(db: psycopg.Connection[Any], batch_id: str) -> tuple[int, int]:
-    """(completed, failed) of a batch counted from scratch from the stored rows."""
+    """(completed, failed) of a batch counted from scratch from the stored rows (open rejects only)."""
     row = db.execute(
         """
         SELECT (SELECT count(*) FROM ocr_executions o JOIN chain_executions c USING (chain_id)
                 WHERE c.batch_id = %(b)s AND o.status = 'success'),
                (SELECT count(*) FROM ocr_executions o JOIN chain_executions c USING (chain_id)
                 WHERE c.batch_id = %(b)s AND o.status = 'failed')
-             + (SELECT count(*) FROM load_rejects WHERE batch_id = %(b)s)
+             + (SELECT count(*) FROM load_rejects WHERE batch_id = %(b)s AND resolved_at IS NULL)
         """,
         {"b": batch_id},
     ).fetchone()

@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from checks import assert_totals_match_recount, snapshot, stored_totals
+from checks import TABLES, assert_totals_match_recount, snapshot, snapshot_by_column, stored_totals
 from click.testing import CliRunner, Result
 from psycopg import sql
 
@@ -119,7 +119,7 @@ def test_v1_database_with_data_upgrades_to_exactly_a_fresh_install_and_keeps_its
     images = fill_v1(old)
     apply_schema(fresh)
     with psycopg.connect(old, autocommit=True) as db:
-        before = snapshot(db)
+        before = snapshot_by_column(db, (*TABLES, "task_logs"))
 
     # Before: the loader refuses the old schema and says what to do.
     with psycopg.connect(old) as conn, pytest.raises(SchemaVersionError, match="loader schema upgrade"):
@@ -134,11 +134,22 @@ def test_v1_database_with_data_upgrades_to_exactly_a_fresh_install_and_keeps_its
 
     assert upgraded.exit_code == 0, upgraded.stderr
     assert "applied 0002_unfinished_batches_index.sql" in upgraded.stdout
+    assert "applied 0003_application_models.sql" in upgraded.stdout
     assert f"schema upgraded from version 1 to {SCHEMA_VERSION}" in upgraded.stdout
     assert run("schema", "check", "--dsn", old).exit_code == 0
     assert describe_deployed(old) == describe_deployed(fresh)
     with psycopg.connect(old, autocommit=True) as db, psycopg.connect(fresh, autocommit=True) as other:
-        assert snapshot(db) == before
+        after = snapshot_by_column(db, (*TABLES, "task_logs"))
+        # Version 3: the reject (a line that was not JSON) is still open ...
+        for reject in after["load_rejects"]:
+            assert reject.pop("resolved_at") is None and reject.pop("resolved_by") is None
+        # ... and the task log links its chain by id instead of chain_id.
+        (log_after,), (log_before,) = after["task_logs"], before["task_logs"]
+        chain = log_before.pop("chain_id")
+        assert db.execute(
+            "SELECT chain_id FROM chain_executions WHERE id = %s", [log_after.pop("chain_execution_id")]
+        ).fetchone() == (chain,)
+        assert after == before
         versions = "SELECT version, description FROM loader_schema_version ORDER BY version"
         assert db.execute(versions).fetchall() == other.execute(versions).fetchall()
 
@@ -228,12 +239,13 @@ def test_the_migration_file_also_runs_as_plain_sql_and_refuses_a_second_run(
 ) -> None:
     old = new_database()
     deploy_v1(old)
-    migration = load()[0]
+    migrations = load()
 
     with psycopg.connect(old, autocommit=True) as conn:
-        conn.execute(migration.sql.encode())  # what psql -f does
-        with pytest.raises(psycopg.errors.RaiseException, match="holds version 2"):
-            conn.execute(migration.sql.encode())
+        for migration in migrations:
+            conn.execute(migration.sql.encode())  # what psql -f does
+        with pytest.raises(psycopg.errors.RaiseException, match=f"holds version {SCHEMA_VERSION}"):
+            conn.execute(migrations[-1].sql.encode())
     assert run("schema", "check", "--dsn", old).exit_code == 0
 
 
@@ -256,7 +268,7 @@ def test_concurrent_upgrades_apply_each_migration_once(new_database: Callable[[]
 
     assert all(isinstance(r, tuple) for r in results), results
     applied = [m.version for r in results if isinstance(r, tuple) for m in r[1]]
-    assert sorted(applied) == [2]
+    assert sorted(applied) == list(range(2, SCHEMA_VERSION + 1))
     assert run("schema", "check", "--dsn", old).exit_code == 0
 
 
@@ -275,4 +287,46 @@ def test_schema_sql_prints_the_migrations_for_a_dba() -> None:
     result = run("schema", "sql", "--upgrade-from", "1")
 
     assert result.exit_code == 0
-    assert result.stdout == "-- ===== 0002_unfinished_batches_index.sql =====\n" + load()[0].sql
+    assert result.stdout == "".join(f"-- ===== {m.name} =====\n{m.sql}" for m in load())
+
+
+def test_upgrade_to_v3_resolves_rejects_that_a_later_image_already_stored(
+    new_database: Callable[[], str],
+) -> None:
+    old = new_database()
+    deploy_v1(old)
+    upgrade(old, target=2)
+    image = make_batch(1, prefix="fixed")[0]
+    with psycopg.connect(old) as conn:
+        conn.execute(
+            "INSERT INTO batch_executions (batch_id, total_images, failed_images, status)"
+            " VALUES ('fixed', 1, 1, 'FAILURE')"
+        )
+        conn.execute(
+            "INSERT INTO load_rejects (batch_id, position, image_path, reason, raw, raw_sha256)"
+            " VALUES ('fixed', 0, %s, 'public_path used by another image', '\\x7b7d', sha256('\\x7b7d'))",
+            [image["image_path"]],
+        )
+    # The fixed input arrives in a later transaction: stored, and counted on top (the v2 flaw).
+    with psycopg.connect(old) as conn:
+        chain = chain_id_for("fixed", image["image_path"])
+        conn.execute(
+            "INSERT INTO chain_executions (chain_id, batch_id, status) VALUES (%s, 'fixed', 'SUCCESS')",
+            [chain],
+        )
+        conn.execute(
+            "INSERT INTO ocr_executions (chain_id, image_path, status) VALUES (%s, %s, 'success')",
+            [chain, image["image_path"]],
+        )
+        conn.execute("UPDATE batch_executions SET completed_images = 1 WHERE batch_id = 'fixed'")
+
+    upgrade(old)
+
+    with psycopg.connect(old, autocommit=True) as db:
+        resolved = db.execute(
+            "SELECT r.resolved_at = o.created_at, r.resolved_by = o.id FROM load_rejects r"
+            " JOIN ocr_executions o ON o.image_path = r.image_path"
+        ).fetchall()
+        assert resolved == [(True, True)]
+        assert stored_totals(db, "fixed") == (1, 1, 0, "SUCCESS")
+        assert_totals_match_recount(db, "fixed")

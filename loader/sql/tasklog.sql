@@ -10,16 +10,17 @@ SELECT set_config('statement_timeout', %(timeout)s, true),
 --
 -- * PENDING comes from the publisher and may arrive after the worker already
 --   wrote STARTED or later, so on conflict it changes nothing.
--- * The chain is looked up rather than referenced blindly: a chain id that is
---   not (yet) in chain_executions leaves chain_id NULL instead of failing the FK.
+-- * The task's chain_id header is resolved to chain_executions.id (the
+--   application's TaskLog links chains by id): a chain id that is not (yet) in
+--   chain_executions leaves chain_execution_id NULL instead of failing the FK.
 -- * retries never goes down (a late write of an earlier attempt cannot undo a
 --   retry); error keeps the last failure's text until a new one replaces it.
 -- * started_at is the first start; finished_at is set by SUCCESS / FAILURE /
 --   REVOKED and cleared when a redelivered task starts again.
-INSERT INTO task_logs AS t (task_id, task_name, chain_id, status, retries, error, started_at, finished_at)
+INSERT INTO task_logs AS t (task_id, task_name, chain_execution_id, status, retries, error, started_at, finished_at)
 SELECT %(task_id)s,
        %(task_name)s,
-       (SELECT c.chain_id FROM chain_executions c WHERE c.chain_id = %(chain_id)s),
+       (SELECT c.id FROM chain_executions c WHERE c.chain_id = %(chain_id)s),
        %(status)s::process_status,
        %(retries)s,
        %(error)s,
@@ -27,7 +28,7 @@ SELECT %(task_id)s,
        CASE WHEN %(status)s::process_status IN ('SUCCESS', 'FAILURE', 'REVOKED') THEN now() END
 ON CONFLICT (task_id) DO UPDATE SET
     task_name   = COALESCE(EXCLUDED.task_name, t.task_name),
-    chain_id    = COALESCE(EXCLUDED.chain_id, t.chain_id),
+    chain_execution_id = COALESCE(EXCLUDED.chain_execution_id, t.chain_execution_id),
     status      = EXCLUDED.status,
     retries     = GREATEST(t.retries, EXCLUDED.retries),
     error       = COALESCE(EXCLUDED.error, t.error),
