@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from checks import TABLES, assert_totals_match_recount, snapshot, snapshot_by_column, stored_totals
+from checks import TABLES, assert_totals_match_recount, snapshot_by_column, stored_totals
 from click.testing import CliRunner, Result
 from psycopg import sql
 
