@@ -1,0 +1,526 @@
+"""The OCR application's SQLAlchemy 2 models of the loader's tables (``pip install loader[orm]``).
+
+The same classes, columns and methods as the application's original models, fitted to
+schema.sql so that they can neither break on it nor drift from it: tests/test_orm.py
+deploys schema.sql and holds these models to it with Alembic's ``compare_metadata``
+(nothing to report), and uses them on psycopg 3 and asyncpg next to the loader.
+
+What these models do that hand-written ones usually get wrong (docs/application.md):
+
+* Enums map the deployed types exactly: type names ``process_status`` and ``ocr_status``,
+  labels are the members' *values* (``success``, not ``SUCCESS``), and
+  ``create_type=False``: ``create_all`` never creates enum types of its own.
+* Ids are identities the database assigns; ``created_at`` comes from the server and
+  ``updated_at`` from the schema's trigger, both fetched back (``eager_defaults``) so
+  an AsyncSession never needs a lazy load to see them; both are time-zone aware.
+* ``OCRExecution.error`` and ``OCRTextBox.position`` may be left out: the schema's
+  triggers fill them in (a stated placeholder error, the image's next position).
+* The batch's totals and status belong to the loader, whose every merge recomputes them
+  from the stored rows; see BatchExecution.
+
+Nothing in the save path imports this module: ``import loader`` works without SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any, ClassVar
+
+from psycopg.conninfo import conninfo_to_dict
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    FetchedValue,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import DOUBLE_PRECISION, ENUM, JSONB
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from loader.dsn import check_dsn
+from loader.errors import ConfigurationError
+from loader.models import ProcessStatus
+
+__all__ = [
+    "Base",
+    "BatchExecution",
+    "ChainExecution",
+    "LoadReject",
+    "OCRExecution",
+    "OCRStatus",
+    "OCRTextBox",
+    "ProcessStatus",
+    "SchemaVersion",
+    "TaskLog",
+    "batch_status",
+    "engine_url",
+]
+
+
+class OCRStatus(enum.StrEnum):
+    """Outcome of OCR for one image; mirrors the ``ocr_status`` enum of schema.sql."""
+
+    SUCCESS = "success"
+    FAILED = "failed"
+
+
+def _labels(cls: type[enum.Enum]) -> list[str]:
+    """The database labels of an enum: its members' values (SQLAlchemy's default is their names)."""
+    return [str(member.value) for member in cls]
+
+
+# create_type=False: the types belong to schema.sql; create_all() or an
+# application's start-up must never create others (a role without CREATE on the
+# schema would fail, and unused types would appear beside the real ones).
+PROCESS_STATUS = ENUM(ProcessStatus, name="process_status", values_callable=_labels, create_type=False)
+OCR_STATUS = ENUM(OCRStatus, name="ocr_status", values_callable=_labels, create_type=False)
+
+# Constraint names as PostgreSQL gives them to schema.sql's unnamed constraints,
+# so the metadata and the deployed schema name every constraint alike.
+NAMING_CONVENTION = {
+    "pk": "%(table_name)s_pkey",
+    "uq": "%(table_name)s_%(column_0_name)s_key",
+    "fk": "%(table_name)s_%(column_0_name)s_fkey",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the loader's tables; ``Base.metadata`` is what Alembic compares."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _id() -> Mapped[int]:
+    # BY DEFAULT, not ALWAYS: an insert may still set an id, as on the original SERIAL ids.
+    return mapped_column(BigInteger, Identity(always=False), primary_key=True)
+
+
+class _Timestamps:
+    """created_at from the server, updated_at from schema.sql's trigger; never set them."""
+
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), server_onupdate=FetchedValue()
+    )
+
+    # Read the server's values back in the INSERT/UPDATE itself (RETURNING):
+    # otherwise they are expired, and reading them in an AsyncSession fails.
+    __mapper_args__: ClassVar[dict[str, Any]] = {"eager_defaults": True}
+
+
+def batch_status(total_images: int, completed_images: int, failed_images: int) -> ProcessStatus:
+    """The status the loader's merge gives a batch with these totals (loader/sql/save.sql, ``totals``)."""
+    accounted = completed_images + failed_images
+    if accounted == 0 and total_images > 0:
+        return ProcessStatus.PENDING
+    if accounted < total_images:
+        return ProcessStatus.STARTED
+    if completed_images == 0 and failed_images > 0:
+        return ProcessStatus.FAILURE
+    return ProcessStatus.SUCCESS
+
+
+class SchemaVersion(Base):
+    """One row per applied schema version (read-only for the application)."""
+
+    __tablename__ = "loader_schema_version"
+    __table_args__ = (
+        CheckConstraint("version > 0", name="loader_schema_version_version_check"),
+        {
+            "comment": "One row per applied schema version; the loader refuses to write unless "
+            "max(version) equals the version it was built for."
+        },
+    )
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    description: Mapped[str] = mapped_column(Text)
+
+
+class BatchExecution(_Timestamps, Base):
+    """One OCR batch.
+
+    The application creates it (``batch_id``, ``total_images``) or lets the loader do so;
+    from then on the loader owns ``completed_images``, ``failed_images`` and ``status``:
+    every merge recomputes them from the stored rows and writes them only when they
+    differ. So the methods below never invent counts, and write only a status the
+    loader's rule (batch_status) agrees with — with one exception, stated at
+    start_execution().
+    """
+
+    __tablename__ = "batch_executions"
+    __table_args__ = (
+        CheckConstraint("batch_id <> '' AND length(batch_id) <= 255", name="batch_executions_batch_id_check"),
+        CheckConstraint("total_images >= 0", name="batch_executions_total_images_check"),
+        CheckConstraint("completed_images >= 0", name="batch_executions_completed_images_check"),
+        CheckConstraint("failed_images >= 0", name="batch_executions_failed_images_check"),
+        Index("batch_executions_created_at_idx", "created_at"),
+        # The predicate is the one of `loader status --unfinished` (loader/sql/cli.sql).
+        Index(
+            "batch_executions_unfinished_idx",
+            "created_at",
+            "id",
+            postgresql_where=text("status IN ('PENDING', 'STARTED')"),
+        ),
+        {"comment": "One OCR batch: a set of images processed together."},
+    )
+
+    id: Mapped[int] = _id()
+    batch_id: Mapped[str] = mapped_column(
+        Text,
+        unique=True,
+        comment="The pipeline's batch identifier (natural key; the API addresses batches by it).",
+    )
+    status: Mapped[ProcessStatus] = mapped_column(
+        PROCESS_STATUS,
+        server_default=ProcessStatus.PENDING.value,
+        comment="PENDING until the first image arrives; STARTED while images are outstanding; "
+        "SUCCESS when all total_images are accounted for; FAILURE if every one of them failed.",
+    )
+    total_images: Mapped[int] = mapped_column(
+        Integer,
+        comment="Images the batch is expected to hold "
+        "(declared by register_batch, or the size of the first save).",
+    )
+    completed_images: Mapped[int] = mapped_column(
+        Integer,
+        server_default=text("0"),
+        comment="Images stored with OCR status success. "
+        "Recomputed by the loader's merge, never incremented by clients.",
+    )
+    failed_images: Mapped[int] = mapped_column(
+        Integer,
+        server_default=text("0"),
+        comment="Images stored with OCR status failed plus inputs rejected into load_rejects, "
+        "so completed + failed = images received.",
+    )
+
+    chains: Mapped[list[ChainExecution]] = relationship(
+        back_populates="batch",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="ChainExecution.id",
+    )
+    rejects: Mapped[list[LoadReject]] = relationship(
+        back_populates="batch",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="LoadReject.position",
+    )
+
+    def start_execution(self) -> None:
+        """Mark a batch the loader has not counted anything for yet as under way.
+
+        Writes ``status`` only, and only PENDING -> STARTED: once the loader has
+        stored an image it owns the status, and this does nothing. The loader
+        agrees at its next merge that stores anything (STARTED, or SUCCESS/FAILURE
+        if that merge completes the batch); a save_batch call with no inputs at all
+        recomputes PENDING for a batch with none received.
+        """
+        if self.status == ProcessStatus.PENDING:
+            self.status = ProcessStatus.STARTED
+
+    def complete_execution(self) -> ProcessStatus:
+        """Set the status the loader's rule gives the stored totals, and return it.
+
+        Never touches the counts: a batch with images outstanding stays STARTED,
+        and the status written is the one the next merge computes itself, so that
+        merge writes nothing. Refresh the object first (``session.refresh(batch)``)
+        so the totals are the ones the loader last committed. A started batch
+        that received nothing stays STARTED.
+        """
+        status = batch_status(self.total_images, self.completed_images or 0, self.failed_images or 0)
+        if status == ProcessStatus.PENDING and self.status == ProcessStatus.STARTED:
+            status = ProcessStatus.STARTED
+        if self.status != status:
+            self.status = status
+        return status
+
+    def get_progress_percentage(self) -> float:
+        """Share of total_images accounted for (completed or failed), 0-100.
+
+        The same figure as ``loader.get_progress(...).percentage``: a batch
+        expecting no images is complete (100), and the result never exceeds 100.
+        """
+        if not self.total_images:
+            return 100.0
+        accounted = (self.completed_images or 0) + (self.failed_images or 0)
+        return min(100.0, 100.0 * accounted / self.total_images)
+
+
+class ChainExecution(_Timestamps, Base):
+    """One Celery chain per image of a batch.
+
+    The loader creates the chains of the images it stores (total_tasks 1, and
+    SUCCESS or FAILURE as the OCR row), and counts a batch's chains by status in
+    its totals: a chain's status is the loader's. The task counters are free.
+    """
+
+    __tablename__ = "chain_executions"
+    __table_args__ = (
+        CheckConstraint("chain_id <> ''", name="chain_executions_chain_id_check"),
+        CheckConstraint("total_tasks >= 0", name="chain_executions_total_tasks_check"),
+        CheckConstraint("completed_tasks >= 0", name="chain_executions_completed_tasks_check"),
+        CheckConstraint("failed_tasks >= 0", name="chain_executions_failed_tasks_check"),
+        Index("chain_executions_batch_id_status_idx", "batch_id", "status"),
+        {"comment": "One Celery chain per image of a batch."},
+    )
+
+    id: Mapped[int] = _id()
+    chain_id: Mapped[str] = mapped_column(
+        Text,
+        unique=True,
+        comment="Celery chain id. The loader derives it deterministically (UUIDv5 of batch_id and "
+        "image_path) so a redelivered batch maps onto the same chains.",
+    )
+    batch_id: Mapped[str] = mapped_column(Text, ForeignKey(BatchExecution.batch_id, ondelete="CASCADE"))
+    status: Mapped[ProcessStatus] = mapped_column(PROCESS_STATUS, server_default=ProcessStatus.PENDING.value)
+    total_tasks: Mapped[int] = mapped_column(
+        Integer,
+        server_default=text("0"),
+        comment="Tasks in the chain; the loader records the OCR task, so 1 for chains it creates.",
+    )
+    completed_tasks: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    failed_tasks: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+
+    batch: Mapped[BatchExecution] = relationship(back_populates="chains")
+    ocr_execution: Mapped[OCRExecution | None] = relationship(
+        back_populates="chain", cascade="all, delete-orphan", passive_deletes=True
+    )
+    task_logs: Mapped[list[TaskLog]] = relationship(
+        back_populates="chain", passive_deletes=True, order_by="TaskLog.id"
+    )
+
+    def increment_completed_tasks(self) -> None:
+        """Count one more finished task (the counter only; the status stays the loader's)."""
+        self.completed_tasks = (self.completed_tasks or 0) + 1
+
+    def increment_failed_tasks(self) -> None:
+        """Count one more failed task (the counter only; the status stays the loader's)."""
+        self.failed_tasks = (self.failed_tasks or 0) + 1
+
+
+class TaskLog(_Timestamps, Base):
+    """Celery task log, one row per task id (loader.celery keeps it from signals)."""
+
+    __tablename__ = "task_logs"
+    __table_args__ = (
+        CheckConstraint("task_id <> ''", name="task_logs_task_id_check"),
+        CheckConstraint("retries >= 0", name="task_logs_retries_check"),
+        Index("task_logs_chain_execution_id_idx", "chain_execution_id"),
+        Index("task_logs_status_updated_idx", "status", "updated_at"),
+        {"comment": "Celery task log, one row per task id, kept by signal handlers in the workers."},
+    )
+
+    id: Mapped[int] = _id()
+    task_id: Mapped[str] = mapped_column(Text, unique=True)
+    task_name: Mapped[str | None] = mapped_column(Text)
+    chain_execution_id: Mapped[int | None] = mapped_column(
+        BigInteger,
+        ForeignKey(ChainExecution.id, ondelete="CASCADE"),
+        comment="The chain the task belongs to (chain_executions.id, as the application's TaskLog "
+        "model links it); the Celery task log resolves a task's chain_id header to it. "
+        "NULL for stand-alone tasks.",
+    )
+    status: Mapped[ProcessStatus] = mapped_column(PROCESS_STATUS, server_default=ProcessStatus.PENDING.value)
+    retries: Mapped[int] = mapped_column(
+        Integer,
+        server_default=text("0"),
+        comment="How many times the task was retried (Celery request.retries at the last update).",
+    )
+    error: Mapped[str | None] = mapped_column(
+        Text, comment="Exception text of the last failure or retry; NULL while the task has not failed."
+    )
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    chain: Mapped[ChainExecution | None] = relationship(back_populates="task_logs")
+
+
+class OCRExecution(_Timestamps, Base):
+    """OCR result of one image; its text boxes come in reading order."""
+
+    __tablename__ = "ocr_executions"
+    __table_args__ = (
+        CheckConstraint("image_path <> ''", name="ocr_executions_image_path_check"),
+        CheckConstraint("public_path <> ''", name="ocr_executions_public_path_check"),
+        # A failed image always says why; a successful one carries no error.
+        CheckConstraint("(status = 'failed') = (error IS NOT NULL)", name="ocr_executions_error_iff_failed"),
+        {"comment": "OCR result of one image."},
+    )
+
+    id: Mapped[int] = _id()
+    chain_id: Mapped[str] = mapped_column(
+        Text, ForeignKey(ChainExecution.chain_id, ondelete="CASCADE"), unique=True
+    )
+    image_path: Mapped[str] = mapped_column(
+        Text,
+        unique=True,
+        comment="Where the image was read from; unique across all batches (an image belongs to one batch).",
+    )
+    public_path: Mapped[str | None] = mapped_column(
+        Text, unique=True, comment="Public URL/path of the image, if any; unique when present."
+    )
+    status: Mapped[OCRStatus] = mapped_column(OCR_STATUS)
+    # Left out, schema.sql's trigger fills it in for a failed row (a stated
+    # placeholder) and clears it for a successful one; fetched back either way.
+    error: Mapped[str | None] = mapped_column(
+        Text,
+        server_default=FetchedValue(),
+        server_onupdate=FetchedValue(),
+        comment="Why the image failed: the upstream OCR error, or the loader's validation message "
+        "(e.g. confidence out of range). NULL on success.",
+    )
+
+    chain: Mapped[ChainExecution] = relationship(back_populates="ocr_execution")
+    text_boxes: Mapped[list[OCRTextBox]] = relationship(
+        back_populates="ocr_execution",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="OCRTextBox.position",
+    )
+
+
+class OCRTextBox(_Timestamps, Base):
+    """One recognised box: text, confidence in [0, 1], polygon, and its place in reading order."""
+
+    __tablename__ = "ocr_text_boxes"
+    __table_args__ = (
+        CheckConstraint("position >= 0", name="ocr_text_boxes_position_check"),
+        # NaN compares greater than every number in PostgreSQL, so this also rejects NaN.
+        CheckConstraint("confidence >= 0 AND confidence <= 1", name="ocr_text_boxes_confidence_check"),
+        CheckConstraint("jsonb_typeof(bbox) = 'array'", name="ocr_text_boxes_bbox_check"),
+        UniqueConstraint("ocr_execution_id", "position", name="ocr_text_boxes_reading_order"),
+        {"comment": "Text boxes recognised in one image."},
+    )
+
+    id: Mapped[int] = _id()
+    ocr_execution_id: Mapped[int] = mapped_column(BigInteger, ForeignKey(OCRExecution.id, ondelete="CASCADE"))
+    # Left out, schema.sql's trigger puts the box after the image's last one.
+    position: Mapped[int] = mapped_column(
+        Integer,
+        server_default=FetchedValue(),
+        comment="Reading order: the box's 0-based index within its image as the OCR stage reported it. "
+        "ORDER BY position to read the text.",
+    )
+    text: Mapped[str] = mapped_column(Text)
+    confidence: Mapped[float] = mapped_column(DOUBLE_PRECISION)
+    bbox: Mapped[list[list[float]]] = mapped_column(
+        JSONB, comment="Polygon as a JSON array of [x, y] points, e.g. [[0,0],[10,0],[10,5],[0,5]]."
+    )
+
+    ocr_execution: Mapped[OCRExecution] = relationship(back_populates="text_boxes")
+
+
+class LoadReject(_Timestamps, Base):
+    """An input the loader could not store at all, kept byte for byte (written by the loader only)."""
+
+    __tablename__ = "load_rejects"
+    __table_args__ = (
+        CheckConstraint("position >= 0", name="load_rejects_position_check"),
+        CheckConstraint("length(raw_sha256) = 32", name="load_rejects_raw_sha256_check"),
+        CheckConstraint(
+            "resolved_by IS NULL OR resolved_at IS NOT NULL",
+            name="load_rejects_resolved_by_needs_resolved_at",
+        ),
+        UniqueConstraint("batch_id", "position", "raw_sha256", name="load_rejects_once"),
+        Index(
+            "load_rejects_open_by_path_idx",
+            "batch_id",
+            "image_path",
+            postgresql_where=text("resolved_at IS NULL"),
+        ),
+        Index(
+            "load_rejects_open_by_position_idx",
+            "batch_id",
+            "position",
+            postgresql_where=text("resolved_at IS NULL"),
+        ),
+        Index(
+            "load_rejects_resolved_by_idx", "resolved_by", postgresql_where=text("resolved_by IS NOT NULL")
+        ),
+        {
+            "comment": "Inputs that could not be stored at all (no usable image_path, duplicates, paths "
+            "owned by another batch, lines that are not JSON objects). Counted in "
+            "batch_executions.failed_images."
+        },
+    )
+
+    id: Mapped[int] = _id()
+    batch_id: Mapped[str] = mapped_column(Text, ForeignKey(BatchExecution.batch_id, ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(
+        Integer,
+        comment="Position of the input in the call (0-based), "
+        "or its line number offset when loaded from a file.",
+    )
+    image_path: Mapped[str | None] = mapped_column(
+        Text, comment="The image_path the input claimed, when it had a usable one."
+    )
+    reason: Mapped[str] = mapped_column(Text)
+    raw: Mapped[bytes] = mapped_column(
+        LargeBinary,
+        comment="The input exactly as received (bytes of the JSONL line, or the JSON encoding of an "
+        "in-memory object); NUL bytes included, hence bytea.",
+    )
+    raw_sha256: Mapped[bytes] = mapped_column(
+        LargeBinary, comment="SHA-256 of raw; part of the idempotency key."
+    )
+    resolved_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True),
+        comment="When a later input of the same batch stored this image (same image_path, or same "
+        "position for a reject without one); NULL while the reject is open. Only open rejects "
+        "count in failed_images; resolved ones stay for the audit trail.",
+    )
+    resolved_by: Mapped[int | None] = mapped_column(
+        BigInteger,
+        ForeignKey(OCRExecution.id, ondelete="SET NULL"),
+        comment="The ocr_executions row whose storing resolved this reject "
+        "(NULL if that row was deleted since).",
+    )
+
+    batch: Mapped[BatchExecution] = relationship(back_populates="rejects")
+
+
+# libpq options asyncpg understands, by their libpq names; any other option of
+# a DSN would be silently dropped, so it is refused instead.
+_ASYNCPG_OPTIONS = frozenset({"host", "port", "user", "password", "dbname", "sslmode"})
+
+
+def engine_url(dsn: str, driver: str = "psycopg") -> URL:
+    """The SQLAlchemy URL of a libpq DSN (URI or key=value), for ``psycopg`` or ``asyncpg``.
+
+    The loader and the application can then share one setting (e.g. LOADER_DSN):
+    ``create_engine(engine_url(dsn))`` or ``create_async_engine(engine_url(dsn, "asyncpg"))``.
+    """
+    if driver not in {"psycopg", "asyncpg"}:
+        raise ConfigurationError(f"unknown driver {driver!r}: use 'psycopg' or 'asyncpg'")
+    check_dsn(dsn)
+    params = {key: str(value) for key, value in conninfo_to_dict(dsn).items()}
+    if driver == "asyncpg":
+        unknown = sorted(set(params) - _ASYNCPG_OPTIONS)
+        if unknown:
+            raise ConfigurationError(f"asyncpg does not take these DSN options: {', '.join(unknown)}")
+        if "sslmode" in params:
+            # asyncpg spells libpq's sslmode "ssl", with the same values.
+            params["ssl"] = params.pop("sslmode")
+    port = params.pop("port", None)
+    return URL.create(
+        f"postgresql+{driver}",
+        username=params.pop("user", None),
+        password=params.pop("password", None),
+        host=params.pop("host", None),
+        port=int(port) if port else None,
+        database=params.pop("dbname", None),
+        query=params,
+    )
