@@ -292,9 +292,11 @@ CREATE INDEX IF NOT EXISTS batch_executions_unfinished_idx ON batch_executions (
     WHERE status IN ('PENDING', 'STARTED');
 COMMENT ON INDEX batch_executions_unfinished_idx IS
     'Unfinished batches by age (`loader status --unfinished`); the predicate must match the query''s word for word.';
--- Version 3: a batch's open rejects, by the image_path or the position a later
+-- Version 3: open rejects, by the image_path or the (batch, position) a later
 -- input resolves them through (the merge), and counted in failed_images.
-CREATE INDEX IF NOT EXISTS load_rejects_open_by_path_idx ON load_rejects (batch_id, image_path)
+-- A hash index: a reject keeps whatever image_path it claimed, however long,
+-- and a btree entry holds at most 2704 bytes.
+CREATE INDEX IF NOT EXISTS load_rejects_open_by_path_idx ON load_rejects USING hash (image_path)
     WHERE resolved_at IS NULL;
 CREATE INDEX IF NOT EXISTS load_rejects_open_by_position_idx ON load_rejects (batch_id, position)
     WHERE resolved_at IS NULL;

@@ -107,7 +107,9 @@ COMMENT ON COLUMN load_rejects.resolved_at IS
     'When a later input of the same batch stored this image (same image_path, or same position for a reject without one); NULL while the reject is open. Only open rejects count in failed_images; resolved ones stay for the audit trail.';
 COMMENT ON COLUMN load_rejects.resolved_by IS
     'The ocr_executions row whose storing resolved this reject (NULL if that row was deleted since).';
-CREATE INDEX load_rejects_open_by_path_idx ON load_rejects (batch_id, image_path)
+-- A hash index: a reject keeps whatever image_path it claimed, however long,
+-- and a btree entry holds at most 2704 bytes.
+CREATE INDEX load_rejects_open_by_path_idx ON load_rejects USING hash (image_path)
     WHERE resolved_at IS NULL;
 CREATE INDEX load_rejects_open_by_position_idx ON load_rejects (batch_id, position)
     WHERE resolved_at IS NULL;
