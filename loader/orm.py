@@ -437,8 +437,9 @@ class LoadReject(_Timestamps, Base):
         UniqueConstraint("batch_id", "position", "raw_sha256", name="load_rejects_once"),
         Index(
             "load_rejects_open_by_path_idx",
-            "batch_id",
             "image_path",
+            # Hash: a reject keeps any image_path it claimed, longer than a btree entry holds.
+            postgresql_using="hash",
             postgresql_where=text("resolved_at IS NULL"),
         ),
         Index(

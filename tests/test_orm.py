@@ -145,6 +145,37 @@ def test_models_match_the_deployed_schema(dsn: str) -> None:
         engine.dispose()
 
 
+def test_the_drift_guard_sees_a_schema_change(dsn: str, db: psycopg.Connection[Any]) -> None:
+    """The comparison above is not vacuous: changes a new schema version could make show up."""
+    db.execute("ALTER TABLE ocr_executions ADD COLUMN reviewed_by text")
+    db.execute("COMMENT ON COLUMN ocr_text_boxes.bbox IS 'a polygon'")
+    db.execute("ALTER TABLE task_logs ALTER COLUMN retries SET DEFAULT 1")
+    db.execute("DROP INDEX task_logs_status_updated_idx")
+    db.execute("ALTER TABLE load_rejects ALTER COLUMN reason TYPE varchar(100)")
+    db.execute("ALTER TABLE chain_executions ALTER COLUMN total_tasks DROP NOT NULL")
+    engine = create_engine(engine_url(dsn))
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(
+                conn, opts={"compare_type": True, "compare_server_default": True}
+            )
+            diffs = compare_metadata(context, Base.metadata)
+    finally:
+        engine.dispose()
+    # Column changes come as lists of operations, table-level ones as tuples.
+    found = sorted(
+        f"{op[0]} {op[-1].name}" if isinstance(op, tuple) else f"{op[0][0]} {op[0][3]}" for op in diffs
+    )
+    assert found == [
+        "add_index task_logs_status_updated_idx",
+        "modify_comment bbox",
+        "modify_default retries",
+        "modify_nullable total_tasks",
+        "modify_type reason",
+        "remove_column reviewed_by",
+    ], diffs
+
+
 CATALOG = """
 SELECT 'column', c.relname || '.' || a.attname,
        concat_ws(' ', format_type(a.atttypid, a.atttypmod), CASE WHEN a.attnotnull THEN 'NOT NULL' END,
