@@ -248,8 +248,7 @@ def _column_differences(table: str, columns: dict[str, dict[str, Any]]) -> list[
         if name not in expected:
             what = "NOT NULL without default" if col["not_null"] and not col["has_default"] else "its values"
             out.append(
-                f"unexpected column {table}.{name} ({col['type']}): the loader schema has no place "
-                f"for {what}"
+                f"unexpected column {table}.{name} ({col['type']}): the loader schema has no place for {what}"
             )
     return out
 
@@ -270,8 +269,8 @@ def _key_differences(conn: psycopg.Connection[Any], present: set[str]) -> list[s
         key = (fk["table_name"], fk["column_name"], fk["ref_table"], fk["ref_column"])
         if not fk["from_app"]:
             out.append(
-                f"foreign key {fk['name']} of {fk['table_name']}.{fk['column_name']} (not an application table) "
-                f"references {fk['ref_table']}.{fk['ref_column']}"
+                f"foreign key {fk['name']} of {fk['table_name']}.{fk['column_name']} "
+                f"(not an application table) references {fk['ref_table']}.{fk['ref_column']}"
             )
         elif key not in FOREIGN_KEYS:
             out.append(f"unexpected foreign key {fk['name']}: {key[0]}.{key[1]} -> {key[2]}.{key[3]}")
@@ -337,7 +336,7 @@ def broken_rules(conn: psycopg.Connection[Any]) -> tuple[list[BrokenRule], list[
 class Step:
     """One statement of the plan, with its parameters."""
 
-    query: sql.Composable
+    query: sql.SQL | sql.Composed
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -432,9 +431,7 @@ def _set_aside_steps() -> list[Step]:
         _named("adopt_aside_task_logs_of_chains"),
         _named("adopt_aside_boxes_of_ocr"),
     ]
-    steps += [
-        _named("adopt_move_aside", table=sql.Identifier(t), name=sql.Literal(t)) for t in BOTTOM_UP
-    ]
+    steps += [_named("adopt_move_aside", table=sql.Identifier(t), label=sql.Literal(t)) for t in BOTTOM_UP]
     return steps
 
 
@@ -445,7 +442,7 @@ def plan(conn: psycopg.Connection[Any], inspection: Inspection, timezone: str) -
         for r in _fetch(conn, "adopt_unused_old_enums", {"enums": list(OLD_ENUMS), "tables": list(TABLES)})
     ]
     steps = _rename_steps(conn)
-    steps.append(Step(sql.SQL(package_body())))  # type: ignore[arg-type]  # the package's own file
+    steps.append(Step(sql.SQL(package_body())))
     steps += _copy_steps(inspection, timezone)
     steps.append(_named("adopt_restart_identities"))
     steps += _ownership_steps(conn, inspection)
@@ -502,9 +499,10 @@ def _settle(conn: psycopg.Connection[Any], inspection: Inspection, report: Adopt
 def _set_aside(conn: psycopg.Connection[Any], offending: list[tuple[str, int, str]]) -> dict[str, int]:
     conn.execute(queries.get("adopt_set_aside_table"))
     conn.execute(queries.get("adopt_aside_temp"))
-    with conn.cursor() as cur, cur.copy(
-        "COPY pg_temp.loader_adopt_aside (table_name, id, reason) FROM STDIN"
-    ) as copy:
+    with (
+        conn.cursor() as cur,
+        cur.copy("COPY pg_temp.loader_adopt_aside (table_name, id, reason) FROM STDIN") as copy,
+    ):
         for table, row_id, rule in offending:
             copy.write_row((table, row_id, f"breaks {rule}"))
     for step in _set_aside_steps():

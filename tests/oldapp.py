@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Session, relationship
 
 
-class ProcessStatus(str, enum.Enum):
+class ProcessStatus(str, enum.Enum):  # noqa: UP042  (as the application declares it)
     PENDING = "PENDING"
     STARTED = "STARTED"
     SUCCESS = "SUCCESS"
@@ -41,7 +41,7 @@ class ProcessStatus(str, enum.Enum):
     REVOKED = "REVOKED"
 
 
-class OCRStatus(str, enum.Enum):
+class OCRStatus(str, enum.Enum):  # noqa: UP042  (as the application declares it)
     SUCCESS = "success"
     FAILED = "failed"
 

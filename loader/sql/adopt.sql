@@ -296,11 +296,11 @@ FROM ocr_text_boxes b
 WHERE b.ocr_execution_id IN (SELECT id FROM pg_temp.loader_adopt_aside WHERE table_name = 'ocr_executions');
 
 -- name: adopt_move_aside
--- Move one old table's rows marked to set aside into loader_adopt_set_aside ({table} and {name} are the table).
+-- Move one old table's rows marked to set aside into loader_adopt_set_aside ({table} and {label} name the table).
 WITH marked AS (
     SELECT id, string_agg(DISTINCT reason, '; ') AS reasons
     FROM pg_temp.loader_adopt_aside
-    WHERE table_name = {name}
+    WHERE table_name = {label}
     GROUP BY id
 ),
 moved AS (
@@ -309,7 +309,7 @@ moved AS (
     RETURNING t.id, row_to_json(t) AS row, m.reasons
 )
 INSERT INTO loader_adopt_set_aside (table_name, row_id, row, reasons)
-SELECT {name}, id, row, reasons FROM moved ORDER BY id;
+SELECT {label}, id, row, reasons FROM moved ORDER BY id;
 
 -- name: adopt_copy_batches
 -- Batches with their totals and status recomputed from their chains, as the merge counts them (loader/sql/save.sql, totals).
