@@ -428,6 +428,7 @@ def _set_aside_steps() -> list[Step]:
     steps = [
         _named("adopt_aside_chains_of_batches"),
         _named("adopt_aside_ocr_of_chains"),
+        _named("adopt_aside_chains_left_without_ocr"),
         _named("adopt_aside_task_logs_of_chains"),
         _named("adopt_aside_boxes_of_ocr"),
     ]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from sqlalchemy import (
     JSON,
     Column,
@@ -160,11 +161,6 @@ def make_models(shape: Shape) -> Models:
     return Models(Base, BatchExecution, ChainExecution, TaskLog, OCRExecution, OCRTextBox)
 
 
-def sqlalchemy_url(dsn: str) -> str:
-    """A SQLAlchemy URL (psycopg 3 driver) for a libpq DSN URL."""
-    return "postgresql+psycopg://" + dsn.split("://", 1)[1]
-
-
 @dataclass
 class OldImage:
     image_path: str
@@ -203,9 +199,11 @@ class OldApp:
     """The application's old save path on a database its create_all built."""
 
     def __init__(self, dsn: str, shape: Shape) -> None:
+        self.dsn = dsn
         self.shape = shape
         self.models = make_models(shape)
-        self.engine = create_engine(sqlalchemy_url(dsn))
+        # Any libpq DSN (URL or key=value), handed to psycopg 3 as it is.
+        self.engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(dsn))
 
     def create_all(self) -> None:
         self.models.base.metadata.create_all(self.engine)

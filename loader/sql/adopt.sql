@@ -281,6 +281,19 @@ FROM ocr_executions o
 JOIN chain_executions c ON c.chain_id = o.chain_id
 WHERE c.id IN (SELECT id FROM pg_temp.loader_adopt_aside WHERE table_name = 'chain_executions');
 
+-- name: adopt_aside_chains_left_without_ocr
+-- A chain whose only OCR rows were set aside goes with them (it would claim an image the batch no longer holds).
+INSERT INTO pg_temp.loader_adopt_aside (table_name, id, reason)
+SELECT DISTINCT 'chain_executions', c.id, 'its OCR row (id ' || o.id || ') was set aside'
+FROM chain_executions c
+JOIN ocr_executions o ON o.chain_id = c.chain_id
+WHERE o.id IN (SELECT id FROM pg_temp.loader_adopt_aside WHERE table_name = 'ocr_executions')
+  AND c.id NOT IN (SELECT id FROM pg_temp.loader_adopt_aside WHERE table_name = 'chain_executions')
+  AND NOT EXISTS (
+      SELECT FROM ocr_executions k
+      WHERE k.chain_id = c.chain_id
+        AND k.id NOT IN (SELECT id FROM pg_temp.loader_adopt_aside WHERE table_name = 'ocr_executions'));
+
 -- name: adopt_aside_task_logs_of_chains
 -- A chain set aside takes its task logs with it.
 INSERT INTO pg_temp.loader_adopt_aside (table_name, id, reason)
