@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -91,7 +91,10 @@ def everything(dsn: str) -> dict[str, Any]:
     return {"catalog": catalog, "rows": data}
 
 
-OLD_OCR = "SELECT o.id, o.image_path, o.public_path, lower(o.status::text) AS status, o.chain_id FROM ocr_executions o ORDER BY id"
+OLD_OCR = (
+    "SELECT o.id, o.image_path, o.public_path, lower(o.status::text) AS status, o.chain_id"
+    " FROM ocr_executions o ORDER BY id"
+)
 OLD_BOXES = (
     "SELECT id, ocr_execution_id, text, confidence, bbox::text AS bbox FROM ocr_text_boxes ORDER BY id"
 )
@@ -205,7 +208,8 @@ def test_after_adoption_the_loader_saves_replays_and_rejects_as_on_its_own_schem
         assert after[table][: len(stored[table])] == stored[table]
     old_batch = rows(
         dsn,
-        "SELECT completed_images, failed_images, status::text AS s FROM batch_executions WHERE batch_id = 'old'",
+        "SELECT completed_images, failed_images, status::text AS s"
+        " FROM batch_executions WHERE batch_id = 'old'",
     )
     assert old_batch == [{"completed_images": 6, "failed_images": 2, "s": "SUCCESS"}]
 
@@ -261,7 +265,8 @@ def test_an_unknown_shape_is_refused_one_line_per_difference_and_nothing_changes
     lines = result.output.splitlines()[1:]
     assert lines == [
         "  column chain_executions.total_tasks is numeric, expected integer",
-        "  unexpected column ocr_executions.reviewer (text): the loader schema has no place for NOT NULL without default",
+        "  unexpected column ocr_executions.reviewer (text): "
+        "the loader schema has no place for NOT NULL without default",
         "  missing foreign key task_logs.chain_execution_id -> chain_executions.id",
     ]
     assert everything(dsn) == before
@@ -379,7 +384,8 @@ def test_set_aside_moves_the_breaking_rows_with_what_hangs_on_them_and_adopts_th
     assert reasons[1].startswith("its OCR row (id ")
     totals = rows(
         dsn,
-        "SELECT total_images, completed_images, failed_images, status::text AS s FROM batch_executions WHERE batch_id = 'dirty'",
+        "SELECT total_images, completed_images, failed_images, status::text AS s"
+        " FROM batch_executions WHERE batch_id = 'dirty'",
     )
     assert totals == [{"total_images": 6, "completed_images": 5, "failed_images": 0, "s": "STARTED"}]
 
