@@ -548,20 +548,26 @@ def _run(conn: psycopg.Connection[Any], *, dry_run: bool, timezone: str, set_asi
     if _settle(conn, inspection, report):
         return report
     _check_timezone(conn, timezone)
-    if not dry_run:
-        # Nobody writes an old row between the checks below and the copy.
-        conn.execute(
-            sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
-                sql.SQL(", ").join(sql.Identifier(t) for t in TABLES)
-            )
+    # Nobody writes an old row between the checks below and the copy.
+    lock = Step(
+        sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+            sql.SQL(", ").join(sql.Identifier(t) for t in TABLES)
         )
+    )
+    if not dry_run:
+        conn.execute(lock.query)
     report.rows_before = _counts(conn)
     report.broken, offending = broken_rules(conn)
     steps = plan(conn, inspection, timezone)
     if dry_run:
-        report.statements = [_render(conn, s) for s in steps]
+        head = [Step(sql.SQL("BEGIN")), _named("adopt_lock"), lock]
         if set_aside and offending:
-            report.statements[:0] = [_render(conn, s) for s in _set_aside_steps()]
+            head += [_named("adopt_set_aside_table"), _named("adopt_aside_temp")]
+            head.append(
+                Step(sql.SQL("-- COPY pg_temp.loader_adopt_aside: the rows breaking a rule, listed above"))
+            )
+            head += _set_aside_steps()
+        report.statements = [_render(conn, s) for s in [*head, *steps, Step(sql.SQL("COMMIT"))]]
         return report
     if report.broken and not set_aside:
         raise DirtyRowsError(report.broken)
