@@ -23,11 +23,11 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from oldapp import OldApp, Shape  # noqa: E402
+from oldapp import OldApp, Shape
 
-from loader.adopt import adopt  # noqa: E402
-from loader.schema_check import check  # noqa: E402
-from loader.testing import with_dbname  # noqa: E402
+from loader.adopt import adopt
+from loader.schema_check import check
+from loader.testing import with_dbname
 
 # Images per batch in the generated database.
 BATCH_SIZE = 1000
@@ -94,9 +94,8 @@ def main() -> None:
         )
         started = time.perf_counter()
         diff = check(dsn)
-        print(
-            f"schema check: {'clean' if diff.matches else diff.lines()} ({time.perf_counter() - started:.1f} s)"
-        )
+        verdict = "clean" if diff.matches else diff.lines()
+        print(f"schema check: {verdict} ({time.perf_counter() - started:.1f} s)")
     finally:
         if not args.keep:
             with psycopg.connect(maintenance, autocommit=True) as conn:
