@@ -102,7 +102,7 @@ UNION ALL
 SELECT 'constraint ' || c.relname, con.conname
 FROM pg_constraint con
 JOIN pg_class c ON c.oid = con.conrelid
-WHERE con.contype IN ('f', 'c')
+WHERE con.contype IN ('f', 'c', 'n')  -- 'n': NOT NULL constraints, PostgreSQL 18 on
   AND c.relnamespace = current_schema()::regnamespace AND c.relname = ANY (%(tables)s::text[])
 ORDER BY 1, 2;
 
