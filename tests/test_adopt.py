@@ -350,6 +350,10 @@ def test_rows_breaking_constraints_are_reported_per_constraint_and_refused(
     with pytest.raises(DirtyRowsError) as caught:
         adopt(dsn)
     assert {b.rule: b.count for b in caught.value.broken} == EXPECTED_RULES
+    # A dry run of the set-aside choice shows the moves, and still changes nothing.
+    dry_aside = run("schema", "adopt", "--dry-run", "--set-aside", "--dsn", dsn)
+    assert dry_aside.exit_code == 0, dry_aside.output
+    assert "INSERT INTO loader_adopt_set_aside" in dry_aside.output
     assert everything(dsn) == before
 
 
@@ -405,3 +409,75 @@ def test_schema_check_names_every_difference_of_an_unadopted_database(
     assert "- column ocr_executions.error: text" in out
     assert "+ index ocr_executions.ix_ocr_executions_image_path" in out
     assert "~ column batch_executions.id" in out
+
+
+@pytest.fixture
+def roles(templates: TemplateDatabases) -> Iterator[tuple[str, str]]:
+    """A role owning the application's database and tables, and the application's own role."""
+    owner, app = f"{templates.prefix}_owner", f"{templates.prefix}_app"
+    with psycopg.connect(templates.maintenance_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(owner)))
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(app)))
+    yield owner, app
+    with psycopg.connect(templates.maintenance_dsn, autocommit=True) as conn:
+        for role in (owner, app):
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+@pytest.mark.parametrize("adopter", ["owner", "superuser"])
+def test_the_tables_keep_their_owner_and_the_application_roles_grants(
+    roles: tuple[str, str], new_database: Callable[[], str], adopter: str
+) -> None:
+    owner, app_role = roles
+    dsn = new_database()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                sql.Identifier(str(conn.info.dbname)), sql.Identifier(owner)
+            )
+        )
+    owner_dsn = make_conninfo(dsn, user=owner)
+    app = OldApp(owner_dsn, SHAPES[0])
+    try:
+        app.create_all()
+        app.save_batch("b", old_images("b", 3))
+    finally:
+        app.close()
+    with psycopg.connect(owner_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO {}").format(
+                sql.Identifier(app_role)
+            )
+        )
+
+    report = adopt(owner_dsn if adopter == "owner" else dsn)
+
+    assert report.state == "adopted"
+    assert check(dsn).matches
+    tables = rows(
+        dsn,
+        "SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'public'"
+        " AND tablename <> 'loader_schema_version' AND tablename <> 'load_rejects' ORDER BY 1",
+    )
+    assert {t["tableowner"] for t in tables} == {owner}
+    for t in tables:
+        for privilege in ("SELECT", "INSERT", "UPDATE"):
+            (granted,) = rows(
+                dsn,
+                sql.SQL("SELECT has_table_privilege({}, {}, {}) AS granted")
+                .format(sql.Literal(app_role), sql.Literal(t["tablename"]), sql.Literal(privilege))
+                .as_string(),
+            )
+            assert granted["granted"], (t, privilege)
+
+
+def test_an_unknown_time_zone_is_refused_before_anything_changes(old_app: Callable[[Shape], OldApp]) -> None:
+    app = old_app(SHAPES[0])
+    app.save_batch("b", old_images("b", 1))
+    before = everything(app.dsn)
+
+    result = run("schema", "adopt", "--timezone", "Mars/Olympus", "--dsn", app.dsn)
+
+    assert result.exit_code == 1
+    assert "unknown time zone 'Mars/Olympus'" in result.stderr
+    assert everything(app.dsn) == before
