@@ -48,6 +48,8 @@ PLACEHOLDER_ERROR = "failed (no error recorded: adopted from the application's t
 EXAMPLES_PER_RULE = 3
 # Old tables are renamed with this prefix while their rows are copied.
 OLD_PREFIX = "loader_adopt_old_"
+# Seconds adopt waits for its exclusive locks before giving up (see _lock).
+LOCK_TIMEOUT_S = 10
 # PostgreSQL truncates identifiers longer than this many bytes.
 MAX_IDENTIFIER = 63
 
@@ -221,11 +223,9 @@ def _fetch(conn: psycopg.Connection[Any], name: str, params: dict[str, Any] | No
 
 
 def _loader_version(conn: psycopg.Connection[Any]) -> int | None:
-    row = conn.execute("SELECT to_regclass('loader_schema_version') IS NOT NULL").fetchone()
-    if not (row and row[0]):
+    if not _fetch(conn, "adopt_loader_version_table")[0]["present"]:
         return None
-    found = conn.execute("SELECT coalesce(max(version), 0) FROM loader_schema_version").fetchone()
-    return int(found[0]) if found else 0
+    return int(_fetch(conn, "adopt_loader_version")[0]["version"])
 
 
 def _column_differences(table: str, columns: dict[str, dict[str, Any]]) -> list[str]:
@@ -289,15 +289,15 @@ def _key_differences(conn: psycopg.Connection[Any], present: set[str]) -> list[s
 
 def inspect(conn: psycopg.Connection[Any]) -> Inspection:
     """The shape of the current schema (the first of the search_path)."""
-    row = conn.execute("SELECT current_schema()").fetchone()
-    if not row or row[0] is None:
+    namespace = _fetch(conn, "adopt_session")[0]["namespace"]
+    if namespace is None:
         raise AdoptError("no current schema (the search_path names no existing schema)")
     params = {"tables": list(TABLES)}
     tables = {r["name"]: r["owner"] for r in _fetch(conn, "adopt_tables", params)}
     columns: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for col in _fetch(conn, "adopt_columns", params):
         columns[col["table_name"]][col["name"]] = col
-    inspection = Inspection(str(row[0]), _loader_version(conn), tables, dict(columns), [])
+    inspection = Inspection(str(namespace), _loader_version(conn), tables, dict(columns), [])
     if inspection.version is not None:
         return inspection
     diffs = [f"missing table {t}" for t in TABLES if t not in tables]
@@ -402,8 +402,7 @@ def _copy_steps(inspection: Inspection, timezone: str) -> list[Step]:
 
 def _ownership_steps(conn: psycopg.Connection[Any], inspection: Inspection) -> list[Step]:
     """The old tables' owners and others' grants, carried over to the new tables."""
-    row = conn.execute("SELECT current_user").fetchone()
-    me = str(row[0]) if row else ""
+    me = _fetch(conn, "adopt_session")[0]["role"]
     steps = [
         Step(sql.SQL("ALTER TABLE {} OWNER TO {}").format(sql.Identifier(t), sql.Identifier(owner)))
         for t, owner in sorted(inspection.tables.items())
@@ -478,7 +477,7 @@ def _check_timezone(conn: psycopg.Connection[Any], timezone: str) -> None:
         )
 
 
-def _settle(conn: psycopg.Connection[Any], inspection: Inspection, report: AdoptReport) -> bool:
+def _settle(inspection: Inspection, report: AdoptReport) -> bool:
     """Fill in the report for a database with nothing to adopt; True when there is nothing to do."""
     if inspection.version == SCHEMA_VERSION:
         report.state = "nothing to do"
@@ -508,20 +507,37 @@ def _set_aside(conn: psycopg.Connection[Any], offending: list[tuple[str, int, st
             copy.write_row((table, row_id, f"breaks {rule}"))
     for step in _set_aside_steps():
         conn.execute(step.query, step.params)
-    rows = conn.execute(
-        "SELECT table_name, count(DISTINCT id) FROM pg_temp.loader_adopt_aside GROUP BY table_name"
-    ).fetchall()
-    return {str(t): int(n) for t, n in rows}
+    return {r["table_name"]: int(r["n"]) for r in _fetch(conn, "adopt_aside_counts")}
+
+
+def _lock(conn: psycopg.Connection[Any], timeout_s: float) -> None:
+    """Lock the tables, or give up soon: a waiting ACCESS EXCLUSIVE request queues every
+    reader of the application behind it, so waiting long would look like an outage."""
+    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(timeout_s * 1000)}ms")))
+    try:
+        conn.execute(queries.get("adopt_lock_tables"))
+    except psycopg.errors.LockNotAvailable as exc:
+        raise AdoptError(
+            f"the application's tables are in use (no exclusive lock within {timeout_s:g} s); "
+            "stop the application's workers and API, then adopt; nothing changed"
+        ) from exc
+    conn.execute("SET LOCAL lock_timeout = DEFAULT")
 
 
 def adopt(
-    conninfo: str, *, dry_run: bool = False, timezone: str = "UTC", set_aside: bool = False
+    conninfo: str,
+    *,
+    dry_run: bool = False,
+    timezone: str = "UTC",
+    set_aside: bool = False,
+    lock_timeout_s: float = LOCK_TIMEOUT_S,
 ) -> AdoptReport:
     """Convert the application's tables at ``conninfo`` into the loader schema (see the module doc).
 
     Raises UnknownShapeError (nothing changed) on tables it does not recognise and
     DirtyRowsError (nothing changed) on rows that break the loader's constraints,
-    unless ``set_aside``. A dry run changes nothing and reports the statements.
+    unless ``set_aside``; AdoptError when the tables stay locked by others for
+    ``lock_timeout_s``. A dry run changes nothing and reports the statements.
     """
     check_dsn(conninfo)
     started = time.perf_counter()
@@ -529,7 +545,7 @@ def adopt(
         with psycopg.connect(conninfo) as conn:
             if dry_run:
                 conn.read_only = True
-            report = _run(conn, dry_run=dry_run, timezone=timezone, set_aside=set_aside)
+            report = _run(conn, dry_run, timezone, set_aside, lock_timeout_s)
             if dry_run or report.state != "adopted":
                 conn.rollback()
             else:
@@ -540,22 +556,20 @@ def adopt(
     return report
 
 
-def _run(conn: psycopg.Connection[Any], *, dry_run: bool, timezone: str, set_aside: bool) -> AdoptReport:
+def _run(
+    conn: psycopg.Connection[Any], dry_run: bool, timezone: str, set_aside: bool, lock_timeout_s: float
+) -> AdoptReport:
     if not dry_run:
         conn.execute(queries.get("adopt_lock"))
     inspection = inspect(conn)
     report = AdoptReport(inspection.namespace, "dry run" if dry_run else "adopted")
-    if _settle(conn, inspection, report):
+    if _settle(inspection, report):
         return report
     _check_timezone(conn, timezone)
     # Nobody writes an old row between the checks below and the copy.
-    lock = Step(
-        sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
-            sql.SQL(", ").join(sql.Identifier(t) for t in TABLES)
-        )
-    )
+    lock = _named("adopt_lock_tables")
     if not dry_run:
-        conn.execute(lock.query)
+        _lock(conn, lock_timeout_s)
     report.rows_before = _counts(conn)
     report.broken, offending = broken_rules(conn)
     steps = plan(conn, inspection, timezone)

@@ -1286,8 +1286,16 @@ def schema_check_command(as_json: bool, dsn: str) -> None:
     help="Move old rows that break a constraint (and rows hanging on them) to loader_adopt_set_aside "
     "instead of refusing.",
 )
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0.001),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Give up (nothing changed) if the tables stay in use this long.",
+)
 @common_options
-def schema_adopt(dry_run: bool, timezone: str, set_aside: bool, dsn: str) -> None:
+def schema_adopt(dry_run: bool, timezone: str, set_aside: bool, lock_timeout: float, dsn: str) -> None:
     """Convert the application's tables, as its ORM created them, into the loader schema.
 
     One transaction under exclusive locks: every row kept with its id, totals
@@ -1297,7 +1305,9 @@ def schema_adopt(dry_run: bool, timezone: str, set_aside: bool, dsn: str) -> Non
     from loader import adopt  # noqa: PLC0415  (only this command needs it)
 
     try:
-        report = adopt.adopt(dsn, dry_run=dry_run, timezone=timezone, set_aside=set_aside)
+        report = adopt.adopt(
+            dsn, dry_run=dry_run, timezone=timezone, set_aside=set_aside, lock_timeout_s=lock_timeout
+        )
     except adopt.UnknownShapeError as exc:
         click.echo("not a shape `loader schema adopt` knows; nothing changed:")
         for line in exc.differences:

@@ -481,3 +481,18 @@ def test_an_unknown_time_zone_is_refused_before_anything_changes(old_app: Callab
     assert result.exit_code == 1
     assert "unknown time zone 'Mars/Olympus'" in result.stderr
     assert everything(app.dsn) == before
+
+
+def test_tables_in_use_make_adopt_give_up_soon_and_change_nothing(old_app: Callable[[Shape], OldApp]) -> None:
+    app = old_app(SHAPES[0])
+    app.save_batch("b", old_images("b", 1))
+    before = everything(app.dsn)
+
+    with psycopg.connect(app.dsn) as reader:
+        reader.execute("SELECT count(*) FROM ocr_executions")  # holds ACCESS SHARE until rollback
+        result = run("schema", "adopt", "--lock-timeout", "0.5", "--dsn", app.dsn)
+        reader.rollback()
+
+    assert result.exit_code == 1
+    assert "the application's tables are in use" in result.stderr
+    assert everything(app.dsn) == before

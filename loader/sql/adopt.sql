@@ -13,6 +13,23 @@ WHERE c.oid = to_regclass('batch_executions');
 -- Serialise with schema deployments and other adoptions (the key schema.sql takes).
 SELECT pg_advisory_xact_lock(7423011001);
 
+-- name: adopt_lock_tables
+-- Nobody reads or writes the application's tables until the conversion commits.
+LOCK TABLE batch_executions, chain_executions, task_logs, ocr_executions, ocr_text_boxes
+    IN ACCESS EXCLUSIVE MODE;
+
+-- name: adopt_session
+-- Who adopts, and where: the current schema (first of the search_path) and the role.
+SELECT current_schema() AS namespace, current_user AS role;
+
+-- name: adopt_loader_version_table
+-- Whether the current schema holds a loader_schema_version table.
+SELECT to_regclass(quote_ident(current_schema()) || '.loader_schema_version') IS NOT NULL AS present;
+
+-- name: adopt_loader_version
+-- The loader schema version recorded in the current schema (0 when the table is empty).
+SELECT coalesce(max(version), 0) AS version FROM loader_schema_version;
+
 -- name: adopt_timezone_known
 -- Whether a time zone name is one the server knows (naive timestamps are read in it).
 SELECT EXISTS (SELECT FROM pg_timezone_names WHERE name = %(tz)s) AS known;
@@ -259,6 +276,8 @@ CREATE TABLE IF NOT EXISTS loader_adopt_set_aside (
     reasons      text        NOT NULL,
     set_aside_at timestamptz NOT NULL DEFAULT now()
 );
+COMMENT ON TABLE loader_adopt_set_aside IS
+    'Old rows `loader schema adopt --set-aside` kept out of the loader schema because they broke one of its constraints (or hung on such a row). Not part of the loader schema: drop it once dealt with.';
 
 -- name: adopt_aside_temp
 -- The rows to set aside, by table and id, with a reason each (dropped at commit).
@@ -307,6 +326,10 @@ INSERT INTO pg_temp.loader_adopt_aside (table_name, id, reason)
 SELECT 'ocr_text_boxes', b.id, 'its OCR row (id ' || b.ocr_execution_id || ') was set aside'
 FROM ocr_text_boxes b
 WHERE b.ocr_execution_id IN (SELECT id FROM pg_temp.loader_adopt_aside WHERE table_name = 'ocr_executions');
+
+-- name: adopt_aside_counts
+-- Rows set aside per table.
+SELECT table_name, count(DISTINCT id) AS n FROM pg_temp.loader_adopt_aside GROUP BY table_name ORDER BY 1;
 
 -- name: adopt_move_aside
 -- Move one old table's rows marked to set aside into loader_adopt_set_aside ({table} and {label} name the table).
