@@ -284,6 +284,10 @@ def _key_differences(conn: psycopg.Connection[Any], present: set[str]) -> list[s
         f"view {r['view_name']} reads {r['table_name']} (drop it before adopting, recreate it after)"
         for r in _fetch(conn, "adopt_dependent_views", params)
     ]
+    out += [
+        f"trigger {r['name']} on {r['table_name']}: the loader schema has no place for it"
+        for r in _fetch(conn, "adopt_user_triggers", params)
+    ]
     return out
 
 

@@ -257,6 +257,10 @@ def test_an_unknown_shape_is_refused_one_line_per_difference_and_nothing_changes
         conn.execute("ALTER TABLE ocr_executions ALTER COLUMN reviewer DROP DEFAULT")
         conn.execute("ALTER TABLE task_logs DROP CONSTRAINT task_logs_chain_execution_id_fkey")
         conn.execute("ALTER TABLE chain_executions ALTER COLUMN total_tasks TYPE numeric")
+        conn.execute("CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END'")
+        conn.execute(
+            "CREATE TRIGGER audit BEFORE UPDATE ON batch_executions FOR EACH ROW EXECUTE FUNCTION audit()"
+        )
     before = everything(dsn)
 
     result = run("schema", "adopt", "--dsn", dsn)
@@ -268,6 +272,7 @@ def test_an_unknown_shape_is_refused_one_line_per_difference_and_nothing_changes
         "  unexpected column ocr_executions.reviewer (text): "
         "the loader schema has no place for NOT NULL without default",
         "  missing foreign key task_logs.chain_execution_id -> chain_executions.id",
+        "  trigger audit on batch_executions: the loader schema has no place for it",
     ]
     assert everything(dsn) == before
     with pytest.raises(UnknownShapeError):
@@ -469,6 +474,12 @@ def test_the_tables_keep_their_owner_and_the_application_roles_grants(
                 .as_string(),
             )
             assert granted["granted"], (t, privilege)
+    # The application's role still writes, ids from the identities (no sequence grant needed).
+    with psycopg.connect(make_conninfo(dsn, user=app_role)) as conn:
+        (new_id,) = conn.execute(  # type: ignore[misc]
+            "INSERT INTO batch_executions (batch_id, total_images) VALUES ('new', 1) RETURNING id"
+        ).fetchone()
+    assert new_id == 2
 
 
 def test_an_unknown_time_zone_is_refused_before_anything_changes(old_app: Callable[[Shape], OldApp]) -> None:

@@ -99,6 +99,15 @@ JOIN pg_class c ON c.oid = d.refobjid
 WHERE d.classid = 'pg_rewrite'::regclass AND v.oid <> c.oid
   AND c.relnamespace = current_schema()::regnamespace AND c.relname = ANY (%(tables)s::text[]);
 
+-- name: adopt_user_triggers
+-- Triggers someone added to the application's tables (the ORM makes none; the loader schema has its own).
+SELECT c.relname AS table_name, t.tgname AS name
+FROM pg_trigger t
+JOIN pg_class c ON c.oid = t.tgrelid
+WHERE NOT t.tgisinternal
+  AND c.relnamespace = current_schema()::regnamespace AND c.relname = ANY (%(tables)s::text[])
+ORDER BY 1, 2;
+
 -- name: adopt_relations_to_rename
 -- Indexes, owned sequences and other constraints of the application's tables, whose names the new tables will need.
 SELECT 'index' AS kind, i.relname AS name
