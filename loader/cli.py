@@ -1162,6 +1162,7 @@ Examples:
   loader schema apply                 # deploy schema.sql (idempotent, all or nothing)
   loader schema upgrade               # apply the numbered migrations the database needs
   loader schema check                 # compare the deployed schema with this package's
+  loader schema adopt --dry-run       # what converting the application's own tables would do
   loader schema sql > schema.sql      # the file for a DBA (psql -v ON_ERROR_STOP=1 -f)
   loader schema sql --upgrade-from 1  # the migrations from version 1, for a DBA
 """
@@ -1263,6 +1264,80 @@ def schema_check_command(as_json: bool, dsn: str) -> None:
             click.echo("hint: `loader schema upgrade` applies the migrations to this version")
     if not diff.matches:
         raise click.exceptions.Exit(EXIT_SCHEMA_DIFFERS)
+
+
+@schema_group.command(
+    "adopt",
+    epilog="\b\nExamples:\n  loader schema adopt --dry-run\n  loader schema adopt --timezone Asia/Seoul"
+    "\n  loader schema adopt --set-aside\n\nSee docs/adoption.md before running it on production.",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Print the SQL and the rows that break constraints; change nothing."
+)
+@click.option(
+    "--timezone",
+    default="UTC",
+    show_default=True,
+    help="Time zone the application's naive timestamps were written in (never the session's).",
+)
+@click.option(
+    "--set-aside",
+    is_flag=True,
+    help="Move old rows that break a constraint (and rows hanging on them) to loader_adopt_set_aside "
+    "instead of refusing.",
+)
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0.001),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Give up (nothing changed) if the tables stay in use this long.",
+)
+@common_options
+def schema_adopt(dry_run: bool, timezone: str, set_aside: bool, lock_timeout: float, dsn: str) -> None:
+    """Convert the application's tables, as its ORM created them, into the loader schema.
+
+    One transaction under exclusive locks: every row kept with its id, totals
+    recomputed. Exit 3 (nothing changed) on tables of a shape it does not know,
+    1 when old rows break constraints (unless --set-aside).
+    """
+    from loader import adopt  # noqa: PLC0415  (only this command needs it)
+
+    try:
+        report = adopt.adopt(
+            dsn, dry_run=dry_run, timezone=timezone, set_aside=set_aside, lock_timeout_s=lock_timeout
+        )
+    except adopt.UnknownShapeError as exc:
+        click.echo("not a shape `loader schema adopt` knows; nothing changed:")
+        for line in exc.differences:
+            click.echo(f"  {line}")
+        raise click.exceptions.Exit(EXIT_SCHEMA_DIFFERS) from exc
+    except adopt.DirtyRowsError as exc:
+        for rule in exc.broken:
+            click.echo(f"  {rule.line()}")
+        raise CliError(str(exc)) from exc
+    if report.state == "nothing to do":
+        click.echo(report.message)
+        return
+    if dry_run:
+        click.echo(f"-- dry run on schema {report.namespace!r}; rows now: {_row_counts(report.rows_before)}")
+        for rule in report.broken:
+            click.echo(f"-- breaks {rule.line()}")
+        click.echo("\n\n".join(f"{statement.rstrip().rstrip(';')};" for statement in report.statements))
+        if report.broken and not set_aside:
+            raise CliError("adopt would refuse: old rows break constraints (see above); nothing changed")
+        return
+    for table, n in sorted(report.set_aside.items()):
+        click.echo(f"set aside {n} row(s) of {table} in loader_adopt_set_aside")
+    click.echo(
+        f"adopted schema {report.namespace!r} as loader schema version {SCHEMA_VERSION} in "
+        f"{report.seconds:.1f} s: {_row_counts(report.rows_after)}"
+    )
+
+
+def _row_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n:,} {table}" for table, n in counts.items())
 
 
 @schema_group.command(

@@ -152,7 +152,7 @@ def _names(description: Description) -> dict[str, list[str]]:
     return names
 
 
-def _package_body() -> str:
+def package_body() -> str:
     """schema.sql without its own BEGIN/COMMIT, to run inside a transaction we roll back."""
     text = schema_sql()
     lines = text.splitlines()
@@ -166,7 +166,14 @@ def _package_body() -> str:
 
 
 def deployed_namespace(conn: psycopg.Connection[Any]) -> str:
+    """Where the loader schema is deployed, or else where the application's own tables are.
+
+    A database the application's ORM created (no loader_schema_version yet) is
+    compared too, so the check names everything `loader schema adopt` would change.
+    """
     row = conn.execute(queries.get("catalog_namespace_of_version_table")).fetchone()
+    if row is None:
+        row = conn.execute(queries.get("catalog_namespace_of_application_tables")).fetchone()
     if row is None:
         raise SchemaCheckError(
             "no loader schema found (no loader_schema_version table on the search_path); "
@@ -200,7 +207,7 @@ def check(conninfo: str) -> SchemaDiff:
                 conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(scratch)))
                 conn.execute(sql.SQL("SET LOCAL search_path = {}").format(sql.Identifier(scratch)))
                 try:
-                    conn.execute(_package_body().encode("utf-8"))
+                    conn.execute(package_body().encode("utf-8"))
                 except psycopg.Error as exc:
                     raise SchemaCheckError(
                         "could not build the package schema in a scratch schema to compare with "

@@ -1,0 +1,597 @@
+"""`loader schema adopt`: the application's tables, as its ORM created them, into schema.sql.
+
+One transaction, all or nothing. In it:
+
+1. take the deployment lock and ACCESS EXCLUSIVE locks on the five application tables;
+2. read the catalog and recognise the shape SQLAlchemy's ``create_all`` gives the
+   original models (:data:`EXPECTED`); anything else is refused with one line per
+   difference, before anything changes;
+3. find old rows that break a constraint of schema.sql (adopt.sql, ``adopt_dirty_rows``):
+   refuse, or with ``set_aside`` move them (and the rows that hang on them) to
+   ``loader_adopt_set_aside``, each with its original row as json and the reasons;
+4. rename the old tables, their indexes and sequences aside; run schema.sql itself
+   (so the end state is exactly a fresh install, checked by ``loader schema check``);
+   copy every row over with its id, converting types (naive timestamps read in an
+   explicit time zone), relabelling statuses, giving failed OCR rows a stated
+   placeholder error and boxes their id order as reading order; recompute every
+   batch's totals and status as the merge does; continue the identities past max(id);
+   carry the owner and the grants of each old table over; drop the old tables.
+
+Rewriting the tables instead of altering them in place costs the same locks (a type
+change rewrites a table either way) and avoids the ALTER pitfalls: the application's
+unique indexes carry its foreign keys, serial defaults own sequences, enum columns
+need their defaults dropped first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, LiteralString
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from loader import queries
+from loader.connection import SCHEMA_VERSION
+from loader.dsn import check_dsn
+from loader.errors import LoaderError, translate
+from loader.schema_check import package_body
+
+# The error an adopted failed OCR row carries: the old table had no error column,
+# and schema.sql requires one on every failed row (ocr_executions_error_iff_failed).
+PLACEHOLDER_ERROR = "failed (no error recorded: adopted from the application's table, which had none)"
+# Rows of each broken rule shown as examples (the count is always complete).
+EXAMPLES_PER_RULE = 3
+# Old tables are renamed with this prefix while their rows are copied.
+OLD_PREFIX = "loader_adopt_old_"
+# Seconds adopt waits for its exclusive locks before giving up (see _lock).
+LOCK_TIMEOUT_S = 10
+# PostgreSQL truncates identifiers longer than this many bytes.
+MAX_IDENTIFIER = 63
+
+TABLES = ("batch_executions", "chain_executions", "task_logs", "ocr_executions", "ocr_text_boxes")
+# Children first: the order old rows are set aside (deleted) in.
+BOTTOM_UP = ("ocr_text_boxes", "task_logs", "ocr_executions", "chain_executions", "batch_executions")
+
+PROCESS_LABELS = ("PENDING", "STARTED", "SUCCESS", "RUNNING", "FAILURE", "RETRY", "REVOKED")
+OCR_LABELS = ("SUCCESS", "FAILED")
+OLD_ENUMS = ("processstatus", "ocrstatus")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A family of column types the adoption converts from, and what it says when another appears."""
+
+    name: str
+    accepts: Callable[[str], bool]
+
+
+def _is_string(t: str) -> bool:
+    return t == "text" or t.startswith("character varying")
+
+
+INTEGER = Kind("integer", lambda t: t in ("integer", "bigint", "smallint"))
+STRING = Kind("varchar or text", _is_string)
+TIMESTAMP = Kind("timestamp", lambda t: t in ("timestamp without time zone", "timestamp with time zone"))
+FLOAT = Kind("double precision or real", lambda t: t in ("double precision", "real"))
+JSON = Kind("json or jsonb", lambda t: t in ("json", "jsonb"))
+PROCESS = Kind("enum processstatus or varchar", lambda t: t == "processstatus" or _is_string(t))
+OCR = Kind("enum ocrstatus or varchar", lambda t: t == "ocrstatus" or _is_string(t))
+
+_STAMPS = {"created_at": TIMESTAMP, "updated_at": TIMESTAMP}
+
+#: The original models as create_all makes them: table -> column -> accepted types.
+EXPECTED: dict[str, dict[str, Kind]] = {
+    "batch_executions": {
+        "id": INTEGER,
+        "batch_id": STRING,
+        "status": PROCESS,
+        "total_images": INTEGER,
+        "completed_images": INTEGER,
+        "failed_images": INTEGER,
+        **_STAMPS,
+    },
+    "chain_executions": {
+        "id": INTEGER,
+        "chain_id": STRING,
+        "batch_id": STRING,
+        "status": PROCESS,
+        "total_tasks": INTEGER,
+        "completed_tasks": INTEGER,
+        "failed_tasks": INTEGER,
+        **_STAMPS,
+    },
+    "task_logs": {
+        "id": INTEGER,
+        "task_id": STRING,
+        "task_name": STRING,
+        "chain_execution_id": INTEGER,
+        "status": PROCESS,
+        **_STAMPS,
+    },
+    "ocr_executions": {
+        "id": INTEGER,
+        "image_path": STRING,
+        "public_path": STRING,
+        "chain_id": STRING,
+        "status": OCR,
+        **_STAMPS,
+    },
+    "ocr_text_boxes": {
+        "id": INTEGER,
+        "ocr_execution_id": INTEGER,
+        "text": STRING,
+        "confidence": FLOAT,
+        "bbox": JSON,
+        **_STAMPS,
+    },
+}
+OPTIONAL_COLUMNS = {("task_logs", "task_name")}
+UNIQUE_COLUMNS = {
+    ("batch_executions", "batch_id"),
+    ("chain_executions", "chain_id"),
+    ("task_logs", "task_id"),
+    ("ocr_executions", "image_path"),
+    ("ocr_executions", "public_path"),
+}
+FOREIGN_KEYS = {
+    ("chain_executions", "batch_id", "batch_executions", "batch_id"),
+    ("ocr_executions", "chain_id", "chain_executions", "chain_id"),
+    ("task_logs", "chain_execution_id", "chain_executions", "id"),
+    ("ocr_text_boxes", "ocr_execution_id", "ocr_executions", "id"),
+}
+
+
+class AdoptError(LoaderError):
+    """Adoption refused or failed; nothing was changed."""
+
+
+class UnknownShapeError(AdoptError):
+    """The tables are not the shape adopt knows; ``differences`` says how, one line each."""
+
+    def __init__(self, differences: list[str]) -> None:
+        self.differences = differences
+        super().__init__(
+            f"not a database adopt knows ({len(differences)} difference(s)); nothing changed: "
+            + "; ".join(differences)
+        )
+
+
+class DirtyRowsError(AdoptError):
+    """Old rows break constraints of schema.sql; ``broken`` says which, per rule."""
+
+    def __init__(self, broken: list[BrokenRule]) -> None:
+        self.broken = broken
+        total = sum(rule.count for rule in broken)
+        super().__init__(
+            f"{total} old row(s) break {len(broken)} constraint(s) of the loader schema; nothing changed. "
+            "Fix them, or adopt with --set-aside to move them to loader_adopt_set_aside"
+        )
+
+
+@dataclass
+class BrokenRule:
+    """One constraint of schema.sql and the old rows that break it."""
+
+    rule: str
+    table: str
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        return f"{self.rule}: {self.count} row(s) of {self.table}, e.g. {'; '.join(self.examples)}"
+
+
+@dataclass
+class Inspection:
+    """What the catalog says about the current schema."""
+
+    namespace: str
+    version: int | None  # loader_schema_version's max, None when absent
+    tables: dict[str, str]  # application table -> owner
+    columns: dict[str, dict[str, dict[str, Any]]]  # table -> column -> catalog row
+    differences: list[str]
+
+
+@dataclass
+class AdoptReport:
+    """What adopt found and did (or, on a dry run, would do)."""
+
+    namespace: str
+    state: str  # "adopted", "nothing to do", "dry run"
+    message: str = ""
+    statements: list[str] = field(default_factory=list)
+    broken: list[BrokenRule] = field(default_factory=list)
+    rows_before: dict[str, int] = field(default_factory=dict)
+    rows_after: dict[str, int] = field(default_factory=dict)
+    set_aside: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------------------
+# Recognising the shape
+# --------------------------------------------------------------------------------------
+
+
+def _fetch(conn: psycopg.Connection[Any], name: str, params: dict[str, Any] | None = None) -> list[Any]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(queries.get(name), params or {}).fetchall()
+
+
+def _loader_version(conn: psycopg.Connection[Any]) -> int | None:
+    if not _fetch(conn, "adopt_loader_version_table")[0]["present"]:
+        return None
+    return int(_fetch(conn, "adopt_loader_version")[0]["version"])
+
+
+def _column_differences(table: str, columns: dict[str, dict[str, Any]]) -> list[str]:
+    out: list[str] = []
+    expected = EXPECTED[table]
+    for name, kind in expected.items():
+        col = columns.get(name)
+        if col is None:
+            if (table, name) not in OPTIONAL_COLUMNS:
+                out.append(f"missing column {table}.{name} ({kind.name})")
+            continue
+        if not kind.accepts(col["type"]):
+            out.append(f"column {table}.{name} is {col['type']}, expected {kind.name}")
+        elif col["is_enum"]:
+            labels = OCR_LABELS if kind is OCR else PROCESS_LABELS
+            unknown = [label for label in col["labels"] if label not in labels]
+            if unknown:
+                out.append(f"enum {col['type']} of {table}.{name} has unknown labels {', '.join(unknown)}")
+    for name, col in columns.items():
+        if name not in expected:
+            what = "NOT NULL without default" if col["not_null"] and not col["has_default"] else "its values"
+            out.append(
+                f"unexpected column {table}.{name} ({col['type']}): the loader schema has no place for {what}"
+            )
+    return out
+
+
+def _key_differences(conn: psycopg.Connection[Any], present: set[str]) -> list[str]:
+    params = {"tables": list(TABLES)}
+    out: list[str] = []
+    keys = {(r["table_name"], r["column_name"]) for r in _fetch(conn, "adopt_primary_keys", params)}
+    out += [f"{t}.id is not its primary key" for t in TABLES if t in present and (t, "id") not in keys]
+    uniques = {(r["table_name"], r["column_name"]) for r in _fetch(conn, "adopt_unique_columns", params)}
+    out += [
+        f"{t}.{c} is not unique (neither a UNIQUE constraint nor a unique index)"
+        for t, c in sorted(UNIQUE_COLUMNS)
+        if t in present and (t, c) not in uniques
+    ]
+    found: set[tuple[str, str, str, str]] = set()
+    for fk in _fetch(conn, "adopt_foreign_keys", params):
+        key = (fk["table_name"], fk["column_name"], fk["ref_table"], fk["ref_column"])
+        if not fk["from_app"]:
+            out.append(
+                f"foreign key {fk['name']} of {fk['table_name']}.{fk['column_name']} "
+                f"(not an application table) references {fk['ref_table']}.{fk['ref_column']}"
+            )
+        elif key not in FOREIGN_KEYS:
+            out.append(f"unexpected foreign key {fk['name']}: {key[0]}.{key[1]} -> {key[2]}.{key[3]}")
+        found.add(key)
+    out += [
+        f"missing foreign key {t}.{c} -> {rt}.{rc}"
+        for t, c, rt, rc in sorted(FOREIGN_KEYS - found)
+        if t in present and rt in present
+    ]
+    out += [
+        f"view {r['view_name']} reads {r['table_name']} (drop it before adopting, recreate it after)"
+        for r in _fetch(conn, "adopt_dependent_views", params)
+    ]
+    out += [
+        f"trigger {r['name']} on {r['table_name']}: the loader schema has no place for it"
+        for r in _fetch(conn, "adopt_user_triggers", params)
+    ]
+    return out
+
+
+def inspect(conn: psycopg.Connection[Any]) -> Inspection:
+    """The shape of the current schema (the first of the search_path)."""
+    namespace = _fetch(conn, "adopt_session")[0]["namespace"]
+    if namespace is None:
+        raise AdoptError("no current schema (the search_path names no existing schema)")
+    params = {"tables": list(TABLES)}
+    tables = {r["name"]: r["owner"] for r in _fetch(conn, "adopt_tables", params)}
+    columns: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for col in _fetch(conn, "adopt_columns", params):
+        columns[col["table_name"]][col["name"]] = col
+    inspection = Inspection(str(namespace), _loader_version(conn), tables, dict(columns), [])
+    if inspection.version is not None:
+        return inspection
+    diffs = [f"missing table {t}" for t in TABLES if t not in tables]
+    for table in TABLES:
+        if table in tables:
+            diffs += _column_differences(table, columns[table])
+    diffs += _key_differences(conn, set(tables))
+    inspection.differences = diffs
+    return inspection
+
+
+# --------------------------------------------------------------------------------------
+# Old rows that break the loader's constraints
+# --------------------------------------------------------------------------------------
+
+
+def broken_rules(conn: psycopg.Connection[Any]) -> tuple[list[BrokenRule], list[tuple[str, int, str]]]:
+    """Per rule, the count and a few examples; and every offending (table, id, rule)."""
+    rules: dict[str, BrokenRule] = {}
+    offending: list[tuple[str, int, str]] = []
+    for r in _fetch(conn, "adopt_dirty_rows"):
+        rule = rules.setdefault(r["rule"], BrokenRule(r["rule"], r["table_name"]))
+        rule.count += 1
+        if len(rule.examples) < EXAMPLES_PER_RULE:
+            rule.examples.append(f"id {r['id']}" + (f" ({r['detail']})" if r["detail"] else ""))
+        offending.append((r["table_name"], int(r["id"]), r["rule"]))
+    return list(rules.values()), offending
+
+
+# --------------------------------------------------------------------------------------
+# The statements
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Step:
+    """One statement of the plan, with its parameters."""
+
+    query: sql.SQL | sql.Composed
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def _named(name: str, params: dict[str, Any] | None = None, **parts: sql.Composable) -> Step:
+    text: LiteralString = queries.get(name)
+    query = sql.SQL(text).format(**parts) if parts else sql.SQL(text)
+    return Step(query, params or {})
+
+
+def _old(name: str) -> str:
+    return (OLD_PREFIX + name)[:MAX_IDENTIFIER]
+
+
+def _rename_steps(conn: psycopg.Connection[Any]) -> list[Step]:
+    steps = [
+        Step(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(t), sql.Identifier(_old(t))))
+        for t in TABLES
+    ]
+    for r in _fetch(conn, "adopt_relations_to_rename", {"tables": list(TABLES)}):
+        kind, _, table = r["kind"].partition(" ")
+        name, renamed = sql.Identifier(r["name"]), sql.Identifier(_old(r["name"]))
+        if kind == "constraint":
+            query = sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
+                sql.Identifier(_old(table)), name, renamed
+            )
+        else:
+            verb = sql.SQL("ALTER INDEX" if kind == "index" else "ALTER SEQUENCE")
+            query = sql.SQL("{} {} RENAME TO {}").format(verb, name, renamed)
+        steps.append(Step(query))
+    return steps
+
+
+def _timestamp(inspection: Inspection, table: str, column: str) -> sql.Composable:
+    ref = sql.Identifier("o", column)
+    if inspection.columns[table][column]["type"] == "timestamp without time zone":
+        # Read in the zone the DBA named, never in the session's TimeZone.
+        return sql.SQL("({} AT TIME ZONE %(tz)s)").format(ref)
+    return ref
+
+
+def _copy_steps(inspection: Inspection, timezone: str) -> list[Step]:
+    has_task_name = "task_name" in inspection.columns["task_logs"]
+    names = {
+        "batch_executions": "adopt_copy_batches",
+        "chain_executions": "adopt_copy_chains",
+        "task_logs": "adopt_copy_task_logs",
+        "ocr_executions": "adopt_copy_ocr",
+        "ocr_text_boxes": "adopt_copy_boxes",
+    }
+    steps = []
+    for table in TABLES:
+        parts: dict[str, sql.Composable] = {c: _timestamp(inspection, table, c) for c in _STAMPS}
+        if table == "task_logs":
+            parts["task_name"] = sql.SQL("o.task_name") if has_task_name else sql.SQL("NULL")
+        params: dict[str, Any] = {}
+        if any(inspection.columns[table][c]["type"] == "timestamp without time zone" for c in _STAMPS):
+            params["tz"] = timezone
+        if table == "ocr_executions":
+            params["placeholder"] = PLACEHOLDER_ERROR
+        steps.append(_named(names[table], params, **parts))
+    return steps
+
+
+def _ownership_steps(conn: psycopg.Connection[Any], inspection: Inspection) -> list[Step]:
+    """The old tables' owners and others' grants, carried over to the new tables."""
+    me = _fetch(conn, "adopt_session")[0]["role"]
+    steps = [
+        Step(sql.SQL("ALTER TABLE {} OWNER TO {}").format(sql.Identifier(t), sql.Identifier(owner)))
+        for t, owner in sorted(inspection.tables.items())
+        if owner != me
+    ]
+    for g in _fetch(conn, "adopt_table_grants", {"tables": list(TABLES)}):
+        grantee = sql.SQL("PUBLIC") if g["grantee"] is None else sql.Identifier(g["grantee"])
+        steps.append(
+            Step(
+                sql.SQL("GRANT {} ON {} TO {}{}").format(
+                    sql.SQL(g["privilege"]),
+                    sql.Identifier(g["table_name"]),
+                    grantee,
+                    sql.SQL(" WITH GRANT OPTION" if g["is_grantable"] else ""),
+                )
+            )
+        )
+    return steps
+
+
+def _set_aside_steps() -> list[Step]:
+    steps = [
+        _named("adopt_aside_chains_of_batches"),
+        _named("adopt_aside_ocr_of_chains"),
+        _named("adopt_aside_chains_left_without_ocr"),
+        _named("adopt_aside_task_logs_of_chains"),
+        _named("adopt_aside_boxes_of_ocr"),
+    ]
+    steps += [_named("adopt_move_aside", table=sql.Identifier(t), label=sql.Literal(t)) for t in BOTTOM_UP]
+    return steps
+
+
+def plan(conn: psycopg.Connection[Any], inspection: Inspection, timezone: str) -> list[Step]:
+    """Every statement of the conversion, in order (the dirty-row handling excepted)."""
+    enums = [
+        r["name"]
+        for r in _fetch(conn, "adopt_unused_old_enums", {"enums": list(OLD_ENUMS), "tables": list(TABLES)})
+    ]
+    steps = _rename_steps(conn)
+    steps.append(Step(sql.SQL(package_body())))
+    steps += _copy_steps(inspection, timezone)
+    steps.append(_named("adopt_restart_identities"))
+    steps += _ownership_steps(conn, inspection)
+    steps.append(_named("adopt_drop_old_tables"))
+    steps += [Step(sql.SQL("DROP TYPE {}").format(sql.Identifier(name))) for name in enums]
+    steps.append(_named("adopt_analyze"))
+    return steps
+
+
+def _render(conn: psycopg.Connection[Any], step: Step) -> str:
+    text = step.query.as_string(conn)
+    if step.params:
+        return psycopg.ClientCursor(conn).mogrify(text, step.params)
+    return text
+
+
+# --------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------
+
+
+def _counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    rows = _fetch(conn, "adopt_counts")
+    return {k: int(v) for k, v in rows[0].items()}
+
+
+def _check_timezone(conn: psycopg.Connection[Any], timezone: str) -> None:
+    row = conn.execute(queries.get("adopt_timezone_known"), {"tz": timezone}).fetchone()
+    if not (row and row[0]):
+        raise AdoptError(
+            f"unknown time zone {timezone!r}: name one of pg_timezone_names (e.g. UTC, Asia/Seoul)"
+        )
+
+
+def _settle(inspection: Inspection, report: AdoptReport) -> bool:
+    """Fill in the report for a database with nothing to adopt; True when there is nothing to do."""
+    if inspection.version == SCHEMA_VERSION:
+        report.state = "nothing to do"
+        report.message = (
+            f"schema {inspection.namespace!r} already holds loader schema version {SCHEMA_VERSION}; "
+            "nothing to do"
+        )
+        return True
+    if inspection.version is not None:
+        raise AdoptError(
+            f"schema {inspection.namespace!r} holds loader schema version {inspection.version}, not an "
+            "application's tables; upgrade it with `loader schema upgrade`"
+        )
+    if inspection.differences:
+        raise UnknownShapeError(inspection.differences)
+    return False
+
+
+def _set_aside(conn: psycopg.Connection[Any], offending: list[tuple[str, int, str]]) -> dict[str, int]:
+    conn.execute(queries.get("adopt_set_aside_table"))
+    conn.execute(queries.get("adopt_aside_temp"))
+    with (
+        conn.cursor() as cur,
+        cur.copy("COPY pg_temp.loader_adopt_aside (table_name, id, reason) FROM STDIN") as copy,
+    ):
+        for table, row_id, rule in offending:
+            copy.write_row((table, row_id, f"breaks {rule}"))
+    for step in _set_aside_steps():
+        conn.execute(step.query, step.params)
+    return {r["table_name"]: int(r["n"]) for r in _fetch(conn, "adopt_aside_counts")}
+
+
+def _lock(conn: psycopg.Connection[Any], timeout_s: float) -> None:
+    """Lock the tables, or give up soon: a waiting ACCESS EXCLUSIVE request queues every
+    reader of the application behind it, so waiting long would look like an outage."""
+    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(timeout_s * 1000)}ms")))
+    try:
+        conn.execute(queries.get("adopt_lock_tables"))
+    except psycopg.errors.LockNotAvailable as exc:
+        raise AdoptError(
+            f"the application's tables are in use (no exclusive lock within {timeout_s:g} s); "
+            "stop the application's workers and API, then adopt; nothing changed"
+        ) from exc
+    conn.execute("SET LOCAL lock_timeout = DEFAULT")
+
+
+def adopt(
+    conninfo: str,
+    *,
+    dry_run: bool = False,
+    timezone: str = "UTC",
+    set_aside: bool = False,
+    lock_timeout_s: float = LOCK_TIMEOUT_S,
+) -> AdoptReport:
+    """Convert the application's tables at ``conninfo`` into the loader schema (see the module doc).
+
+    Raises UnknownShapeError (nothing changed) on tables it does not recognise and
+    DirtyRowsError (nothing changed) on rows that break the loader's constraints,
+    unless ``set_aside``; AdoptError when the tables stay locked by others for
+    ``lock_timeout_s``. A dry run changes nothing and reports the statements.
+    """
+    check_dsn(conninfo)
+    started = time.perf_counter()
+    try:
+        with psycopg.connect(conninfo) as conn:
+            if dry_run:
+                conn.read_only = True
+            report = _run(conn, dry_run, timezone, set_aside, lock_timeout_s)
+            if dry_run or report.state != "adopted":
+                conn.rollback()
+            else:
+                conn.commit()
+    except psycopg.Error as exc:
+        raise translate(exc, "adopting the application's tables (rolled back, nothing changed)") from exc
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _run(
+    conn: psycopg.Connection[Any], dry_run: bool, timezone: str, set_aside: bool, lock_timeout_s: float
+) -> AdoptReport:
+    if not dry_run:
+        conn.execute(queries.get("adopt_lock"))
+    inspection = inspect(conn)
+    report = AdoptReport(inspection.namespace, "dry run" if dry_run else "adopted")
+    if _settle(inspection, report):
+        return report
+    _check_timezone(conn, timezone)
+    # Nobody writes an old row between the checks below and the copy.
+    lock = _named("adopt_lock_tables")
+    if not dry_run:
+        _lock(conn, lock_timeout_s)
+    report.rows_before = _counts(conn)
+    report.broken, offending = broken_rules(conn)
+    steps = plan(conn, inspection, timezone)
+    if dry_run:
+        head = [Step(sql.SQL("BEGIN")), _named("adopt_lock"), lock]
+        if set_aside and offending:
+            head += [_named("adopt_set_aside_table"), _named("adopt_aside_temp")]
+            head.append(
+                Step(sql.SQL("-- COPY pg_temp.loader_adopt_aside: the rows breaking a rule, listed above"))
+            )
+            head += _set_aside_steps()
+        report.statements = [_render(conn, s) for s in [*head, *steps, Step(sql.SQL("COMMIT"))]]
+        return report
+    if report.broken and not set_aside:
+        raise DirtyRowsError(report.broken)
+    if offending:
+        report.set_aside = _set_aside(conn, offending)
+    for step in steps:
+        conn.execute(step.query, step.params or None)
+    report.rows_after = _counts(conn)
+    return report
