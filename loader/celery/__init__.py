@@ -14,7 +14,7 @@ Start a worker with ``celery -A loader.celery worker --pool=prefork -Q loader``.
 
 from loader.celery.app import app, make_app
 from loader.celery.config import TASK_NAME, CeleryConfig, config
-from loader.celery.payload import BatchReferenceError
+from loader.errors import BatchReferenceError
 from loader.celery.pool import save_with_worker_pool, worker_pool
 from loader.celery.submit import Submission, submit_batch
 from loader.celery.tasklog import CHAIN_ID_HEADER, logged, use_pool_for_publishes
