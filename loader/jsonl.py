@@ -42,7 +42,7 @@ READ_BUFFER_BYTES = 1024 * 1024
 # lines, enough to tell JSON from a binary file without reading much of it.
 SAMPLE_BYTES = 64 * 1024
 # Share of undecodable bytes in the sample beyond which the input is not UTF-8
-# text (a JSONL file with a few Latin-1 lines stays far below it).
+# text (a JSONL file with a few Latin-1 or junk lines stays far below it).
 MAX_INVALID_UTF8_SHARE = 0.5
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -67,8 +67,11 @@ def not_json_lines(sample: bytes) -> str | None:
     for magic, what in _OTHER_FORMATS.items():
         if sample.startswith(magic):
             return f"{what}, not JSON lines (only gzip is unpacked; decompress it first)"
-    if b"\x00" in sample:
-        return "holds NUL bytes: a binary file, not JSON lines"
+    # One line with a NUL is a bad input (rejected with its bytes); most lines
+    # with one is a binary file (or UTF-16 text).
+    lines = sample.rstrip(b"\n").split(b"\n")
+    if 2 * sum(b"\x00" in line for line in lines) > len(lines):
+        return "NUL bytes in most of its first lines: a binary file, not JSON lines"
     text = codecs.getincrementaldecoder("utf-8")("replace").decode(sample)
     invalid = text.count("\ufffd")
     if sample and invalid > MAX_INVALID_UTF8_SHARE * len(sample):
