@@ -42,8 +42,13 @@ READ_BUFFER_BYTES = 1024 * 1024
 # lines, enough to tell JSON from a binary file without reading much of it.
 SAMPLE_BYTES = 64 * 1024
 # Share of undecodable bytes in the sample beyond which the input is not UTF-8
-# text (a JSONL file with a few Latin-1 or junk lines stays far below it).
-MAX_INVALID_UTF8_SHARE = 0.5
+# text: random bytes have ~40%, a file in a legacy encoding (EUC-KR, Latin-1
+# with much accented text) a lot; a JSONL file with a few junk lines, ~0%.
+MAX_INVALID_UTF8_SHARE = 0.25
+# Share of the sample's lines holding a NUL byte beyond which the input is a
+# binary file (or UTF-16 text): one such line is a bad input, rejected with its
+# bytes; random bytes have NULs in about half their "lines".
+MAX_NUL_LINE_SHARE = 0.25
 
 GZIP_MAGIC = b"\x1f\x8b"
 # Formats that are not JSON lines and that the loader does not unpack, by their
@@ -67,15 +72,13 @@ def not_json_lines(sample: bytes) -> str | None:
     for magic, what in _OTHER_FORMATS.items():
         if sample.startswith(magic):
             return f"{what}, not JSON lines (only gzip is unpacked; decompress it first)"
-    # One line with a NUL is a bad input (rejected with its bytes); most lines
-    # with one is a binary file (or UTF-16 text).
     lines = sample.rstrip(b"\n").split(b"\n")
-    if 2 * sum(b"\x00" in line for line in lines) > len(lines):
-        return "NUL bytes in most of its first lines: a binary file, not JSON lines"
+    if sum(b"\x00" in line for line in lines) > MAX_NUL_LINE_SHARE * len(lines):
+        return "NUL bytes in many of its first lines: a binary file, not JSON lines"
     text = codecs.getincrementaldecoder("utf-8")("replace").decode(sample)
     invalid = text.count("\ufffd")
     if sample and invalid > MAX_INVALID_UTF8_SHARE * len(sample):
-        return "mostly invalid UTF-8 in its first bytes: a binary file, not JSON lines"
+        return "largely invalid UTF-8 in its first bytes: binary, or not UTF-8 text; not JSON lines"
     return None
 
 
