@@ -8,15 +8,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from checks import assert_totals_match_recount, stored_totals
+from checks import assert_totals_match_recount, row_counts, stored_totals
 from psycopg_pool import ConnectionPool
 
-from loader import LoadReport, Settings, register_batch
+from loader import Judged, LoadReport, Settings, judge, register_batch, save_batch, save_judged
 from loader.celery.payload import load_file
 from loader.chunks import Chunk, Totals, load_chunks
 from loader.jsonl import Sources
-from loader.save import save_prepared
-from loader.validate import Prepared
 
 
 def write(path: Path, n: int, *, status: str = "success", broken: frozenset[int] = frozenset()) -> Path:
@@ -31,8 +29,8 @@ def write(path: Path, n: int, *, status: str = "success", broken: frozenset[int]
 
 
 def store_with(conn: psycopg.Connection[Any], batch_id: str) -> Any:
-    def store(prepared: Prepared) -> LoadReport:
-        return save_prepared(conn, batch_id, prepared)
+    def store(judged: Judged) -> LoadReport:
+        return save_judged(conn, batch_id, judged)
 
     return store
 
@@ -101,3 +99,27 @@ def test_a_celery_batch_file_sums_replaced_failures_like_save_batch(
     assert (report.stored, report.replaced, report.statements, report.received) == (12, 12, 24, 12)
     assert (replay.unchanged, replay.replaced) == (12, 0)
     assert report.progress.completed_images == 12 and report.progress.failed_images == 0
+
+
+def test_judge_then_save_judged_stores_and_reports_what_save_batch_does(
+    templates: Any, tmp_path: Path
+) -> None:
+    lines = write(tmp_path / "a.jsonl", 12, broken=frozenset({3})).read_bytes().splitlines()
+    two_steps, one_step = templates.create(), templates.create()
+    try:
+        with psycopg.connect(two_steps) as conn:
+            first = save_judged(conn, "P", judge("P", lines[:6]), total_images=12)
+            second = save_judged(conn, "P", judge("P", lines[6:], position_offset=6), total_images=12)
+        with psycopg.connect(one_step) as conn:
+            direct = [
+                save_batch(conn, "P", lines[:6], total_images=12),
+                save_batch(conn, "P", lines[6:], total_images=12, position_offset=6),
+            ]
+        fields = ("received", "stored", "failed", "rejected", "unchanged", "statements", "issues")
+        for a, b in zip((first, second), direct, strict=True):
+            assert {f: getattr(a, f) for f in fields} == {f: getattr(b, f) for f in fields}
+        with psycopg.connect(two_steps) as a, psycopg.connect(one_step) as b:
+            assert (row_counts(a), stored_totals(a, "P")) == (row_counts(b), stored_totals(b, "P"))
+    finally:
+        templates.drop(two_steps)
+        templates.drop(one_step)
