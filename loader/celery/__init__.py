@@ -9,7 +9,7 @@
 - task_logs kept by signal handlers for the loader's task and tasks that opt in
   (``@app.task(task_log=True)`` or ``@logged``).
 
-Start a worker with ``celery -A loader.celery worker --pool=prefork -Q loader``.
+Start a worker with ``celery -A loader.celery worker --pool=prefork -Q "$LOADER_QUEUE"``.
 """
 
 from loader.celery.app import app, make_app
