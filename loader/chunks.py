@@ -2,7 +2,7 @@
 
 Lines come from the one JSONL reader (loader.jsonl.Sources) and are cut into
 chunks of at most ``chunk_size`` lines (or MAX_CHUNK_BYTES bytes). Each chunk is
-judged (pure Python, loader.validate) in a background thread while the chunk
+judged (pure Python, loader.pipeline.judge) in a background thread while the chunk
 before it is stored (one transaction, mostly waiting on the server), so the
 two overlap. Lines are read only in that thread, in order, and at most two
 chunks are held: the one being stored and the one judged ahead. A slow
@@ -25,7 +25,7 @@ from typing import TypeVar
 
 from loader.jsonl import Sources
 from loader.models import BatchProgress, InputIssue, LoadReport
-from loader.validate import Prepared, prepare
+from loader.pipeline import Judged, judge
 
 # A chunk is also cut when its lines reach this many bytes, so a file of huge
 # lines cannot grow one chunk beyond memory: 64 MiB of raw JSON.
@@ -38,8 +38,8 @@ MAX_ISSUES_KEPT = 1_000
 
 log = logging.getLogger("loader.chunks")
 
-#: Stores one judged chunk: save_prepared, with whatever retries the caller wants.
-Store = Callable[[Prepared], LoadReport]
+#: Stores one judged chunk: save_judged, with whatever retries the caller wants.
+Store = Callable[[Judged], LoadReport]
 
 T = TypeVar("T")
 
@@ -127,7 +127,7 @@ class Outcome:
 class _Judged:
     first: int
     lines: int
-    prepared: Prepared
+    judged: Judged
 
 
 def cut(lines: Iterable[tuple[int, bytes]], skip: int, chunk_size: int) -> Iterator[tuple[int, list[bytes]]]:
@@ -200,7 +200,7 @@ def load_chunks(
         if item is None:
             return None
         first, lines = item
-        return _Judged(first, len(lines), prepare(batch_id, _until(cancel, lines), first))
+        return _Judged(first, len(lines), judge(batch_id, _until(cancel, lines), first))
 
     next_position, stopped = skip, False
     ahead = _in_thread(judge_next)
@@ -208,7 +208,7 @@ def load_chunks(
         while (judged := ahead.result()) is not None:
             log.info("chunk read", extra={"batch_id": batch_id, "lines": _span(judged.first, judged.lines)})
             ahead = _in_thread(judge_next)  # the next chunk is judged while this one is stored
-            report = store(judged.prepared)
+            report = store(judged.judged)
             totals.add(report)
             chunk = Chunk(judged.first, judged.lines, report)
             next_position = chunk.next_position

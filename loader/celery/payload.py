@@ -33,9 +33,10 @@ from loader import jsonl
 from loader.chunks import load_chunks
 from loader.errors import BatchNotFoundError, BatchReferenceError, InputFileError
 from loader.models import LoadReport, OCRResult
+from loader.pipeline import Judged, save_judged
 from loader.progress import get_progress
-from loader.save import Settings, save_batch, save_prepared
-from loader.validate import Input, Prepared
+from loader.save import Settings, save_batch
+from loader.validate import Input
 
 __all__ = ["BatchReferenceError", "encode_line", "load_file", "read_lines", "resolve_reference"]
 
@@ -172,8 +173,8 @@ def load_file(
     """
     started = time.perf_counter()
 
-    def store(prepared: Prepared) -> LoadReport:
-        return save_prepared(pool, batch_id, prepared, total_images=total, settings=settings)
+    def store(judged: Judged) -> LoadReport:
+        return save_judged(pool, batch_id, judged, total_images=total, settings=settings)
 
     try:
         total = _total_for(pool, batch_id, path, total_images)

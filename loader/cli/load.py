@@ -36,9 +36,9 @@ from loader.errors import (
 )
 from loader.jsonl import Sources, count_lines, countable
 from loader.models import BatchProgress, LoadReport
+from loader.pipeline import Judged, save_judged
 from loader.progress import get_progress
-from loader.save import register_batch, save_prepared
-from loader.validate import Prepared
+from loader.save import register_batch
 
 # Images per transaction for `loader load`. Each chunk is one save_batch call
 # (8 statements); bigger chunks amortise them, smaller ones commit more often and
@@ -196,15 +196,15 @@ class RetryingStore:
         self.retries = retries
         self.conn = session.connect()
 
-    def __call__(self, prepared: Prepared) -> LoadReport:
+    def __call__(self, judged: Judged) -> LoadReport:
         for attempt in range(self.retries):
             try:
-                return save_prepared(self.conn, self.batch_id, prepared)
+                return save_judged(self.conn, self.batch_id, judged)
             except DatabaseError as exc:
                 if not exc.transient:
                     raise
                 self._wait_and_reconnect(attempt, exc)
-        return save_prepared(self.conn, self.batch_id, prepared)
+        return save_judged(self.conn, self.batch_id, judged)
 
     def _wait_and_reconnect(self, attempt: int, exc: DatabaseError) -> None:
         wait = 2.0**attempt
