@@ -1,14 +1,17 @@
 """loader: exactly-once bulk loading of OCR batch results into PostgreSQL.
 
 Binary COPY into staging tables, then one merge statement that also recomputes
-the batch's totals, all in one transaction per call.
+the batch's totals, all in one transaction per call. What a caller needs is
+here; the modules behind it (save, validate, copy, isolate, ...) are internals.
 """
 
 from loader.connection import SCHEMA_VERSION, make_pool
 from loader.errors import (
     BatchConflictError,
+    BatchNotFoundError,
     ConfigurationError,
     DatabaseError,
+    InputFileError,
     LoaderError,
     SchemaVersionError,
     TransactionStateError,
@@ -22,10 +25,10 @@ from loader.models import (
     ProcessStatus,
     TextBox,
 )
-from loader.progress import BatchNotFoundError, get_progress
-from loader.save import Settings, register_batch, save_batch, save_prepared
+from loader.pipeline import Judged, judge, save_judged
+from loader.progress import get_progress
+from loader.save import Settings, register_batch, save_batch
 from loader.schema import apply_schema
-from loader.validate import Prepared, prepare
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -34,11 +37,12 @@ __all__ = [
     "BatchProgress",
     "ConfigurationError",
     "DatabaseError",
+    "InputFileError",
     "InputIssue",
+    "Judged",
     "LoadReport",
     "LoaderError",
     "OCRResult",
-    "Prepared",
     "ProcessStatus",
     "SchemaVersionError",
     "Settings",
@@ -47,9 +51,9 @@ __all__ = [
     "TransientDatabaseError",
     "apply_schema",
     "get_progress",
+    "judge",
     "make_pool",
-    "prepare",
     "register_batch",
     "save_batch",
-    "save_prepared",
+    "save_judged",
 ]

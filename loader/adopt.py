@@ -38,7 +38,7 @@ from psycopg.rows import dict_row
 from loader import queries
 from loader.connection import SCHEMA_VERSION
 from loader.dsn import check_dsn
-from loader.errors import LoaderError, translate
+from loader.errors import AdoptError, DirtyRowsError, UnknownShapeError, translating
 from loader.schema_check import package_body
 
 # The error an adopted failed OCR row carries: the old table had no error column,
@@ -144,33 +144,6 @@ FOREIGN_KEYS = {
     ("task_logs", "chain_execution_id", "chain_executions", "id"),
     ("ocr_text_boxes", "ocr_execution_id", "ocr_executions", "id"),
 }
-
-
-class AdoptError(LoaderError):
-    """Adoption refused or failed; nothing was changed."""
-
-
-class UnknownShapeError(AdoptError):
-    """The tables are not the shape adopt knows; ``differences`` says how, one line each."""
-
-    def __init__(self, differences: list[str]) -> None:
-        self.differences = differences
-        super().__init__(
-            f"not a database adopt knows ({len(differences)} difference(s)); nothing changed: "
-            + "; ".join(differences)
-        )
-
-
-class DirtyRowsError(AdoptError):
-    """Old rows break constraints of schema.sql; ``broken`` says which, per rule."""
-
-    def __init__(self, broken: list[BrokenRule]) -> None:
-        self.broken = broken
-        total = sum(rule.count for rule in broken)
-        super().__init__(
-            f"{total} old row(s) break {len(broken)} constraint(s) of the loader schema; nothing changed. "
-            "Fix them, or adopt with --set-aside to move them to loader_adopt_set_aside"
-        )
 
 
 @dataclass
@@ -545,17 +518,17 @@ def adopt(
     """
     check_dsn(conninfo)
     started = time.perf_counter()
-    try:
-        with psycopg.connect(conninfo) as conn:
-            if dry_run:
-                conn.read_only = True
-            report = _run(conn, dry_run, timezone, set_aside, lock_timeout_s)
-            if dry_run or report.state != "adopted":
-                conn.rollback()
-            else:
-                conn.commit()
-    except psycopg.Error as exc:
-        raise translate(exc, "adopting the application's tables (rolled back, nothing changed)") from exc
+    with (
+        translating("adopting the application's tables (rolled back, nothing changed)"),
+        psycopg.connect(conninfo) as conn,
+    ):
+        if dry_run:
+            conn.read_only = True
+        report = _run(conn, dry_run, timezone, set_aside, lock_timeout_s)
+        if dry_run or report.state != "adopted":
+            conn.rollback()
+        else:
+            conn.commit()
     report.seconds = time.perf_counter() - started
     return report
 

@@ -19,6 +19,7 @@ from loader.errors import (
     SchemaVersionError,
     TransactionStateError,
     translate,
+    translating,
 )
 
 #: The schema version this loader reads and writes (see schema.sql).
@@ -42,13 +43,13 @@ def check_schema_version(conn: psycopg.Connection[Any]) -> None:
         return
     was_idle = conn.info.transaction_status == pq.TransactionStatus.IDLE
     try:
-        row = conn.execute(queries.get("schema_version"), prepare=False).fetchone()
-        found = row[0] if row else None
-    except psycopg.errors.UndefinedTable:
-        found = None
-        conn.rollback()
-    except psycopg.Error as exc:
-        raise translate(exc, "reading the schema version") from exc
+        with translating("reading the schema version"):
+            try:
+                row = conn.execute(queries.get("schema_version"), prepare=False).fetchone()
+                found = row[0] if row else None
+            except psycopg.errors.UndefinedTable:
+                found = None
+                conn.rollback()
     finally:
         if was_idle and not conn.autocommit and conn.info.transaction_status != pq.TransactionStatus.IDLE:
             conn.rollback()

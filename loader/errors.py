@@ -1,11 +1,40 @@
-"""The loader's exceptions, and the one place psycopg errors are translated into them."""
+"""The loader's exceptions, and the one place psycopg errors are translated into them.
+
+Every error the loader raises on purpose is a LoaderError:
+
+    LoaderError
+    ├── ConfigurationError          called or configured wrongly; retrying will not help
+    │   ├── SchemaVersionError      the database holds another schema version
+    │   ├── TransactionStateError   a connection handed in inside a transaction
+    │   ├── BatchConflictError      the call contradicts what the batch already holds
+    │   └── BatchReferenceError     a Celery batch file the worker cannot or may not read
+    ├── DatabaseError               the database failed; nothing of the call was kept
+    │   └── TransientDatabaseError  ... and retrying may succeed
+    ├── BatchNotFoundError          no batch with that id
+    ├── InputFileError              an input file that cannot be read as JSON lines
+    ├── MigrationError              migrations that cannot be applied
+    ├── SchemaCheckError            a schema comparison that cannot be made
+    ├── AdoptError                  `schema adopt` refused or failed; nothing changed
+    │   ├── UnknownShapeError       tables of a shape adopt does not know
+    │   └── DirtyRowsError          old rows that break the loader's constraints
+    └── CliError                    a command that cannot go on (one line, an exit status)
+        └── Interrupted             a load stopped by a second Ctrl-C
+
+psycopg errors become DatabaseError through ``translate`` / ``translating``.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import errors as pg_errors
+
+if TYPE_CHECKING:
+    from loader.adopt import BrokenRule
 
 
 class LoaderError(Exception):
@@ -46,6 +75,77 @@ class TransactionStateError(ConfigurationError):
 
 class BatchConflictError(ConfigurationError):
     """The call contradicts what the database already holds for the batch."""
+
+
+class BatchReferenceError(ConfigurationError):
+    """A batch file reference that the worker cannot or may not read."""
+
+
+class BatchNotFoundError(LoaderError):
+    """No batch with that batch_id exists."""
+
+
+class InputFileError(LoaderError):
+    """An input file cannot be read as JSONL (binary, too long a line, corrupt gzip, ...)."""
+
+
+class MigrationError(LoaderError):
+    """The migrations cannot be applied (broken file set, or a migration failed and was rolled back)."""
+
+
+class SchemaCheckError(LoaderError):
+    """The comparison could not be made (no deployed schema, missing privileges, ...)."""
+
+
+class AdoptError(LoaderError):
+    """Adoption refused or failed; nothing was changed."""
+
+
+class UnknownShapeError(AdoptError):
+    """The tables are not the shape adopt knows; ``differences`` says how, one line each."""
+
+    def __init__(self, differences: list[str]) -> None:
+        self.differences = differences
+        super().__init__(
+            f"not a database adopt knows ({len(differences)} difference(s)); nothing changed: "
+            + "; ".join(differences)
+        )
+
+
+class DirtyRowsError(AdoptError):
+    """Old rows break constraints of schema.sql; ``broken`` says which, per rule."""
+
+    def __init__(self, broken: list[BrokenRule]) -> None:
+        self.broken = broken
+        total = sum(rule.count for rule in broken)
+        super().__init__(
+            f"{total} old row(s) break {len(broken)} constraint(s) of the loader schema; nothing changed. "
+            "Fix them, or adopt with --set-aside to move them to loader_adopt_set_aside"
+        )
+
+
+class CliError(LoaderError):
+    """A command cannot go on: one line on stderr and ``exit_code``.
+
+    Not a click exception: the command group prints every LoaderError the same
+    way, so library code below the CLI never needs click.
+    """
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class Interrupted(CliError):
+    """Stopped by a second Ctrl-C in the middle of a chunk (which was rolled back).
+
+    ``exit_code`` is 128 + the signal number, as a shell reports a process stopped by it.
+    """
+
+    exit_code = 130
 
 
 class DatabaseError(LoaderError):
@@ -122,3 +222,12 @@ def translate(exc: psycopg.Error, doing: str) -> DatabaseError:
     if isinstance(exc, pg_errors.UndefinedTable):
         advice = "is the loader schema deployed? run `loader schema apply`"
     return kind(f"{doing} failed{sqlstate}: {detail} ({advice})")
+
+
+@contextmanager
+def translating(doing: str) -> Iterator[None]:
+    """Raise any psycopg error of the block as the DatabaseError ``translate`` makes of it."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise translate(exc, doing) from exc

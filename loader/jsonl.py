@@ -1,15 +1,20 @@
-"""Streaming JSONL input for `loader load`: plain or gzip files, or ``-`` for stdin.
+"""The one JSONL reader: plain or gzip files, or ``-`` for stdin, read as raw lines.
 
-Lines are yielded as raw bytes (trailing newline removed, everything else kept,
-``\\r`` included) so a rejected line can be stored and exported byte for byte.
+Used by `loader load` and by Celery workers reading a batch file. Lines are
+yielded as raw bytes (trailing newline removed, everything else kept, ``\\r``
+included) so a rejected line can be stored and exported byte for byte.
 Positions number the lines of all sources together, from 0: the first line of
 the second file continues where the first file ended. Memory is bounded by one
 line (at most MAX_LINE_BYTES) plus the reader's buffer, never by the file size.
+
+Input that is plainly not JSON lines (another compression than gzip, NUL
+bytes, mostly invalid UTF-8) is refused when the sources are opened, before
+anything is loaded: it would otherwise become a batch of rejects.
 """
 
 from __future__ import annotations
 
-import bisect
+import codecs
 import contextlib
 import gzip
 import io
@@ -20,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from loader.errors import LoaderError
+from loader.errors import InputFileError
 
 STDIN = "-"
 
@@ -29,14 +34,62 @@ STDIN = "-"
 # keeps a file without newlines from being read into memory whole.
 MAX_LINE_BYTES = 64 * 1024 * 1024
 
-# Read buffer, in bytes: large reads keep the per-line cost in C.
+# Read buffer, in bytes: large reads keep the per-line cost in C (stdin too:
+# its own buffer is 8 KiB, which costs a system call per few lines).
 READ_BUFFER_BYTES = 1024 * 1024
 
-_GZIP_MAGIC = b"\x1f\x8b"
+# Bytes at the start of each source judged for being text at all: a few dozen
+# lines, enough to tell JSON from a binary file without reading much of it.
+SAMPLE_BYTES = 64 * 1024
+# Share of undecodable bytes in the sample beyond which the input is not UTF-8
+# text: random bytes have ~40%, a file in a legacy encoding (EUC-KR, Latin-1
+# with much accented text) a lot; a JSONL file with a few junk lines, ~0%.
+MAX_INVALID_UTF8_SHARE = 0.25
+# Share of the sample's lines holding a NUL byte beyond which the input is a
+# binary file (or UTF-16 text): one such line is a bad input, rejected with its
+# bytes; random bytes have NULs in about half their "lines".
+MAX_NUL_LINE_SHARE = 0.25
+
+GZIP_MAGIC = b"\x1f\x8b"
+# Formats that are not JSON lines and that the loader does not unpack, by their
+# magic bytes: the message names the format so the operator knows what to do.
+_OTHER_FORMATS = {
+    b"\xfd7zXZ\x00": "xz-compressed",
+    b"BZh": "bzip2-compressed",
+    b"\x28\xb5\x2f\xfd": "zstd-compressed",
+    b"PK\x03\x04": "a zip archive",
+    b"7z\xbc\xaf\x27\x1c": "a 7-zip archive",
+    b"\x04\x22\x4d\x18": "lz4-compressed",
+}
 
 
-class InputFileError(LoaderError):
-    """An input file cannot be read as JSONL (too long a line, corrupt gzip, ...)."""
+def display_name(name: str) -> str:
+    return "<stdin>" if name == STDIN else name
+
+
+def not_json_lines(sample: bytes) -> str | None:
+    """Why the first bytes of a source show it is not JSON lines, or None if they may be."""
+    for magic, what in _OTHER_FORMATS.items():
+        if sample.startswith(magic):
+            return f"{what}, not JSON lines (only gzip is unpacked; decompress it first)"
+    lines = sample.rstrip(b"\n").split(b"\n")
+    if sum(b"\x00" in line for line in lines) > MAX_NUL_LINE_SHARE * len(lines):
+        return "NUL bytes in many of its first lines: a binary file, not JSON lines"
+    text = codecs.getincrementaldecoder("utf-8")("replace").decode(sample)
+    invalid = text.count("\ufffd")
+    if sample and invalid > MAX_INVALID_UTF8_SHARE * len(sample):
+        return "largely invalid UTF-8 in its first bytes: binary, or not UTF-8 text; not JSON lines"
+    return None
+
+
+def _stdin() -> io.BufferedReader:
+    """Standard input behind a large buffer (the interpreter's is 8 KiB)."""
+    stdin = sys.stdin.buffer
+    if isinstance(getattr(stdin, "raw", None), io.FileIO):
+        # A FileIO of its own on the descriptor (closefd=False): closing it leaves sys.stdin alone.
+        return io.BufferedReader(io.FileIO(stdin.fileno(), "rb", closefd=False), READ_BUFFER_BYTES)
+    # Under test runners stdin may be a BytesIO, which cannot peek.
+    return io.BufferedReader(stdin, READ_BUFFER_BYTES)  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager
@@ -45,12 +98,10 @@ def _open_binary(name: str) -> Iterator[BinaryIO]:
     with contextlib.ExitStack() as stack:
         raw: io.BufferedReader
         if name == STDIN:
-            stdin = sys.stdin.buffer
-            # Under test runners stdin may be a BytesIO, which cannot peek.
-            raw = stdin if isinstance(stdin, io.BufferedReader) else io.BufferedReader(stdin)  # type: ignore[arg-type]
+            raw = _stdin()
         else:
             raw = stack.enter_context(io.BufferedReader(io.FileIO(name, "rb"), READ_BUFFER_BYTES))
-        if raw.peek(2)[:2] == _GZIP_MAGIC:
+        if raw.peek(2)[:2] == GZIP_MAGIC:
             # GzipFile does not close the file it reads; the ExitStack does.
             unzipped = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
             yield io.BufferedReader(unzipped, READ_BUFFER_BYTES)
@@ -58,18 +109,27 @@ def _open_binary(name: str) -> Iterator[BinaryIO]:
             yield raw
 
 
-def readable(name: str) -> None:
-    """Fail now, naming the file, if it cannot be opened (before anything is loaded)."""
-    if name == STDIN:
-        return
+def _check_text(name: str, stream: BinaryIO) -> None:
+    # peek: the sample stays in the buffer and is read again as lines.
+    sample = stream.peek(SAMPLE_BYTES)[:SAMPLE_BYTES]  # type: ignore[attr-defined]
+    problem = not_json_lines(sample)
+    if problem:
+        raise InputFileError(f"{display_name(name)}: {problem}; nothing was loaded")
+
+
+def readable(name: str, *, check_text: bool = True) -> None:
+    """Fail now, naming the file, if it cannot be opened (or, with ``check_text``, is not JSON lines)."""
     path = Path(name)
     if not path.exists():
         raise InputFileError(f"{name}: no such file")
     if path.is_dir():
         raise InputFileError(f"{name}: is a directory, not a JSONL file")
     try:
-        with open(name, "rb"):
-            pass
+        with _open_binary(name) as stream:
+            if check_text:
+                _check_text(name, stream)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise InputFileError(f"{name}: not a readable gzip file ({exc or 'truncated'})") from exc
     except OSError as exc:
         raise InputFileError(f"{name}: cannot be read ({exc.strerror or exc})") from exc
 
@@ -77,10 +137,6 @@ def readable(name: str) -> None:
 def countable(name: str) -> bool:
     """Whether the lines can be counted before loading: a regular file, not stdin or a pipe."""
     return name != STDIN and Path(name).is_file()
-
-
-def display_name(name: str) -> str:
-    return "<stdin>" if name == STDIN else name
 
 
 def count_lines(name: str) -> int:
@@ -101,15 +157,42 @@ def count_lines(name: str) -> int:
     return lines + (last != b"\n")
 
 
+def _too_long(name: str, line_number: int) -> InputFileError:
+    return InputFileError(
+        f"{display_name(name)}:{line_number}: line longer than {MAX_LINE_BYTES // (1024 * 1024)} MiB; "
+        "is this a JSONL file? Split or fix that line, then load again"
+    )
+
+
+def _raw_lines(name: str, stream: BinaryIO) -> Iterator[bytes]:
+    limit = MAX_LINE_BYTES  # read at call time: tests lower it
+    number = 0
+    while line := stream.readline(limit + 1):
+        number += 1
+        if line.endswith(b"\n"):
+            line = line[:-1]
+        elif len(line) > limit:
+            raise _too_long(name, number)
+        yield line
+
+
 @dataclass
 class Sources:
-    """Several inputs read as one stream of lines, numbered across files."""
+    """Several inputs read as one stream of lines, numbered across files.
+
+    Opening checks every source (exists, readable, looks like JSON lines) before
+    any line is read, so bad input is refused before a batch is created.
+    ``check_text=False`` skips the last check, for files the loader wrote itself
+    (Celery batch files), whose raw lines are kept whatever bytes they hold.
+    """
 
     names: Sequence[str]
-    #: Position of the first line of each source read so far (to map a position back to file:line).
-    starts: list[int] = field(default_factory=list)
+    check_text: bool = True
     #: Positions read so far (the next line's position).
     position: int = 0
+    #: stdin, opened (and checked) with the sources: it cannot be opened twice.
+    _stdin: BinaryIO | None = field(default=None, repr=False)
+    _closing: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
 
     def __post_init__(self) -> None:
         if not self.names:
@@ -117,44 +200,49 @@ class Sources:
         if list(self.names).count(STDIN) > 1:
             raise InputFileError("stdin ('-') can be read only once")
         for name in self.names:
-            readable(name)
+            if name != STDIN:
+                readable(name, check_text=self.check_text)
+                continue
+            try:
+                self._stdin = self._closing.enter_context(_open_binary(STDIN))
+                if self.check_text:
+                    _check_text(STDIN, self._stdin)
+            except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+                raise InputFileError(f"<stdin>: not a readable gzip stream ({exc or 'truncated'})") from exc
+
+    @contextlib.contextmanager
+    def _open(self, name: str) -> Iterator[BinaryIO]:
+        if name == STDIN and self._stdin is not None:
+            with self._closing:
+                yield self._stdin
+            return
+        with _open_binary(name) as stream:
+            yield stream
 
     def lines(self) -> Iterator[tuple[int, bytes]]:
         """(position, raw line bytes without its newline) for every line of every source."""
         for name in self.names:
-            self.starts.append(self.position)
+            start = self.position
             try:
-                with _open_binary(name) as stream:
-                    while True:
-                        line = stream.readline(MAX_LINE_BYTES + 1)
-                        if not line:
-                            break
-                        if line.endswith(b"\n"):
-                            line = line[:-1]
-                        elif len(line) > MAX_LINE_BYTES:
-                            raise InputFileError(
-                                f"{display_name(name)}:{self.position - self.starts[-1] + 1}: line longer "
-                                f"than {MAX_LINE_BYTES // (1024 * 1024)} MiB; is this a JSONL file? "
-                                "Split or fix that line, then load again"
-                            )
+                with self._open(name) as stream:
+                    for line in _raw_lines(name, stream):
                         yield self.position, line
                         self.position += 1
             except OSError as exc:
                 if isinstance(exc, gzip.BadGzipFile):
                     raise InputFileError(f"{display_name(name)}: not a readable gzip file ({exc})") from exc
                 raise InputFileError(
-                    f"{display_name(name)}: read failed after line {self.position - self.starts[-1]} "
+                    f"{display_name(name)}: read failed after line {self.position - start} "
                     f"({exc.strerror or exc})"
                 ) from exc
             except (EOFError, zlib.error) as exc:
                 raise InputFileError(
                     f"{display_name(name)}: gzip stream broken after line "
-                    f"{self.position - self.starts[-1]} ({exc or 'truncated'})"
+                    f"{self.position - start} ({exc or 'truncated'})"
                 ) from exc
 
-    def where(self, position: int) -> str:
-        """``file:line`` (1-based line) of a position already read."""
-        index = max(0, bisect.bisect_right(self.starts, position) - 1)
-        if index >= len(self.starts):
-            return f"position {position}"
-        return f"{display_name(self.names[index])}:{position - self.starts[index] + 1}"
+
+def read_lines(path: Path | str, *, check_text: bool = True) -> Iterator[bytes]:
+    """One file's lines without their newline, streamed."""
+    for _position, line in Sources([str(path)], check_text=check_text).lines():
+        yield line

@@ -21,14 +21,10 @@ import psycopg
 
 from loader.connection import SCHEMA_VERSION
 from loader.dsn import check_dsn
-from loader.errors import LoaderError, translate
+from loader.errors import MigrationError, translate, translating
 
 _FILENAME = re.compile(r"^(?P<version>\d{4})_(?P<slug>[a-z0-9_]+)\.sql$")
 _HEADER = re.compile(r"^--\s*migration\s+(?P<version>\d{4})\s*:\s*(?P<description>\S.*)$")
-
-
-class MigrationError(LoaderError):
-    """The migrations cannot be applied (broken file set, or a migration failed and was rolled back)."""
 
 
 @dataclass(frozen=True)
@@ -76,14 +72,13 @@ def _sql_files(folder: Traversable | Path) -> Iterable[Traversable | Path]:
 
 def deployed_version(conn: psycopg.Connection[Any]) -> int | None:
     """max(version) of loader_schema_version, or None when the schema is not deployed."""
-    try:
-        row = conn.execute("SELECT max(version) FROM loader_schema_version").fetchone()
-    except psycopg.errors.UndefinedTable:
-        if not conn.autocommit:
-            conn.rollback()
-        return None
-    except psycopg.Error as exc:
-        raise translate(exc, "reading the schema version") from exc
+    with translating("reading the schema version"):
+        try:
+            row = conn.execute("SELECT max(version) FROM loader_schema_version").fetchone()
+        except psycopg.errors.UndefinedTable:
+            if not conn.autocommit:
+                conn.rollback()
+            return None
     return row[0] if row else None
 
 

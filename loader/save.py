@@ -18,7 +18,7 @@ from loader.errors import (
     BatchConflictError,
     ConfigurationError,
     SchemaVersionError,
-    translate,
+    translating,
 )
 from loader.models import BatchProgress, InputIssue, LoadReport, ProcessStatus
 from loader.progress import get_progress
@@ -268,7 +268,7 @@ def _store(
     statements = 0
     attempt: _Attempt | None = None
     # The schema version is checked by lock_batch, inside the call's own transaction.
-    with connection(pool_or_conn, check_version=False) as conn:
+    with connection(pool_or_conn, check_version=False) as conn, translating(f"saving batch {batch_id!r}"):
         for attempt_no in range(1, MAX_ATTEMPTS + 1):
             try:
                 isolating = attempt_no > 1  # the first attempt's data was refused
@@ -286,8 +286,6 @@ def _store(
                 )
             except psycopg.errors.UndefinedTable as exc:
                 raise SchemaVersionError(SCHEMA_VERSION, None) from exc
-            except psycopg.Error as exc:
-                raise translate(exc, f"saving batch {batch_id!r}") from exc
     # The isolating attempt never raises DataRefused: the loop ended in a break.
     assert attempt is not None
 
@@ -374,7 +372,7 @@ def register_batch(pool_or_conn: Connectable, batch_id: str, total_images: int) 
     if total is None:
         raise ConfigurationError("register_batch needs total_images")
     with connection(pool_or_conn) as conn:
-        try:
+        with translating(f"registering batch {batch_id!r}"):
             for _ in range(2):
                 with conn.transaction():
                     row = conn.execute(
@@ -383,8 +381,6 @@ def register_batch(pool_or_conn: Connectable, batch_id: str, total_images: int) 
                 if row is not None:
                     break
                 # Created by a concurrent call after our snapshot: look again.
-        except psycopg.Error as exc:
-            raise translate(exc, f"registering batch {batch_id!r}") from exc
         if row is not None and row[0] != total:
             raise BatchConflictError(
                 f"batch {batch_id!r} already exists with total_images={row[0]}, not {total}"

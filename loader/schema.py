@@ -7,7 +7,7 @@ from importlib import resources
 import psycopg
 
 from loader.dsn import check_dsn
-from loader.errors import LoaderError, translate
+from loader.errors import LoaderError, translating
 
 
 def schema_sql() -> str:
@@ -18,14 +18,13 @@ def schema_sql() -> str:
 def apply_schema(conninfo: str) -> None:
     """Run schema.sql on the database at ``conninfo`` (all or nothing, safe to repeat)."""
     check_dsn(conninfo)
-    try:
-        # autocommit: the file carries its own BEGIN/COMMIT; the simple query
-        # protocol (no parameters) runs all its statements in one round trip.
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute(schema_sql().encode("utf-8"))
-    except psycopg.errors.RaiseException as exc:
-        raise LoaderError(
-            f"schema not applied: {exc.diag.message_primary} ({exc.diag.message_hint})"
-        ) from exc
-    except psycopg.Error as exc:
-        raise translate(exc, "applying schema.sql") from exc
+    with translating("applying schema.sql"):
+        try:
+            # autocommit: the file carries its own BEGIN/COMMIT; the simple query
+            # protocol (no parameters) runs all its statements in one round trip.
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                conn.execute(schema_sql().encode("utf-8"))
+        except psycopg.errors.RaiseException as exc:
+            raise LoaderError(
+                f"schema not applied: {exc.diag.message_primary} ({exc.diag.message_hint})"
+            ) from exc

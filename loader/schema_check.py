@@ -22,14 +22,10 @@ from psycopg import sql
 
 from loader import queries
 from loader.dsn import check_dsn
-from loader.errors import LoaderError, translate
+from loader.errors import SchemaCheckError, translating
 from loader.schema import schema_sql
 
 Description = dict[str, str]
-
-
-class SchemaCheckError(LoaderError):
-    """The comparison could not be made (no deployed schema, missing privileges, ...)."""
 
 
 @dataclass(frozen=True)
@@ -185,39 +181,33 @@ def deployed_namespace(conn: psycopg.Connection[Any]) -> str:
 def describe_deployed(conninfo: str) -> Description:
     """The description of the loader schema deployed at ``conninfo``."""
     check_dsn(conninfo)
-    try:
-        with psycopg.connect(conninfo) as conn:
-            namespace = deployed_namespace(conn)
-            conn.rollback()
-            with conn.transaction(force_rollback=True):
-                return describe(conn, namespace)
-    except psycopg.Error as exc:
-        raise translate(exc, "describing the deployed schema") from exc
+    with translating("describing the deployed schema"), psycopg.connect(conninfo) as conn:
+        namespace = deployed_namespace(conn)
+        conn.rollback()
+        with conn.transaction(force_rollback=True):
+            return describe(conn, namespace)
 
 
 def check(conninfo: str) -> SchemaDiff:
     """Compare the schema deployed at ``conninfo`` with the package's schema.sql."""
     check_dsn(conninfo)
     scratch = f"loader_schema_check_{secrets.token_hex(6)}"
-    try:
-        with psycopg.connect(conninfo) as conn:
-            namespace = deployed_namespace(conn)
-            conn.rollback()
-            with conn.transaction(force_rollback=True):
-                conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(scratch)))
-                conn.execute(sql.SQL("SET LOCAL search_path = {}").format(sql.Identifier(scratch)))
-                try:
-                    conn.execute(package_body().encode("utf-8"))
-                except psycopg.Error as exc:
-                    raise SchemaCheckError(
-                        "could not build the package schema in a scratch schema to compare with "
-                        f"(it needs the rights that deploy it: CREATE on the database, grant option on it): "
-                        f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
-                    ) from exc
-                package = describe(conn, scratch)
-                database = describe(conn, namespace, _names(package))
-    except psycopg.Error as exc:
-        raise translate(exc, "checking the schema") from exc
+    with translating("checking the schema"), psycopg.connect(conninfo) as conn:
+        namespace = deployed_namespace(conn)
+        conn.rollback()
+        with conn.transaction(force_rollback=True):
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(scratch)))
+            conn.execute(sql.SQL("SET LOCAL search_path = {}").format(sql.Identifier(scratch)))
+            try:
+                conn.execute(package_body().encode("utf-8"))
+            except psycopg.Error as exc:
+                raise SchemaCheckError(
+                    "could not build the package schema in a scratch schema to compare with "
+                    f"(it needs the rights that deploy it: CREATE on the database, grant option on it): "
+                    f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+                ) from exc
+            package = describe(conn, scratch)
+            database = describe(conn, namespace, _names(package))
     diff = SchemaDiff(namespace, package, database)
     for key, value in package.items():
         if key not in database:

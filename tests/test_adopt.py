@@ -16,9 +16,10 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from loader import save_batch
-from loader.adopt import PLACEHOLDER_ERROR, DirtyRowsError, UnknownShapeError, adopt
+from loader.adopt import PLACEHOLDER_ERROR, adopt
 from loader.cli import cli
 from loader.datagen import make_batch
+from loader.errors import DirtyRowsError, UnknownShapeError
 from loader.schema_check import check, describe
 from loader.testing import TemplateDatabases, with_dbname
 

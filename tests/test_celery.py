@@ -204,6 +204,44 @@ def test_worker_killed_mid_save_leaves_nothing_and_redelivery_completes_the_batc
     client.close()
 
 
+def test_worker_killed_mid_file_keeps_committed_chunks_and_redelivery_completes_without_duplicates(
+    start_worker: Callable[..., Worker], dsn: str, db: psycopg.Connection[Any]
+) -> None:
+    # A batch sent as a file reference commits chunk by chunk: a worker killed in
+    # the second chunk leaves the first stored, and the redelivered task finds it
+    # unchanged and stores the rest; nothing is written twice.
+    worker = start_worker(LOADER_CHUNK_IMAGES="200")
+    client = worker.client()
+    results = make_batch(500, prefix="killed-file")
+    lines = [json.dumps(r, ensure_ascii=False).encode() for r in results]
+
+    blocker = hold_image_path(dsn, results[300]["image_path"])
+    try:
+        submission = submit_batch(
+            "killed-file", lines, app=client, inline_max_bytes=1024, spool_dir=worker.spool_dir
+        )
+        _, victim = wait_for("the second chunk's merge to wait on the lock", lambda: worker_backend(db))
+        assert stored_totals(db, "killed-file")[1:3] == (200, 0)  # the first chunk is committed
+        os.kill(victim, signal.SIGKILL)
+        wait_for("the killed worker process to be gone", lambda: process_gone(victim))
+        wait_for(
+            "the redelivered task to run in a new worker process",
+            lambda: worker_backend(db, exclude_worker=victim),
+        )
+        assert stored_totals(db, "killed-file")[1:3] == (200, 0)  # the killed chunk left nothing
+    finally:
+        blocker.rollback()
+        blocker.close()
+
+    report = submission.result.get(timeout=RESULT_TIMEOUT_S)
+    assert not submission.inline
+    assert (report["received"], report["unchanged"], report["stored"]) == (500, 200, 300)
+    assert stored_totals(db, "killed-file") == (500, 500, 0, "SUCCESS")
+    assert_totals_match_recount(db, "killed-file")
+    assert db.execute("SELECT count(*) FROM ocr_executions").fetchone() == (500,)
+    client.close()
+
+
 def test_transient_failure_is_retried_and_logged_retry_then_success(
     start_worker: Callable[..., Worker], dsn: str, db: psycopg.Connection[Any]
 ) -> None:

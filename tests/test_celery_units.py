@@ -28,6 +28,7 @@ def test_config_reads_the_environment() -> None:
             "LOADER_POOL_MIN": "2",
             "LOADER_POOL_MAX": "6",
             "LOADER_BROKER_URL": "amqp://guest:guest@mq//",
+            "LOADER_RESULT_BACKEND": "redis://results:6379/1",
             "LOADER_QUEUE": "ocr-save",
             "LOADER_MAX_RETRIES": "3",
             "LOADER_INLINE_MAX_BYTES": "1000",
@@ -43,8 +44,7 @@ def test_config_reads_the_environment() -> None:
         "ocr-save",
         3,
     )
-    # RabbitMQ stores no results itself: they go back over the broker.
-    assert cfg.result_backend == "rpc://"
+    assert cfg.result_backend == "redis://results:6379/1"
     assert (cfg.inline_max_bytes, cfg.spool_dir, cfg.save_settings.statement_timeout) == (
         1000,
         Path("/srv/spool"),
@@ -55,6 +55,19 @@ def test_config_reads_the_environment() -> None:
     assert defaults.dsn is None and defaults.result_backend == defaults.broker_url
     with pytest.raises(ConfigurationError, match="LOADER_DSN is not set"):
         defaults.require_dsn()
+
+
+def test_a_broker_that_stores_no_results_needs_a_result_backend_named() -> None:
+    # rpc:// would let only the submitting process collect a result: never chosen silently.
+    with pytest.raises(ConfigurationError, match="LOADER_RESULT_BACKEND is not set") as refused:
+        CeleryConfig.from_env({"LOADER_BROKER_URL": "amqp://guest:s3cret@mq//"})
+    chosen = CeleryConfig.from_env({"LOADER_BROKER_URL": "amqp://mq//", "LOADER_RESULT_BACKEND": "rpc://"})
+
+    assert "s3cret" not in str(refused.value)
+    assert chosen.result_backend == "rpc://"
+    assert (
+        CeleryConfig.from_env({"LOADER_BROKER_URL": "redis://r:6379/2"}).result_backend == "redis://r:6379/2"
+    )
 
 
 @pytest.mark.parametrize(

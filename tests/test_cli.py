@@ -65,6 +65,7 @@ COMMANDS = [
     ["schema", "upgrade"],
     ["schema", "check"],
     ["schema", "sql"],
+    ["schema", "adopt"],
     ["demo"],
 ]
 

@@ -9,16 +9,16 @@
 - task_logs kept by signal handlers for the loader's task and tasks that opt in
   (``@app.task(task_log=True)`` or ``@logged``).
 
-Start a worker with ``celery -A loader.celery worker --pool=prefork -Q loader``.
+Start a worker with ``celery -A loader.celery worker --pool=prefork -Q "$LOADER_QUEUE"``.
 """
 
 from loader.celery.app import app, make_app
 from loader.celery.config import TASK_NAME, CeleryConfig, config
-from loader.celery.payload import BatchReferenceError
 from loader.celery.pool import save_with_worker_pool, worker_pool
 from loader.celery.submit import Submission, submit_batch
 from loader.celery.tasklog import CHAIN_ID_HEADER, logged, use_pool_for_publishes
 from loader.celery.tasks import is_retryable, load_payload, save_ocr_batch
+from loader.errors import BatchReferenceError
 
 __all__ = [
     "CHAIN_ID_HEADER",

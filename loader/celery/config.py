@@ -11,7 +11,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from loader.errors import ConfigurationError
+from loader.errors import ConfigurationError, redact_dsn
 from loader.save import Settings
 
 #: The loader's task, by the name publishers use (``send_task(TASK_NAME, ...)``).
@@ -87,9 +87,22 @@ def _json_object(env: Mapping[str, str], name: str) -> dict[str, Any]:
 
 
 def _default_backend(broker_url: str) -> str:
-    # Redis stores results as well as it queues; elsewhere (RabbitMQ) the rpc://
-    # backend sends each result back to the caller over the broker.
-    return broker_url if broker_url.startswith(("redis://", "rediss://")) else "rpc://"
+    """The result backend when LOADER_RESULT_BACKEND is unset: the broker itself, when it is Redis.
+
+    Any other broker (RabbitMQ) has no default on purpose: its usual backend,
+    rpc://, hands a result only to the process that sent the task (another
+    process's AsyncResult(id).get() times out while the task log says SUCCESS)
+    and keeps an uncollected result's queue for a day. Refusing to start makes
+    the choice explicit instead of surprising (see docs/celery.md).
+    """
+    if broker_url.startswith(("redis://", "rediss://")):
+        return broker_url
+    raise ConfigurationError(
+        f"LOADER_RESULT_BACKEND is not set and the broker ({redact_dsn(broker_url)}) stores no results; "
+        "set it to a backend every process can read, e.g. LOADER_RESULT_BACKEND=redis://cache:6379/1 or "
+        "db+postgresql://user@host/db (needs SQLAlchemy), or to rpc:// if only the submitting process "
+        "collects results (see docs/celery.md)"
+    )
 
 
 @dataclass(frozen=True)

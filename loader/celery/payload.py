@@ -2,11 +2,12 @@
 streamed by the worker in chunks.
 
 A file holds one input per line (JSONL, gzip-compressed or not; the gzip magic
-bytes decide, not the name). The worker reads it line by line, ``chunk_images``
-lines per ``save_batch`` call with ``position_offset`` = the chunk's first line
-index, so a rejected line keeps its exact bytes and its 0-based line number as
-its position. Each chunk is its own transaction and idempotent, so a task rerun
-after a crash finds the chunks already stored unchanged and completes the rest.
+bytes decide, not the name). The worker loads it with the chunk engine
+(loader.chunks, the same as `loader load`): ``chunk_images`` lines per
+transaction, positions = 0-based line numbers, so a rejected line keeps its
+exact bytes and its line number. Each chunk is its own transaction and
+idempotent, so a task rerun after a crash finds the chunks already stored
+unchanged and completes the rest.
 
 References are ``file://`` URLs or absolute paths, and must lie inside the
 worker's spool directory (LOADER_SPOOL_DIR): a message must not be able to make
@@ -22,30 +23,25 @@ import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
-from itertools import islice
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 from psycopg_pool import ConnectionPool
 
-from loader.errors import ConfigurationError
+from loader import jsonl
+from loader.chunks import load_chunks
+from loader.errors import BatchNotFoundError, BatchReferenceError, InputFileError
 from loader.models import LoadReport, OCRResult
-from loader.progress import BatchNotFoundError, get_progress
+from loader.pipeline import Judged, save_judged
+from loader.progress import get_progress
 from loader.save import Settings, save_batch
 from loader.validate import Input
 
-# Most issues one combined report lists: the counts stay exact, and every
-# failure is in the database (ocr_executions.error, load_rejects), but a
-# 100,000-line report must not become a 10 MB result message.
-MAX_REPORTED_ISSUES = 1_000
-_GZIP_MAGIC = b"\x1f\x8b"
+__all__ = ["BatchReferenceError", "encode_line", "load_file", "read_lines", "resolve_reference"]
+
 # gzip level 1 is ~5x smaller than the raw JSON at a fraction of level 9's cost.
 _GZIP_LEVEL = 1
-
-
-class BatchReferenceError(ConfigurationError):
-    """A batch file reference that the worker cannot or may not read."""
 
 
 def encode_line(item: Input) -> bytes:
@@ -143,43 +139,22 @@ def resolve_reference(reference: str, spool_dir: Path) -> Path:
 
 
 def read_lines(path: Path) -> Iterator[bytes]:
-    """The file's lines without their newline, streamed."""
-    number = 0
+    """The file's lines without their newline, streamed (raw bytes kept, whatever they are)."""
     try:
-        with open(path, "rb") as raw:
-            gzipped = raw.read(2) == _GZIP_MAGIC
-            raw.seek(0)
-            stream: io.BufferedIOBase = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
-            with stream:
-                for number, line in enumerate(stream, start=1):  # noqa: B007  (read in the except)
-                    yield line.removesuffix(b"\n")
-    except (OSError, EOFError) as exc:
-        raise BatchReferenceError(
-            f"batch file {path} is unreadable after line {number}: {exc}; the lines before it "
-            "may be stored (each chunk commits on its own), so fix the file and send the task again"
-        ) from exc
+        yield from jsonl.read_lines(path, check_text=False)
+    except InputFileError as exc:
+        raise BatchReferenceError(f"batch file {path} is unreadable: {exc}") from exc
 
 
-def count_lines(path: Path) -> int:
-    return sum(1 for _ in read_lines(path))
-
-
-def _combine(batch_id: str, reports: list[LoadReport], duration: float) -> LoadReport:
-    issues = [issue for r in reports for issue in r.issues][:MAX_REPORTED_ISSUES]
-    return LoadReport(
-        batch_id=batch_id,
-        received=sum(r.received for r in reports),
-        stored=sum(r.stored for r in reports),
-        failed=sum(r.failed for r in reports),
-        rejected=sum(r.rejected for r in reports),
-        unchanged=sum(r.unchanged for r in reports),
-        boxes=sum(r.boxes for r in reports),
-        statements=sum(r.statements for r in reports),
-        attempts=sum(r.attempts for r in reports),
-        duration_s=duration,
-        progress=reports[-1].progress,
-        issues=issues,
-    )
+def _total_for(pool: ConnectionPool, batch_id: str, path: Path, total_images: int | None) -> int | None:
+    """The total a new batch is registered with: the file's line count unless given."""
+    if total_images is not None:
+        return total_images
+    try:
+        get_progress(pool, batch_id)
+    except BatchNotFoundError:
+        return jsonl.count_lines(str(path))
+    return None  # an existing batch keeps its own
 
 
 def load_file(
@@ -191,29 +166,28 @@ def load_file(
     chunk_images: int,
     settings: Settings,
 ) -> LoadReport:
-    """Stream a JSONL batch file through save_batch, ``chunk_images`` lines per call.
+    """Load a JSONL batch file, ``chunk_images`` lines per transaction (loader.chunks).
 
     Without ``total_images``, a new batch's total is the file's line count; an
     existing batch keeps its own.
     """
     started = time.perf_counter()
-    total = total_images
-    if total is None:
-        try:
-            get_progress(pool, batch_id)
-        except BatchNotFoundError:
-            total = count_lines(path)
-    reports: list[LoadReport] = []
-    lines = read_lines(path)
-    offset = 0
-    while chunk := list(islice(lines, chunk_images)):
-        reports.append(
-            save_batch(pool, batch_id, chunk, total_images=total, position_offset=offset, settings=settings)
-        )
-        offset += len(chunk)
-    if not reports:  # an empty file still creates (or checks) the batch
-        reports.append(save_batch(pool, batch_id, [], total_images=total, settings=settings))
-    return _combine(batch_id, reports, time.perf_counter() - started)
+
+    def store(judged: Judged) -> LoadReport:
+        return save_judged(pool, batch_id, judged, total_images=total, settings=settings)
+
+    try:
+        total = _total_for(pool, batch_id, path, total_images)
+        sources = jsonl.Sources([str(path)], check_text=False)
+        outcome = load_chunks(batch_id, sources, store, chunk_size=chunk_images)
+    except InputFileError as exc:
+        raise BatchReferenceError(
+            f"batch file {path} is unreadable: {exc}; the lines before it may be stored (each chunk "
+            "commits on its own), so fix the file and send the task again"
+        ) from exc
+    if not outcome.totals.chunks:  # an empty file still creates (or checks) the batch
+        return save_batch(pool, batch_id, [], total_images=total, settings=settings)
+    return outcome.totals.report(time.perf_counter() - started)
 
 
 def inline_form(item: Input) -> Any:

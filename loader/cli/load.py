@@ -1,0 +1,488 @@
+"""`loader load`: stream JSONL files into a batch, chunk by chunk (the engine is loader.chunks).
+
+This module only adapts the engine to a terminal: registering the batch,
+retrying a chunk after a transient failure, Ctrl-C, the progress display, the
+summary and the command that resumes a stopped load.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import click
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from loader.chunks import Chunk, Totals, load_chunks
+from loader.cli import output as out
+from loader.cli.base import EXIT_OK, Session, cli, common_options, one_line
+from loader.cli.display import Display
+from loader.errors import (
+    BatchNotFoundError,
+    CliError,
+    DatabaseError,
+    InputFileError,
+    Interrupted,
+    LoaderError,
+)
+from loader.jsonl import Sources, count_lines, countable
+from loader.models import BatchProgress, LoadReport
+from loader.pipeline import Judged, save_judged
+from loader.progress import get_progress
+from loader.save import register_batch
+
+# Images per transaction for `loader load`. Each chunk is one save_batch call
+# (8 statements); bigger chunks amortise them, smaller ones commit more often and
+# keep less in memory (~25 KB of client memory per image while a chunk is
+# judged). 5,000 keeps a chunk's merge well under a second on 2 cores.
+DEFAULT_CHUNK_SIZE = 5000
+# Retries of a chunk after a transient database failure (lost connection,
+# deadlock, server restart); each retry reconnects, waiting 1 s, 2 s, 4 s, ...
+DEFAULT_RETRIES = 3
+# Issues the text summary of a load prints.
+ISSUES_SHOWN = 10
+
+log = logging.getLogger("loader.cli")
+
+
+def signal_status(signum: int) -> int:
+    """128 + the signal number: the exit status a shell reports for a process stopped by it."""
+    return 128 + signum
+
+
+class StopRequest:
+    """Ctrl-C (or SIGTERM) asks the load to stop after the chunk in flight; a second one aborts it."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            # Second request: abort the chunk in flight (psycopg cancels the
+            # query, the transaction rolls back).
+            raise KeyboardInterrupt
+        self.signum = signum
+        sys.stderr.write(
+            f"\n{signal.Signals(signum).name}: stopping after the chunk in flight "
+            "(press Ctrl-C again to abort it)\n"
+        )
+        sys.stderr.flush()
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            # After a stop the process is on its way out: a late second signal
+            # must neither kill it mid-summary nor change its exit status.
+            signal.signal(signum, signal.SIG_IGN if self.requested else handler)
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+
+@dataclass
+class LoadOutcome:
+    totals: Totals
+    next_position: int
+    total_lines: int | None
+    duration_s: float
+    #: The signal that stopped the load early (SIGINT, SIGTERM), if any.
+    signum: int | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        return signal_status(self.signum) if self.signum is not None else EXIT_OK
+
+    def report(self) -> LoadReport:
+        return self.totals.report(self.duration_s)
+
+
+# --------------------------------------------------------------------------- resuming
+
+
+def _without_password(dsn: str) -> tuple[str, bool]:
+    """The DSN with any password removed, and whether there was one."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return dsn, False
+    if "password" not in params:
+        return dsn, False
+    del params["password"]
+    return make_conninfo("", **params), True
+
+
+def resume_command(
+    files: tuple[str, ...], batch_id: str, chunk_size: int, skip: int, session: Session | None = None
+) -> str:
+    """The command that continues a load from line ``skip``, reaching the same database.
+
+    A DSN typed as --dsn is repeated (one from LOADER_DSN or the libpq
+    environment is found there again); its password never is: the command then
+    says where to put it.
+    """
+    parts = ["loader", "load", *files, "--batch-id", batch_id]
+    if chunk_size != DEFAULT_CHUNK_SIZE:
+        parts += ["--chunk-size", str(chunk_size)]
+    had_password = False
+    if session is not None and session.dsn_typed and session.dsn:
+        dsn, had_password = _without_password(session.dsn)
+        parts += ["--dsn", dsn]
+    parts += ["--skip", str(skip)]
+    command = shlex.join(parts)
+    if had_password:
+        command += "  # password not repeated: set PGPASSWORD (or ~/.pgpass, or the whole DSN in LOADER_DSN)"
+    return command
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def open_batch(
+    conn: psycopg.Connection[Any], batch_id: str, files: tuple[str, ...], total: int | None
+) -> tuple[BatchProgress | None, int | None]:
+    """Register the batch if new.
+
+    Returns its progress (None when the input is empty) and the lines of the input (None for a stream).
+    """
+    total_lines = sum(count_lines(name) for name in files) if all(countable(n) for n in files) else None
+    try:
+        existing: BatchProgress | None = get_progress(conn, batch_id)
+    except BatchNotFoundError:
+        existing = None
+    if existing is not None:
+        if total is not None and total != existing.total_images:
+            raise CliError(
+                f"batch {batch_id!r} exists with total_images={existing.total_images}, not --total {total}; "
+                "drop --total to load into it as it is"
+            )
+        return existing, total_lines
+    declared = total if total is not None else total_lines
+    if declared is None:
+        raise click.UsageError(
+            "the input is a stream (stdin or a pipe) whose lines cannot be counted in advance, and batch "
+            f"{batch_id!r} does not exist yet: pass --total N (the number of images in the batch)"
+        )
+    if declared == 0:
+        return None, total_lines
+    return register_batch(conn, batch_id, declared), total_lines
+
+
+class RetryingStore:
+    """Stores a judged chunk; after a transient failure reconnects and tries again, a few times."""
+
+    def __init__(self, session: Session, batch_id: str, retries: int) -> None:
+        self.session = session
+        self.batch_id = batch_id
+        self.retries = retries
+        self.conn = session.connect()
+
+    def __call__(self, judged: Judged) -> LoadReport:
+        for attempt in range(self.retries):
+            try:
+                return save_judged(self.conn, self.batch_id, judged)
+            except DatabaseError as exc:
+                if not exc.transient:
+                    raise
+                self._wait_and_reconnect(attempt, exc)
+        return save_judged(self.conn, self.batch_id, judged)
+
+    def _wait_and_reconnect(self, attempt: int, exc: DatabaseError) -> None:
+        wait = 2.0**attempt
+        log.warning(
+            "chunk failed, retrying",
+            extra={"batch_id": self.batch_id, "retry_in_s": wait, "error": str(exc)},
+        )
+        time.sleep(wait)
+        self.conn.close()
+        self.conn = self.session.connect()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@dataclass
+class Committed:
+    """Where the load stands: what the error messages and the resume hint need."""
+
+    next_position: int
+    chunks: int = 0
+
+    def on_chunk(self, display: Display) -> Callable[[Chunk, Totals], None]:
+        def done(chunk: Chunk, totals: Totals) -> None:
+            self.next_position, self.chunks = chunk.next_position, self.chunks + 1
+            display.update(totals, chunk.next_position)
+
+        return done
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """What `loader load` was asked to do."""
+
+    files: tuple[str, ...]
+    batch_id: str
+    chunk_size: int
+    total: int | None = None
+    skip: int = 0
+    mode: str = "none"
+    retries: int = DEFAULT_RETRIES
+
+    def resume(self, skip: int, session: Session) -> str:
+        return resume_command(self.files, self.batch_id, self.chunk_size, skip, session)
+
+
+def run_load(session: Session, request: LoadRequest) -> LoadOutcome:
+    """Stream the files into the batch, chunk by chunk; stops early on Ctrl-C / SIGTERM."""
+    started = time.monotonic()
+    sources = Sources(request.files)  # refuses unreadable or binary input before a batch exists
+    store = RetryingStore(session, request.batch_id, request.retries)
+    committed = Committed(request.skip)
+    stop = StopRequest()
+    try:
+        return _load(store, sources, request, committed, stop, started)
+    except KeyboardInterrupt as exc:
+        raise Interrupted(
+            f"interrupted: the chunk in flight was rolled back; lines before {committed.next_position + 1} "
+            f"are committed, resume with: {request.resume(committed.next_position, session)}",
+            signal_status(stop.signum or signal.SIGINT),
+        ) from exc
+    except (LoaderError, psycopg.Error) as exc:
+        raise _failed(exc, request, committed, session) from exc
+    finally:
+        store.close()
+
+
+def _load(
+    store: RetryingStore,
+    sources: Sources,
+    request: LoadRequest,
+    committed: Committed,
+    stop: StopRequest,
+    started: float,
+) -> LoadOutcome:
+    batch_id = request.batch_id
+    progress, total_lines = open_batch(store.conn, batch_id, request.files, request.total)
+    if progress is None:
+        return LoadOutcome(Totals(batch_id), request.skip, total_lines, time.monotonic() - started)
+    if total_lines is not None and total_lines > progress.total_images:
+        log.warning(
+            "the input holds more lines than the batch expects images",
+            extra={"batch_id": batch_id, "lines": total_lines, "total_images": progress.total_images},
+        )
+    with stop, Display(request.mode, batch_id, total_lines, request.skip) as display:
+        result = load_chunks(
+            batch_id,
+            sources,
+            store,
+            chunk_size=request.chunk_size,
+            skip=request.skip,
+            on_chunk=committed.on_chunk(display),
+            stop=lambda: stop.requested,
+        )
+        result.totals.progress = result.totals.progress or progress
+        display.finish(result.totals, result.next_position, stopped=stop.requested)
+    return LoadOutcome(
+        result.totals, result.next_position, total_lines, time.monotonic() - started, stop.signum
+    )
+
+
+def _failed(exc: BaseException, request: LoadRequest, committed: Committed, session: Session) -> CliError:
+    where = ""
+    if committed.chunks:
+        where = (
+            f"; lines before {committed.next_position + 1} are committed, resume with: "
+            f"{request.resume(committed.next_position, session)}"
+        )
+    text = str(exc) if isinstance(exc, InputFileError) else one_line(exc)
+    return CliError(f"{text}{where}")
+
+
+# --------------------------------------------------------------------------- printing
+
+
+def print_load(outcome: LoadOutcome, batch_id: str, as_json: bool) -> None:
+    totals = outcome.totals
+    if totals.progress is None:
+        out.echo(f"nothing to load: the input is empty (batch {batch_id!r} was not created)", err=True)
+        if as_json:
+            out.echo_json({"batch_id": batch_id, "received": 0, "lines": 0})
+        return
+    if as_json:
+        _print_json(outcome)
+    else:
+        _print_text(outcome, batch_id)
+
+
+def _print_json(outcome: LoadOutcome) -> None:
+    report = outcome.report()
+    data = report.model_dump(mode="json")
+    data["progress"]["percentage"] = round(report.progress.percentage, 2)
+    data.update(
+        chunks=outcome.totals.chunks,
+        next_position=outcome.next_position,
+        interrupted=outcome.interrupted,
+        issues_omitted=outcome.totals.issues_omitted,
+    )
+    out.echo_json(data)
+
+
+def _print_text(outcome: LoadOutcome, batch_id: str) -> None:
+    totals, seconds = outcome.totals, outcome.duration_s
+    report = outcome.report()
+    rate = totals.received / seconds if seconds else 0.0
+    out.echo(
+        f"loaded {out.count(totals.received, 'line')} into batch {batch_id} in {out.duration(seconds)} "
+        f"({rate:,.0f} images/s): {out.count(totals.chunks, 'chunk')}, "
+        f"{out.count(totals.statements, 'statement')}"
+    )
+    out.echo(
+        f"  stored {out.n(totals.stored)} · failed {out.n(totals.failed)} · "
+        f"rejected {out.n(totals.rejected)} · unchanged {out.n(totals.unchanged)} · "
+        f"text boxes {out.n(totals.boxes)}"
+    )
+    if totals.replaced:
+        out.echo(
+            f"  of the stored, {out.n(totals.replaced)} replaced a failure stored earlier "
+            "(a success for an image this batch had stored as failed)"
+        )
+    out.echo(f"  {out.batch_line(report.progress)}")
+    _print_issues(totals, batch_id)
+
+
+def _print_issues(totals: Totals, batch_id: str) -> None:
+    shown = [i for i in totals.issues if i.outcome != "unchanged"][:ISSUES_SHOWN]
+    if not shown:
+        return
+    out.echo(f"first {len(shown)} of {out.n(totals.failed + totals.rejected)} failed or rejected lines:")
+    out.table([(f"line {i.position + 1}", i.outcome.ljust(8), i.reason) for i in shown], indent="  ")
+    out.echo(
+        f"  (all reasons: loader status {shlex.quote(batch_id)}; "
+        f"raw rejects: loader rejects {shlex.quote(batch_id)})"
+    )
+
+
+def print_stopped(outcome: LoadOutcome, request: LoadRequest, session: Session) -> None:
+    hint = request.resume(outcome.next_position, session)
+    out.echo(
+        f"stopped: the first {out.count(outcome.next_position, 'line')} are committed "
+        f"({out.count(outcome.totals.chunks, 'chunk')} this run). Resume with:\n  {hint}\n"
+        "(or re-run the same command: lines already stored are recognised and left unchanged)",
+        err=True,
+    )
+
+
+# --------------------------------------------------------------------------- the command
+
+LOAD_EPILOG = """\b
+Examples:
+  loader load results.jsonl --batch-id B1
+  loader load part-*.jsonl.gz --batch-id B1 --chunk-size 10000
+  zcat results.jsonl.gz | loader load - --batch-id B1 --total 250000
+  loader load results.jsonl --batch-id B1 --skip 45000     # resume after Ctrl-C
+  loader load fixme.jsonl --batch-id B1                    # reload fixed rejects
+
+\b
+Every line of every file is one input (an OCRResult JSON object); gzip is
+detected by its magic bytes. Lines are numbered across the files in order,
+from 0: the first line of the second file continues after the last line of
+the first. That number is the input's position (load_rejects.position), so
+re-running the same command, with the same files in the same order and the
+same --chunk-size, recognises what is already stored and changes nothing.
+A line that is not a JSON object (a blank line too) is rejected with its raw
+bytes; an invalid result is stored as failed with the reason. Input that is
+not JSON lines at all (xz/bzip2/zstd/zip, NUL bytes, mostly invalid UTF-8)
+is refused before anything is written.
+
+\b
+A new batch is registered with as many images as the input has lines (or
+--total). Ctrl-C stops after the chunk in flight; committed chunks stay and
+the command to resume is printed (exit status 130).
+"""
+
+
+@cli.command("load", epilog=LOAD_EPILOG)
+@click.argument("files", nargs=-1, required=True, metavar="FILE...")
+@click.option("--batch-id", "-b", required=True, help="The batch the images belong to.")
+@click.option(
+    "--chunk-size",
+    metavar="N",
+    type=click.IntRange(min=1),
+    default=DEFAULT_CHUNK_SIZE,
+    show_default=True,
+    help="Images per transaction; memory is bounded by it, not by the file size.",
+)
+@click.option(
+    "--total",
+    metavar="N",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Images in the batch, when registering it (default: the lines of the input; needed for stdin).",
+)
+@click.option(
+    "--skip",
+    metavar="N",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Skip the first N lines (across all files): resume where an interrupted load stopped.",
+)
+@click.option(
+    "--progress",
+    "mode",
+    type=click.Choice(["auto", "bar", "plain", "none"]),
+    default="auto",
+    show_default=True,
+    help="auto: a bar when stderr is a terminal, else a log line every few seconds.",
+)
+@click.option(
+    "--retries",
+    metavar="N",
+    type=click.IntRange(min=0),
+    default=DEFAULT_RETRIES,
+    show_default=True,
+    help="Retries of a chunk after a transient database failure (lost connection, deadlock).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the LoadReport (all chunks summed) as JSON.")
+@common_options
+def load_command(
+    files: tuple[str, ...],
+    batch_id: str,
+    chunk_size: int,
+    total: int | None,
+    skip: int,
+    mode: str,
+    retries: int,
+    as_json: bool,
+    session: Session,
+) -> None:
+    """Load JSONL files of OCR results into a batch, in chunks.
+
+    FILE may be plain or gzip JSONL, or - for stdin.
+    """
+    if mode == "auto":
+        mode = "bar" if sys.stderr.isatty() else "plain"
+    request = LoadRequest(files, batch_id, chunk_size, total, skip, mode, retries)
+    outcome = run_load(session, request)
+    print_load(outcome, batch_id, as_json)
+    if outcome.interrupted:
+        print_stopped(outcome, request, session)
+        raise click.exceptions.Exit(outcome.exit_code)
