@@ -254,7 +254,8 @@ outcome AS (
 -- batch's lock) plus what this call changed, never a recount of the batch:
 -- that read every chain and reject of the batch, 7 ms a call at 59,000 images
 -- and growing. OCR statuses are counted, as tests/checks.py::recount does.
-delta AS (
+-- MATERIALIZED: evaluated once, not once per mention in the CASE below.
+delta AS MATERIALIZED (
     SELECT (SELECT count(*) FROM new_ocr WHERE status = 'success')
            + (SELECT count(*) FROM upgraded_ocr) AS completed,
            (SELECT count(*) FROM new_ocr WHERE status = 'failed')
