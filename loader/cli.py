@@ -36,12 +36,13 @@ from loader import migrate, queries
 from loader.connection import SCHEMA_VERSION
 from loader.dsn import check_dsn
 from loader.errors import DatabaseError, LoaderError, redact_dsn
-from loader.jsonl import InputFileError, Sources, count_lines, countable
+from loader.jsonl import InputFileError, Sources, countable, line_counts
 from loader.models import BatchProgress, InputIssue, LoadReport
-from loader.progress import BatchNotFoundError, get_progress
+from loader.progress import BatchNotFoundError, follow_progress, get_progress, recount_batch
+from loader.repair import count_rejects, list_rejects, prepare_lines
 from loader.save import register_batch, save_prepared
 from loader.schema import apply_schema, schema_sql
-from loader.validate import Prepared, prepare
+from loader.validate import Prepared
 
 # Images per transaction for `loader load`. Each chunk is one save_batch call
 # (8 statements); bigger chunks amortise them, smaller ones commit more often and
@@ -406,6 +407,8 @@ class LoadTotals:
     failed: int = 0
     rejected: int = 0
     unchanged: int = 0
+    replaced: int = 0
+    resolved: int = 0
     boxes: int = 0
     statements: int = 0
     attempts: int = 0
@@ -421,6 +424,8 @@ class LoadTotals:
         self.failed += report.failed
         self.rejected += report.rejected
         self.unchanged += report.unchanged
+        self.replaced += report.replaced
+        self.resolved += report.resolved
         self.boxes += report.boxes
         self.statements += report.statements
         self.attempts += report.attempts
@@ -439,6 +444,8 @@ class LoadTotals:
             failed=self.failed,
             rejected=self.rejected,
             unchanged=self.unchanged,
+            replaced=self.replaced,
+            resolved=self.resolved,
             boxes=self.boxes,
             statements=self.statements,
             attempts=max(self.attempts, 1),
@@ -589,14 +596,6 @@ class _Judging:
     prepared: Future[Prepared]
 
 
-def _until(cancel: threading.Event, lines: list[bytes]) -> Iterable[bytes]:
-    """The lines, until the load stops: a chunk judged for nothing should not hold up the exit."""
-    for line in lines:
-        if cancel.is_set():
-            return
-        yield line
-
-
 def resume_command(files: tuple[str, ...], batch_id: str, chunk_size: int, skip: int) -> str:
     parts = ["loader", "load", *files, "--batch-id", batch_id]
     if chunk_size != DEFAULT_CHUNK_SIZE:
@@ -606,33 +605,46 @@ def resume_command(files: tuple[str, ...], batch_id: str, chunk_size: int, skip:
 
 
 def _prepare_batch(
-    conn: psycopg.Connection[Any], batch_id: str, files: tuple[str, ...], total: int | None
-) -> tuple[BatchProgress | None, int | None]:
+    conn: psycopg.Connection[Any],
+    batch_id: str,
+    files: tuple[str, ...],
+    total: int | None,
+    repair: bool = False,
+) -> tuple[BatchProgress | None, int | None, int | None]:
     """Register the batch if new.
 
-    Returns its progress (None when the input is empty) and the lines of the input (None for a stream).
+    Returns its progress (None when the input is empty), the lines of the input
+    and how many of them are not blank (both None for a stream).
     """
-    total_lines = sum(count_lines(name) for name in files) if all(countable(n) for n in files) else None
+    total_lines = inputs = None
+    if all(countable(n) for n in files):
+        counts = [line_counts(name) for name in files]
+        total_lines = sum(lines for lines, _ in counts)
+        inputs = total_lines - sum(blank for _, blank in counts)
     try:
         existing: BatchProgress | None = get_progress(conn, batch_id)
     except BatchNotFoundError:
         existing = None
+    if repair and existing is None:
+        raise CliError(
+            f"--repair puts fixed rejects back into an existing batch, and there is no batch {batch_id!r}"
+        )
     if existing is not None:
         if total is not None and total != existing.total_images:
             raise CliError(
                 f"batch {batch_id!r} exists with total_images={existing.total_images}, not --total {total}; "
                 "drop --total to load into it as it is"
             )
-        return existing, total_lines
-    declared = total if total is not None else total_lines
+        return existing, total_lines, inputs
+    declared = total if total is not None else inputs
     if declared is None:
         raise click.UsageError(
             "the input is a stream (stdin or a pipe) whose lines cannot be counted in advance, and batch "
             f"{batch_id!r} does not exist yet: pass --total N (the number of images in the batch)"
         )
     if declared == 0:
-        return None, total_lines
-    return register_batch(conn, batch_id, declared), total_lines
+        return None, total_lines, inputs
+    return register_batch(conn, batch_id, declared), total_lines, inputs
 
 
 def run_load(
@@ -645,6 +657,7 @@ def run_load(
     skip: int,
     mode: str,
     retries: int,
+    repair: bool = False,
 ) -> LoadOutcome:
     """Stream the files into the batch, chunk by chunk; stops early on Ctrl-C / SIGTERM."""
     sources = Sources(files)
@@ -654,14 +667,14 @@ def run_load(
     next_position = skip
     stop: StopRequest | None = None
     try:
-        progress, total_lines = _prepare_batch(conn, batch_id, files, total)
+        progress, total_lines, inputs = _prepare_batch(conn, batch_id, files, total, repair)
         if progress is None:
             return LoadOutcome(totals, skip, total_lines)
         totals.progress = progress
-        if total_lines is not None and total_lines > progress.total_images:
+        if inputs is not None and inputs > progress.total_images and not repair:
             log.warning(
                 "the input holds more lines than the batch expects images",
-                extra={"batch_id": batch_id, "lines": total_lines, "total_images": progress.total_images},
+                extra={"batch_id": batch_id, "lines": inputs, "total_images": progress.total_images},
             )
         with StopRequest() as stop, Display(mode, batch_id, total_lines, skip) as display:
             # Validation (pure Python) of chunk k+1 runs in one thread while chunk k is
@@ -682,7 +695,7 @@ def run_load(
                 if item is None:
                     return None
                 first, lines = item
-                return _Judging(first, lines, judge.submit(prepare, batch_id, _until(cancel, lines), first))
+                return _Judging(first, lines, judge.submit(prepare_lines, batch_id, lines, first, cancel))
 
             try:
                 ahead = read_next()
@@ -698,7 +711,7 @@ def run_load(
                     ahead = read_next() if read_ahead else None
                     for attempt in range(retries + 1):
                         try:
-                            report = save_prepared(conn, batch_id, prepared)
+                            report = save_prepared(conn, batch_id, prepared, repair=repair)
                             break
                         except DatabaseError as exc:
                             if not exc.transient or attempt == retries:
@@ -763,7 +776,7 @@ Examples:
   loader load part-*.jsonl.gz --batch-id B1 --chunk-size 10000
   zcat results.jsonl.gz | loader load - --batch-id B1 --total 250000
   loader load results.jsonl --batch-id B1 --skip 45000     # resume after Ctrl-C
-  loader load fixme.jsonl --batch-id B1                    # reload fixed rejects
+  loader load fixme.jsonl --batch-id B1 --repair           # fixed rejects, back in place
 
 \b
 Every line of every file is one input (an OCRResult JSON object); gzip is
@@ -772,11 +785,19 @@ from 0: the first line of the second file continues after the last line of
 the first. That number is the input's position (load_rejects.position), so
 re-running the same command, with the same files in the same order and the
 same --chunk-size, recognises what is already stored and changes nothing.
-A line that is not a JSON object (a blank line too) is rejected with its raw
-bytes; an invalid result is stored as failed with the reason.
+A blank line (only whitespace) is no input: it is skipped, but it keeps its
+number, so the lines after it keep theirs. Any other line that is not a JSON
+object is rejected with its raw bytes; an invalid result is stored as failed
+with the reason.
 
 \b
-A new batch is registered with as many images as the input has lines (or
+--repair loads the file `loader rejects B --export` wrote, once fixed: line N
+goes back to position N-1, and an image stored there resolves the batch's open
+reject at that position (a line that was not JSON included). Any stored image
+also resolves an open reject of the batch claiming its image_path.
+
+\b
+A new batch is registered with as many images as the input has non-blank lines (or
 --total). Ctrl-C stops after the chunk in flight; committed chunks stay and
 the command to resume is printed (exit status 130).
 """
@@ -823,6 +844,11 @@ the command to resume is printed (exit status 130).
     show_default=True,
     help="Retries of a chunk after a transient database failure (lost connection, deadlock).",
 )
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="FILE is a fixed export of the batch's rejects: put each line back at its position.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the LoadReport (all chunks summed) as JSON.")
 @common_options
 def load_command(
@@ -833,6 +859,7 @@ def load_command(
     skip: int,
     mode: str,
     retries: int,
+    repair: bool,
     as_json: bool,
     dsn: str,
 ) -> None:
@@ -843,7 +870,15 @@ def load_command(
     if mode == "auto":
         mode = "bar" if sys.stderr.isatty() else "plain"
     outcome = run_load(
-        dsn, files, batch_id, chunk_size=chunk_size, total=total, skip=skip, mode=mode, retries=retries
+        dsn,
+        files,
+        batch_id,
+        chunk_size=chunk_size,
+        total=total,
+        skip=skip,
+        mode=mode,
+        retries=retries,
+        repair=repair,
     )
     _print_load(outcome, batch_id, as_json)
     if outcome.interrupted:
@@ -885,6 +920,8 @@ def _print_load(outcome: LoadOutcome, batch_id: str, as_json: bool) -> None:
         f"  stored {_n(totals.stored)} · failed {_n(totals.failed)} · rejected {_n(totals.rejected)} · "
         f"unchanged {_n(totals.unchanged)} · text boxes {_n(totals.boxes)}"
     )
+    if totals.resolved:
+        click.echo(f"  resolved {_count(totals.resolved, 'reject')} of the batch (kept, marked resolved)")
     click.echo(f"  {_batch_line(report.progress)}")
     shown = [i for i in totals.issues if i.outcome != "unchanged"]
     if shown:
@@ -909,6 +946,8 @@ Examples:
   loader status B1 --json         # the same for scripts
   loader status                   # the 20 most recent batches
   loader status --unfinished      # batches still PENDING or STARTED, oldest first
+  loader status B1 --follow       # the batch live, one line per committed change, until it finishes
+  loader status B1 --recount      # recount totals from the stored rows (batches other writers filled)
 """
 
 
@@ -919,6 +958,8 @@ Examples:
     "--limit", metavar="N", type=click.IntRange(min=1), default=20, show_default=True, help="Batches listed."
 )
 @click.option("--unfinished", is_flag=True, help="List only batches still PENDING or STARTED.")
+@click.option("--follow", is_flag=True, help="Print the batch at every committed change until it finishes.")
+@click.option("--recount", is_flag=True, help="Recount the batch's totals from its stored rows first.")
 @click.option(
     "--reasons",
     metavar="N",
@@ -929,13 +970,27 @@ Examples:
 )
 @common_options
 def status_command(
-    batch_id: str | None, as_json: bool, limit: int, unfinished: bool, reasons: int, dsn: str
+    batch_id: str | None,
+    as_json: bool,
+    limit: int,
+    unfinished: bool,
+    follow: bool,
+    recount: bool,
+    reasons: int,
+    dsn: str,
 ) -> None:
     """Show a batch's totals, status, timing and failure reasons; without BATCH_ID, list batches."""
+    if (follow or recount) and batch_id is None:
+        raise click.UsageError("--follow and --recount need a BATCH_ID")
+    if follow:
+        _follow(dsn, batch_id or "", as_json)
+        return
     with connect(dsn) as conn:
         if batch_id is None:
             _list_batches(conn, limit, unfinished, as_json)
             return
+        if recount:
+            recount_batch(conn, batch_id)
         progress = get_progress(conn, batch_id)
         with conn.transaction():
             stored_failed, rejected = conn.execute(
@@ -988,6 +1043,16 @@ def status_command(
             click.echo(f"  ... and {kinds - len(groups)} more kinds (--reasons N)")
     if rejected:
         click.echo(f"raw rejected lines: loader rejects {shlex.quote(batch_id)}")
+
+
+def _follow(dsn: str, batch_id: str, as_json: bool) -> None:
+    """`loader status B --follow`: one line per committed change of the batch (loader_progress events)."""
+    try:
+        for progress in follow_progress(dsn, batch_id):
+            line = json.dumps(_progress_json(progress)) if as_json else _batch_line(progress)
+            click.echo(line)
+    except (LoaderError, psycopg.Error) as exc:
+        raise CliError(_one_line(exc)) from exc
 
 
 def _list_batches(conn: psycopg.Connection[Any], limit: int, unfinished: bool, as_json: bool) -> None:
@@ -1043,17 +1108,26 @@ def _list_batches(conn: psycopg.Connection[Any], limit: int, unfinished: bool, a
 
 REJECTS_EPILOG = """\b
 Examples:
-  loader rejects B1                         # the first 50, in input order
+  loader rejects B1                         # the first 50, open and resolved, in input order
+  loader rejects B1 --open                  # only those still counted as failed
   loader rejects B1 --after 1234            # the next page
-  loader rejects B1 --export fixme.jsonl    # raw lines, byte for byte
-  loader rejects B1 --export - | jq .       # to stdout
-  loader load fixme.jsonl --batch-id B1     # after fixing them
+  loader rejects B1 --export fixme.jsonl    # open rejects, each on its own line number
+  loader load fixme.jsonl -b B1 --repair    # after fixing them in place
+  loader rejects B1 --export all.jsonl --compact   # every reject's raw input, for audit
 
 \b
 A reject is an input that could not be stored at all: not JSON, no usable
 image_path, a duplicate, or a path another batch owns. Its position is the
-0-based line number of the input (line number - 1). --export writes the raw
-input exactly as received, one per line; a FILE ending in .gz is gzipped.
+0-based line number of the input (line number - 1). It is resolved (kept, no
+longer counted as failed) once a later input of the batch stores its image.
+
+\b
+--export writes a sparse file: line N holds the raw input of the open reject
+at position N-1, byte for byte, and every other line is empty. Fix the lines in
+place (leave a line as it is, or empty it, to give up on it) and load the file
+with --repair: each line goes back to its position and resolves the reject
+there. --compact writes every reject (open and resolved), one after the other,
+byte for byte. A FILE ending in .gz is gzipped.
 """
 
 
@@ -1069,37 +1143,47 @@ input exactly as received, one per line; a FILE ending in .gz is gzipped.
     default=-1,
     help="List rejects after this position (paging).",
 )
+@click.option("--open", "open_only", is_flag=True, help="List only open rejects (not yet resolved).")
 @click.option(
-    "--export", "export_to", metavar="FILE", help="Write every reject's raw input to FILE (- for stdout)."
+    "--export", "export_to", metavar="FILE", help="Write the open rejects' raw input to FILE (- for stdout)."
 )
+@click.option("--compact", is_flag=True, help="With --export: every reject, one per line, no gaps (audit).")
 @click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="List as JSON lines (raw input not included).")
 @common_options
 def rejects_command(
-    batch_id: str, limit: int, after: int, export_to: str | None, force: bool, as_json: bool, dsn: str
+    batch_id: str,
+    limit: int,
+    after: int,
+    open_only: bool,
+    export_to: str | None,
+    compact: bool,
+    force: bool,
+    as_json: bool,
+    dsn: str,
 ) -> None:
     """List the rejected inputs of a batch with their reasons, or export them as JSONL."""
     with connect(dsn) as conn:
         get_progress(conn, batch_id)  # a clear error for an unknown batch
         if export_to is not None:
-            _export_rejects(conn, batch_id, export_to, force)
+            _export_rejects(conn, batch_id, export_to, force, compact)
             return
-        with conn.transaction():
-            count = (conn.execute(queries.get("rejects_count"), {"batch_id": batch_id}).fetchone() or (0,))[0]
-            rows = conn.execute(
-                queries.get("rejects_list"), {"batch_id": batch_id, "after": after, "limit": limit}
-            ).fetchall()
+        counts = count_rejects(conn, batch_id)
+        rows = list_rejects(conn, batch_id, after=after, limit=limit, open_only=open_only)
     if as_json:
-        for position, image_path, reason, raw_bytes, created_at in rows:
+        for r in rows:
             click.echo(
                 json.dumps(
                     {
-                        "position": position,
-                        "line": position + 1,
-                        "image_path": image_path,
-                        "reason": reason,
-                        "raw_bytes": raw_bytes,
-                        "created_at": created_at.isoformat(),
+                        "position": r.position,
+                        "line": r.position + 1,
+                        "image_path": r.image_path,
+                        "reason": r.reason,
+                        "raw_bytes": r.raw_bytes,
+                        "created_at": r.created_at.isoformat(),
+                        "resolved_at": r.resolved_at.isoformat() if r.resolved_at else None,
+                        "resolved_by": r.resolved_by,
+                        "resolved_image_path": r.resolved_image_path,
                     },
                     ensure_ascii=False,
                 )
@@ -1108,22 +1192,33 @@ def rejects_command(
     if not rows:
         click.echo(f"no rejects in batch {batch_id}" + (f" after position {after}" if after >= 0 else ""))
         return
-    click.echo(f"{_n(count)} rejects in batch {batch_id}; showing {len(rows)}:")
-    width = max(len("position"), *(len(str(r[0])) for r in rows))
+    click.echo(
+        f"{_n(counts.open + counts.resolved)} rejects in batch {batch_id} ({_n(counts.open)} open, "
+        f"{_n(counts.resolved)} resolved); showing {len(rows)}:"
+    )
+    width = max(len("position"), *(len(str(r.position)) for r in rows))
     click.echo(f"{'position':>{width}}  {'bytes':>7}  image_path / reason")
-    for position, image_path, reason, raw_bytes, _created in rows:
-        click.echo(f"{position:>{width}}  {raw_bytes:>7}  {image_path or '-'}")
-        click.echo(f"{'':>{width}}  {'':>7}  {reason}")
-    last = rows[-1][0]
+    for r in rows:
+        click.echo(f"{r.position:>{width}}  {r.raw_bytes:>7}  {r.image_path or '-'}")
+        click.echo(f"{'':>{width}}  {'':>7}  {r.reason}")
+        if not r.is_open:
+            by = (
+                f"OCR row {r.resolved_by} ({r.resolved_image_path})"
+                if r.resolved_by
+                else "a row since deleted"
+            )
+            click.echo(f"{'':>{width}}  {'':>7}  resolved {_when(r.resolved_at)} by {by}")
     if len(rows) == limit:
-        click.echo(f"more: loader rejects {shlex.quote(batch_id)} --after {last}")
-    click.echo(f"export: loader rejects {shlex.quote(batch_id)} --export rejects.jsonl")
+        click.echo(f"more: loader rejects {shlex.quote(batch_id)} --after {rows[-1].position}")
+    if counts.open:
+        click.echo(f"export: loader rejects {shlex.quote(batch_id)} --export rejects.jsonl")
 
 
-def _export_rejects(conn: psycopg.Connection[Any], batch_id: str, target: str, force: bool) -> None:
+def _export_rejects(
+    conn: psycopg.Connection[Any], batch_id: str, target: str, force: bool, compact: bool
+) -> None:
     if target != "-" and Path(target).exists() and not force:
         raise CliError(f"{target} exists; pick another file or pass --force to overwrite it")
-    written = size = with_newline = 0
     out: IO[bytes]
     with contextlib.ExitStack() as stack:
         if target == "-":
@@ -1135,22 +1230,74 @@ def _export_rejects(conn: psycopg.Connection[Any], batch_id: str, target: str, f
         with conn.transaction(), conn.cursor(name="loader_rejects_export") as cur:
             # A server-side cursor: the rejects of a huge batch stream through in pages.
             cur.itersize = 1000
-            cur.execute(queries.get("rejects_raw"), {"batch_id": batch_id})
-            for _position, _path, _reason, value in cur:
-                raw = bytes(value)
-                with_newline += b"\n" in raw
-                out.write(raw + b"\n")
-                written += 1
-                size += len(raw) + 1
+            if compact:
+                cur.execute(queries.get("rejects_raw"), {"batch_id": batch_id})
+                export = _write_compact(out, (bytes(row[3]) for row in cur))
+            else:
+                cur.execute(queries.get("rejects_raw_open"), {"batch_id": batch_id})
+                export = _write_sparse(out, ((row[0], bytes(row[1])) for row in cur))
         out.flush()
     where = "stdout" if target == "-" else target
-    click.echo(f"wrote {_n(written)} rejects ({_n(size)} bytes) of batch {batch_id} to {where}", err=True)
-    if with_newline:
+    what = "rejects" if compact else "open rejects"
+    click.echo(
+        f"wrote {_n(export.written)} {what} ({_n(export.size)} bytes) of batch {batch_id} to {where}",
+        err=True,
+    )
+    if export.with_newline:
         click.echo(
-            f"warning: {with_newline} rejects hold a newline in their raw input (not from a JSONL file); "
-            "they span several lines in the export",
+            f"warning: {export.with_newline} rejects hold a newline in their raw input "
+            "(not from a JSONL file); "
+            + ("they span several lines in the export" if compact else "their lines are left empty"),
             err=True,
         )
+    if export.crowded:
+        click.echo(
+            f"warning: {export.crowded} open rejects share a position with another (calls numbered from 0 "
+            "each): only the first of each position is in the export; see --compact",
+            err=True,
+        )
+    if not compact and target != "-" and export.written:
+        command = f"loader load {shlex.quote(target)} -b {shlex.quote(batch_id)} --repair"
+        click.echo(f"fix the lines in place, then: {command}", err=True)
+
+
+@dataclass
+class _Export:
+    written: int = 0
+    size: int = 0
+    with_newline: int = 0
+    crowded: int = 0
+
+
+def _write_compact(out: IO[bytes], raws: Iterable[bytes]) -> _Export:
+    export = _Export()
+    for raw in raws:
+        export.with_newline += b"\n" in raw
+        out.write(raw + b"\n")
+        export.written += 1
+        export.size += len(raw) + 1
+    return export
+
+
+def _write_sparse(out: IO[bytes], rejects: Iterable[tuple[int, bytes]]) -> _Export:
+    """Line N holds the reject at position N-1; the lines between stay empty."""
+    export = _Export()
+    next_position = 0
+    for position, raw in rejects:
+        if position < next_position:
+            export.crowded += 1
+            continue
+        gap = b"\n" * (position - next_position)
+        line = raw
+        if b"\n" in raw:
+            export.with_newline += 1
+            line = b""
+        else:
+            export.written += 1
+        out.write(gap + line + b"\n")
+        export.size += len(gap) + len(line) + 1
+        next_position = position + 1
+    return export
 
 
 # ---------------------------------------------------------------------------
