@@ -62,7 +62,7 @@ def test_a_fixed_line_put_back_at_its_position_resolves_the_reject_there(
 
     assert (report.stored, report.resolved, report.rejected) == (1, 1, 0)
     assert stored_totals(db, "pos") == (10, 10, 0, "SUCCESS")
-    resolved_at, resolved_by, path = db.execute(
+    resolved_at, _resolved_by, path = db.execute(
         "SELECT r.resolved_at, r.resolved_by, o.image_path FROM load_rejects r"
         " JOIN ocr_executions o ON o.id = r.resolved_by WHERE r.batch_id = 'pos'"
     ).fetchone()
@@ -336,6 +336,7 @@ def test_a_200000_line_batch_with_1_percent_bad_lines_is_repaired_to_200000_of_2
     assert (total, completed + failed, status) == (BIG, BIG, "SUCCESS")
     assert (completed, failed) == (BIG - stored_failed, stored_failed) == recount(db, "BIG")
     kept = db.execute(
-        "SELECT count(*), count(resolved_by) FROM load_rejects WHERE batch_id = 'BIG' AND resolved_at IS NOT NULL"
+        "SELECT count(*), count(resolved_by) FROM load_rejects"
+        " WHERE batch_id = 'BIG' AND resolved_at IS NOT NULL"
     ).fetchone()
     assert kept == (len(rejected), len(rejected))
