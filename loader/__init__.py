@@ -1,7 +1,8 @@
 """loader: exactly-once bulk loading of OCR batch results into PostgreSQL.
 
-Binary COPY into staging tables, then one merge statement that also recomputes
-the batch's totals, all in one transaction per call.
+Binary COPY into staging tables, then one merge statement that also updates
+the batch's totals from the call's changes (and announces them on the
+loader_progress channel), all in one transaction per call.
 """
 
 from loader.connection import SCHEMA_VERSION, make_pool
@@ -22,7 +23,8 @@ from loader.models import (
     ProcessStatus,
     TextBox,
 )
-from loader.progress import BatchNotFoundError, get_progress
+from loader.progress import BatchNotFoundError, follow_progress, get_progress, recount_batch
+from loader.repair import RejectCounts, RejectRecord, count_rejects, list_rejects
 from loader.save import Settings, register_batch, save_batch, save_prepared
 from loader.schema import apply_schema
 from loader.validate import Prepared, prepare
@@ -40,15 +42,21 @@ __all__ = [
     "OCRResult",
     "Prepared",
     "ProcessStatus",
+    "RejectCounts",
+    "RejectRecord",
     "SchemaVersionError",
     "Settings",
     "TextBox",
     "TransactionStateError",
     "TransientDatabaseError",
     "apply_schema",
+    "count_rejects",
+    "follow_progress",
     "get_progress",
+    "list_rejects",
     "make_pool",
     "prepare",
+    "recount_batch",
     "register_batch",
     "save_batch",
     "save_prepared",
