@@ -39,7 +39,7 @@ from loader.errors import DatabaseError, LoaderError, redact_dsn
 from loader.jsonl import InputFileError, Sources, countable, line_counts
 from loader.models import BatchProgress, InputIssue, LoadReport
 from loader.progress import BatchNotFoundError, follow_progress, get_progress, recount_batch
-from loader.repair import count_rejects, list_rejects, prepare_lines
+from loader.repair import count_rejects, is_blank, list_rejects, prepare_lines
 from loader.save import register_batch, save_prepared
 from loader.schema import apply_schema, schema_sql
 from loader.validate import Prepared
@@ -581,9 +581,10 @@ def _chunks(sources: Sources, skip: int, chunk_size: int) -> Iterator[tuple[int,
         chunk.append(line)
         size += len(line)
         if len(chunk) >= chunk_size or size >= MAX_CHUNK_BYTES:
-            yield first, chunk
+            if not all(map(is_blank, chunk)):  # blank lines only: no input, no call
+                yield first, chunk
             chunk, size = [], 0
-    if chunk:
+    if chunk and not all(map(is_blank, chunk)):
         yield first, chunk
 
 

@@ -340,3 +340,22 @@ def test_a_200000_line_batch_with_1_percent_bad_lines_is_repaired_to_200000_of_2
         " WHERE batch_id = 'BIG' AND resolved_at IS NOT NULL"
     ).fetchone()
     assert kept == (len(rejected), len(rejected))
+
+
+def test_a_repair_line_still_bad_takes_the_place_of_the_reject_it_was_meant_to_fix(
+    conn: psycopg.Connection[Any], db: psycopg.Connection[Any]
+) -> None:
+    data = lines(make_batch(4, prefix="again"))
+    save_batch(conn, "again", [data[0], b"{broken", data[2], data[3]])
+
+    report = save_batch(conn, "again", [b"{still broken"], position_offset=1, repair=True)
+
+    assert (report.rejected, report.resolved) == (1, 0)
+    assert open_rejects(db, "again") == [(1, None)]
+    assert db.execute("SELECT count(*) FROM load_rejects WHERE batch_id = 'again'").fetchone() == (2,)
+    assert stored_totals(db, "again") == (4, 3, 1, "SUCCESS")
+    assert_accounted_within_total(db, "again")
+    # Fixed for good this time.
+    assert save_batch(conn, "again", [data[1]], position_offset=1, repair=True).resolved == 1
+    assert stored_totals(db, "again") == (4, 4, 0, "SUCCESS")
+    assert_accounted_within_total(db, "again")

@@ -233,6 +233,17 @@ new_rejects AS (
     ON CONFLICT (batch_id, position, raw_sha256) DO NOTHING
     RETURNING position, raw_sha256, resolved_at
 ),
+superseded AS (
+    -- A repair line refused again takes the place of the open reject it was
+    -- meant to fix (resolved, by no OCR row), so the position counts once.
+    UPDATE load_rejects r
+    SET resolved_at = now()
+    FROM new_rejects n
+    WHERE %(by_position)s AND n.resolved_at IS NULL
+      AND r.batch_id = %(batch_id)s AND r.position = n.position AND r.resolved_at IS NULL
+      AND r.id NOT IN (SELECT reject_id FROM matched)
+    RETURNING r.id
+),
 outcome AS (
     SELECT s.pos,
            CASE
@@ -261,7 +272,8 @@ delta AS MATERIALIZED (
            (SELECT count(*) FROM new_ocr WHERE status = 'failed')
            - (SELECT count(*) FROM upgraded_ocr)
            + (SELECT count(*) FROM new_rejects WHERE resolved_at IS NULL)
-           - (SELECT count(*) FROM resolved) AS failed
+           - (SELECT count(*) FROM resolved)
+           - (SELECT count(*) FROM superseded) AS failed
 ),
 counted AS (
     SELECT be.total_images AS declared, be.created_at, be.updated_at,
