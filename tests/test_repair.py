@@ -5,6 +5,7 @@ always equal a recount and never exceed the total, and the export -> fix -> load
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -359,3 +360,62 @@ def test_a_repair_line_still_bad_takes_the_place_of_the_reject_it_was_meant_to_f
     assert save_batch(conn, "again", [data[1]], position_offset=1, repair=True).resolved == 1
     assert stored_totals(db, "again") == (4, 4, 0, "SUCCESS")
     assert_accounted_within_total(db, "again")
+
+
+def test_the_safety_net_resolves_by_position_too_and_keeps_totals_exact(
+    conn: psycopg.Connection[Any], db: psycopg.Connection[Any]
+) -> None:
+    data = make_batch(6, prefix="net")
+    original: list[Any] = [json.dumps(d).encode() for d in data]
+    original[1], original[4] = b"{cut", b"{cut too"
+    save_batch(conn, "net", original)
+    # A rule validation does not know: the database refuses this text.
+    db.execute("ALTER TABLE ocr_text_boxes ADD CONSTRAINT no_forbidden CHECK (text <> 'forbidden')")
+    data[4]["text_boxes"][0]["text"] = "forbidden"
+
+    report = save_batch(conn, "net", [data[1], {}, {}, data[4]], position_offset=1, repair=True)
+
+    assert report.attempts == 2  # the net isolated the refused input
+    assert (report.stored, report.failed, report.resolved) == (1, 1, 2)
+    assert open_rejects(db, "net") == [(2, None), (3, None)]  # the two {} of this call
+    assert_accounted_within_total(db, "net")
+
+
+def test_a_batch_row_written_by_the_application_is_counted_from_its_first_call(
+    conn: psycopg.Connection[Any], db: psycopg.Connection[Any]
+) -> None:
+    # What BatchExecution(batch_id=..., total_images=...) inserts through the ORM.
+    db.execute("INSERT INTO batch_executions (batch_id, total_images) VALUES ('app', 5)")
+
+    save_batch(conn, "app", make_batch(3, prefix="app"))
+    save_batch(conn, "app", [b"junk", {"image_path": "/app/f.jpg", "status": "failed"}], position_offset=3)
+
+    assert stored_totals(db, "app") == (5, 3, 2, "SUCCESS")
+    assert_accounted_within_total(db, "app")
+
+
+MILLION = 1_000_000
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("LOADER_TEST_MILLION"),
+    reason="a million images take minutes: set LOADER_TEST_MILLION=1 (issue 11's scale check)",
+)
+def test_totals_kept_from_each_calls_changes_equal_a_recount_at_a_million_images(
+    conn: psycopg.Connection[Any], db: psycopg.Connection[Any]
+) -> None:
+    rng = random.Random(11)
+    chunk = 10_000
+    register_batch(conn, "M", MILLION)
+    for start in range(0, MILLION, chunk):
+        part: list[Any] = [make_result(start + i, rng, boxes=0, prefix="M") for i in range(chunk)]
+        for i in rng.sample(range(chunk), 20):
+            part[i] = rng.choice([b"junk", {"image_path": part[i]["image_path"], "status": "failed"}])
+        save_batch(conn, "M", part, position_offset=start)
+        if start % 250_000 == 0:
+            save_batch(conn, "M", part, position_offset=start)  # a replay
+            assert_totals_match_recount(db, "M")
+    total, completed, failed, status = stored_totals(db, "M")
+    assert (total, completed + failed, status) == (MILLION, MILLION, "SUCCESS")
+    assert_totals_match_recount(db, "M")
