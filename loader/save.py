@@ -408,7 +408,8 @@ def register_batch(pool_or_conn: Connectable, batch_id: str, total_images: int) 
     """Declare a batch that will arrive in chunks. Idempotent for the same total.
 
     Its status stays PENDING until its first images arrive. Raises
-    BatchConflictError if the batch exists with another total.
+    BatchConflictError if the batch exists with another total (a batch whose
+    total grew past the declared one, being full, still accepts it).
     """
     batch_id = _check_batch_id(batch_id)
     total = _check_total(total_images)
@@ -426,8 +427,9 @@ def register_batch(pool_or_conn: Connectable, batch_id: str, total_images: int) 
                 # Created by a concurrent call after our snapshot: look again.
         except psycopg.Error as exc:
             raise translate(exc, f"registering batch {batch_id!r}") from exc
-        if row is not None and row[0] != total:
+        progress = get_progress(conn, batch_id)
+        if row is not None and _total_conflicts(total, row[0], progress.accounted_images):
             raise BatchConflictError(
                 f"batch {batch_id!r} already exists with total_images={row[0]}, not {total}"
             )
-        return get_progress(conn, batch_id)
+        return progress

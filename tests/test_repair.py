@@ -173,6 +173,7 @@ def test_more_inputs_than_declared_raise_the_total_and_later_calls_may_still_dec
     # The same (original) total is still accepted, a replay still changes nothing.
     again = save_batch(conn, "over", make_batch(5, prefix="over"), total_images=3)
     assert again.unchanged == 5
+    assert register_batch(conn, "over", 3).total_images == 5
     assert_accounted_within_total(db, "over")
 
 
