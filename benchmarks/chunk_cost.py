@@ -58,14 +58,15 @@ def main() -> None:
                 started = time.perf_counter()
                 save_batch(conn, "big", part, position_offset=k * size)
                 times.append(time.perf_counter() - started)
+
         def ms(values: list[float]) -> str:
             # The minimum too: on a shared machine it is what the work costs
             # when nothing else runs; the median moves with the neighbours.
             return f"{statistics.median(values) * 1000:.1f} ms (min {min(values) * 1000:.1f})"
 
         print(
-            f"{chunks} chunks of {size} images: call {ms(times[:5])} (first five) -> {ms(times[-5:])} (last five); "
-            f"merge {ms(merges[:5])} -> {ms(merges[-5:])}"
+            f"{chunks} chunks of {size} images: call {ms(times[:5])} (first five) -> "
+            f"{ms(times[-5:])} (last five); merge {ms(merges[:5])} -> {ms(merges[-5:])}"
         )
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:

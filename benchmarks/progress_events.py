@@ -1,6 +1,8 @@
 """Progress events per second: many small calls of one batch, counted on a listener.
 
-    .venv/bin/python benchmarks/progress_events.py postgresql://postgres@127.0.0.1:5432/postgres [calls] [writers]
+    .venv/bin/python benchmarks/progress_events.py DSN [calls] [writers]
+
+(DSN: any server on which the user may CREATE DATABASE.)
 
 Each call stores one image (so each commit changes the totals and sends one
 event); ``writers`` threads each load their own batch; a listening connection
