@@ -79,16 +79,29 @@ def _check_total(total_images: object) -> int | None:
     return total_images
 
 
-def _total_conflicts(declared: int | None, stored: int | None, accounted: int | None) -> bool:
-    """Whether a call's total_images contradicts the batch's.
+def _total_conflict(
+    batch_id: str, declared: int | None, stored: int | None, accounted: int | None
+) -> str | None:
+    """Why a call's total_images contradicts the batch's, or None.
 
-    A batch that received more inputs than it was registered with has its total
-    grown by the merge to what it accounted for (so it is full); calls that
-    still declare the smaller, original total are not contradicting it.
+    The stored total may have grown past the one declared, when the batch
+    accounted for more inputs than that (the merge keeps completed + failed
+    within total_images); the message says so, since the caller then sees its
+    own total refused. A smaller total is still refused: nothing stored says
+    which total was declared, and accepting any smaller one would let a wrong
+    total through.
     """
     if declared is None or stored is None or declared == stored:
-        return False
-    return not (declared < stored and accounted == stored)
+        return None
+    grown = (
+        f"; it grew past the declared total when the batch received more inputs than that, "
+        f"so pass total_images={stored} or none"
+        if declared < stored and accounted == stored
+        else "; pass the same total (or none) for every call of a batch"
+    )
+    return (
+        f"batch {batch_id!r} was registered with total_images={stored}, but this call says {declared}{grown}"
+    )
 
 
 def _conflict_reason(kind: str, owner: str) -> str:
@@ -159,11 +172,9 @@ def _run_attempt(
         stored_total, _created, accounted, ords, kinds, owners, deployed = cur.fetchone() or (None,) * 7
         if deployed != SCHEMA_VERSION:
             raise SchemaVersionError(SCHEMA_VERSION, deployed)
-        if _total_conflicts(total_images, stored_total, accounted):
-            raise BatchConflictError(
-                f"batch {batch_id!r} was registered with total_images={stored_total}, but this call "
-                f"says {total_images}; pass the same total (or none) for every call of a batch"
-            )
+        conflict = _total_conflict(batch_id, total_images, stored_total, accounted)
+        if conflict:
+            raise BatchConflictError(conflict)
 
         # Inputs whose paths other batches own become rejects, raw input kept.
         rejects = list(prepared.rejects)
@@ -408,8 +419,7 @@ def register_batch(pool_or_conn: Connectable, batch_id: str, total_images: int) 
     """Declare a batch that will arrive in chunks. Idempotent for the same total.
 
     Its status stays PENDING until its first images arrive. Raises
-    BatchConflictError if the batch exists with another total (a batch whose
-    total grew past the declared one, being full, still accepts it).
+    BatchConflictError if the batch exists with another total.
     """
     batch_id = _check_batch_id(batch_id)
     total = _check_total(total_images)
@@ -427,9 +437,8 @@ def register_batch(pool_or_conn: Connectable, batch_id: str, total_images: int) 
                 # Created by a concurrent call after our snapshot: look again.
         except psycopg.Error as exc:
             raise translate(exc, f"registering batch {batch_id!r}") from exc
-        progress = get_progress(conn, batch_id)
-        if row is not None and _total_conflicts(total, row[0], progress.accounted_images):
+        if row is not None and row[0] != total:
             raise BatchConflictError(
                 f"batch {batch_id!r} already exists with total_images={row[0]}, not {total}"
             )
-        return progress
+        return get_progress(conn, batch_id)

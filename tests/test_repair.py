@@ -15,7 +15,7 @@ import pytest
 from checks import assert_totals_match_recount, recount, snapshot, stored_totals
 from click.testing import CliRunner, Result
 
-from loader import register_batch, save_batch
+from loader import BatchConflictError, register_batch, save_batch
 from loader.cli import cli
 from loader.datagen import make_batch, make_result
 from loader.progress import recount_batch
@@ -162,7 +162,7 @@ def test_replaying_a_repair_or_the_original_after_it_changes_nothing(
     assert stored_totals(db, "replay") == (6, 6, 0, "SUCCESS")
 
 
-def test_more_inputs_than_declared_raise_the_total_and_later_calls_may_still_declare_it(
+def test_more_inputs_than_declared_raise_the_total_and_a_later_call_declaring_it_is_told_why(
     conn: psycopg.Connection[Any], db: psycopg.Connection[Any]
 ) -> None:
     register_batch(conn, "over", 3)
@@ -170,10 +170,11 @@ def test_more_inputs_than_declared_raise_the_total_and_later_calls_may_still_dec
 
     assert report.progress.total_images == 5 and report.progress.percentage == 100.0
     assert stored_totals(db, "over") == (5, 5, 0, "SUCCESS")
-    # The same (original) total is still accepted, a replay still changes nothing.
-    again = save_batch(conn, "over", make_batch(5, prefix="over"), total_images=3)
+    # The declared total is now refused, saying why; without a total a replay changes nothing.
+    with pytest.raises(BatchConflictError, match="grew past the declared total"):
+        save_batch(conn, "over", make_batch(5, prefix="over"), total_images=3)
+    again = save_batch(conn, "over", make_batch(5, prefix="over"))
     assert again.unchanged == 5
-    assert register_batch(conn, "over", 3).total_images == 5
     assert_accounted_within_total(db, "over")
 
 
