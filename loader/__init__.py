@@ -1,8 +1,9 @@
 """loader: exactly-once bulk loading of OCR batch results into PostgreSQL.
 
-Binary COPY into staging tables, then one merge statement that also recomputes
-the batch's totals, all in one transaction per call. What a caller needs is
-here; the modules behind it (save, validate, copy, isolate, ...) are internals.
+Binary COPY into staging tables, then one merge statement that also updates
+the batch's totals from the call's changes (and announces them on the
+loader_progress channel), all in one transaction per call. What a caller needs
+is here; the modules behind it (save, validate, copy, isolate, ...) are internals.
 """
 
 from loader.connection import SCHEMA_VERSION, make_pool
@@ -26,7 +27,8 @@ from loader.models import (
     TextBox,
 )
 from loader.pipeline import Judged, judge, save_judged
-from loader.progress import get_progress
+from loader.progress import follow_progress, get_progress, recount_batch
+from loader.repair import RejectCounts, RejectRecord, count_rejects, list_rejects
 from loader.save import Settings, register_batch, save_batch
 from loader.schema import apply_schema
 
@@ -44,15 +46,21 @@ __all__ = [
     "LoaderError",
     "OCRResult",
     "ProcessStatus",
+    "RejectCounts",
+    "RejectRecord",
     "SchemaVersionError",
     "Settings",
     "TextBox",
     "TransactionStateError",
     "TransientDatabaseError",
     "apply_schema",
+    "count_rejects",
+    "follow_progress",
     "get_progress",
     "judge",
+    "list_rejects",
     "make_pool",
+    "recount_batch",
     "register_batch",
     "save_batch",
     "save_judged",

@@ -9,7 +9,9 @@ chunks are held: the one being stored and the one judged ahead. A slow
 producer (a pipe) therefore never holds a commit back.
 
 Positions are line numbers across all sources, so the same input loaded twice
-(or resumed with ``skip``) stores nothing twice. The chunk reports are summed
+(or resumed with ``skip``) stores nothing twice. A blank line is no input but
+keeps its number (a sparse export of rejects puts fixed lines back in place
+that way); a chunk of blank lines only costs no call. The chunk reports are summed
 into one LoadReport (``replaced`` included, issues capped at MAX_ISSUES_KEPT).
 """
 
@@ -25,7 +27,9 @@ from typing import TypeVar
 
 from loader.jsonl import Sources
 from loader.models import BatchProgress, InputIssue, LoadReport
-from loader.pipeline import Judged, judge
+from loader.pipeline import Judged
+from loader.repair import is_blank
+from loader.repair import prepare_lines as judge_lines
 
 # A chunk is also cut when its lines reach this many bytes, so a file of huge
 # lines cannot grow one chunk beyond memory: 64 MiB of raw JSON.
@@ -55,6 +59,7 @@ class Totals:
     rejected: int = 0
     unchanged: int = 0
     replaced: int = 0
+    resolved: int = 0
     boxes: int = 0
     statements: int = 0
     attempts: int = 0
@@ -70,6 +75,7 @@ class Totals:
         self.rejected += report.rejected
         self.unchanged += report.unchanged
         self.replaced += report.replaced
+        self.resolved += report.resolved
         self.boxes += report.boxes
         self.statements += report.statements
         self.attempts += report.attempts
@@ -90,6 +96,7 @@ class Totals:
             rejected=self.rejected,
             unchanged=self.unchanged,
             replaced=self.replaced,
+            resolved=self.resolved,
             boxes=self.boxes,
             statements=self.statements,
             attempts=max(self.attempts, 1),
@@ -143,9 +150,10 @@ def cut(lines: Iterable[tuple[int, bytes]], skip: int, chunk_size: int) -> Itera
         chunk.append(line)
         size += len(line)
         if len(chunk) >= chunk_size or size >= MAX_CHUNK_BYTES:
-            yield first, chunk
+            if not all(map(is_blank, chunk)):
+                yield first, chunk
             chunk, size = [], 0
-    if chunk:
+    if chunk and not all(map(is_blank, chunk)):
         yield first, chunk
 
 
@@ -163,14 +171,6 @@ def _in_thread(work: Callable[[], T]) -> Future[T]:
 
     threading.Thread(target=run, name="loader-judge", daemon=True).start()
     return future
-
-
-def _until(cancel: threading.Event, lines: list[bytes]) -> Iterable[bytes]:
-    """The lines, until the load stops: a chunk judged for nothing should not hold up the exit."""
-    for line in lines:
-        if cancel.is_set():
-            return
-        yield line
 
 
 def load_chunks(
@@ -200,7 +200,7 @@ def load_chunks(
         if item is None:
             return None
         first, lines = item
-        return _Judged(first, len(lines), judge(batch_id, _until(cancel, lines), first))
+        return _Judged(first, len(lines), judge_lines(batch_id, lines, first, cancel))
 
     next_position, stopped = skip, False
     ahead = _in_thread(judge_next)

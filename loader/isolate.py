@@ -46,6 +46,11 @@ _SAVEPOINT = "loader_isolate"
 #: Reason kept for an input whose path another batch stored while the call was loading.
 CLAIMED_CONCURRENTLY = "image_path (or public_path) stored by another batch while this call was loading"
 
+#: The merge's parameters (batch_id, by_position), as the fast path sends them.
+MergeParams = dict[str, Any]
+# Columns of a merge result row: pos, outcome, resolved, then the batch's totals.
+_TOTALS_FROM = 3
+
 ImageRows = Callable[[list[Image], list[Reject]], Iterable[Sequence[Any]]]
 BoxRows = Callable[[list[Image]], Iterable[Sequence[Any]]]
 Unit = Image | Reject
@@ -105,7 +110,7 @@ class Isolated:
 
 def store_isolating(
     conn: psycopg.Connection[Any],
-    batch_id: str,
+    params: MergeParams,
     images: list[Image],
     rejects: list[Reject],
     image_rows: ImageRows,
@@ -117,7 +122,7 @@ def store_isolating(
     Raises the database's error (translated) if it refuses even the record of
     a reject: then the fault is not in one input's data.
     """
-    net = _Net(conn, batch_id, image_rows, box_rows)
+    net = _Net(conn, params, image_rows, box_rows)
     units: list[Unit] = sorted([*images, *rejects], key=lambda u: u.pos)
     # The whole call was refused once already: start from its halves.
     stack = [units[len(units) // 2 :], units[: len(units) // 2]] if len(units) > 1 else [units]
@@ -149,7 +154,7 @@ class Resolved:
 
 def reject_lost(
     conn: psycopg.Connection[Any],
-    batch_id: str,
+    params: MergeParams,
     rows: list[tuple[Any, ...]],
     images: list[Image],
     rejects: list[Reject],
@@ -172,13 +177,15 @@ def reject_lost(
     ]
     conn.execute(queries.get("empty_staging"), prepare=False)
     copy_rows(conn, STAGE_IMAGES, image_rows([], late))
-    again = conn.execute(queries.get("merge"), {"batch_id": batch_id}, prepare=False).fetchall()
-    totals = tuple(again[0][2:])
-    outcomes = [(row[0], row[1]) for row in rows if row[0] is not None and row[0] not in lost]
-    outcomes += [(row[0], row[1]) for row in again if row[0] is not None]
-    log.info("batch %s: %d paths were stored by another batch meanwhile; rejected", batch_id, len(late))
+    again = conn.execute(queries.get("merge"), params, prepare=False).fetchall()
+    totals = tuple(again[0][_TOTALS_FROM:])
+    outcomes = [row[:_TOTALS_FROM] for row in rows if row[0] is not None and row[0] not in lost]
+    outcomes += [row[:_TOTALS_FROM] for row in again if row[0] is not None]
+    log.info(
+        "batch %s: %d paths were stored by another batch meanwhile; rejected", params["batch_id"], len(late)
+    )
     return Resolved(
-        [(pos, outcome, *totals) for pos, outcome in sorted(outcomes)] or [(None, None, *totals)],
+        [(*outcome, *totals) for outcome in sorted(outcomes)] or [(None, None, False, *totals)],
         [im for im in images if im.pos not in lost],
         [*rejects, *late],
         3,
@@ -187,13 +194,14 @@ def reject_lost(
 
 class _Net:
     def __init__(
-        self, conn: psycopg.Connection[Any], batch_id: str, image_rows: ImageRows, box_rows: BoxRows
+        self, conn: psycopg.Connection[Any], params: MergeParams, image_rows: ImageRows, box_rows: BoxRows
     ) -> None:
         self.conn = conn
-        self.batch_id = batch_id
+        self.params = params
+        self.batch_id: str = params["batch_id"]
         self.image_rows = image_rows
         self.box_rows = box_rows
-        self.outcomes: list[tuple[int, str]] = []
+        self.outcomes: list[tuple[Any, ...]] = []
         self.totals: tuple[Any, ...] | None = None
         self.images: list[Image] = []
         self.rejects: list[Reject] = []
@@ -213,9 +221,7 @@ class _Net:
                     self.statements += 1
                     copy_rows(self.conn, STAGE_BOXES, self.box_rows(images))
                 self.statements += 1
-                rows = self.conn.execute(
-                    queries.get("merge"), {"batch_id": self.batch_id}, prepare=False
-                ).fetchall()
+                rows = self.conn.execute(queries.get("merge"), self.params, prepare=False).fetchall()
                 self.statements += 1
                 self.conn.execute(queries.get("empty_staging"), prepare=False)
         except Exception as exc:
@@ -224,8 +230,8 @@ class _Net:
             self.statements += 2  # ROLLBACK TO, RELEASE
             return exc
         self.statements += 1  # RELEASE
-        self.outcomes += [(row[0], row[1]) for row in rows if row[0] is not None]
-        self.totals = tuple(rows[0][2:])
+        self.outcomes += [row[:_TOTALS_FROM] for row in rows if row[0] is not None]
+        self.totals = tuple(rows[0][_TOTALS_FROM:])
         self.images += images
         self.rejects += rejects
         return None
@@ -264,9 +270,9 @@ class _Net:
 
     def result(self) -> Isolated:
         assert self.totals is not None, "at least one group was stored"
-        rows = [(pos, outcome, *self.totals) for pos, outcome in sorted(self.outcomes)]
+        rows = [(*outcome, *self.totals) for outcome in sorted(self.outcomes)]
         return Isolated(
-            rows or [(None, None, *self.totals)],
+            rows or [(None, None, False, *self.totals)],
             self.images,
             self.rejects,
             self.statements,

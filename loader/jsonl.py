@@ -139,22 +139,31 @@ def countable(name: str) -> bool:
     return name != STDIN and Path(name).is_file()
 
 
-def count_lines(name: str) -> int:
-    """Lines in a file (a last line without newline counts). Reads it once, in blocks."""
+def line_counts(name: str) -> tuple[int, int]:
+    """(lines, blank lines) of a file: blank lines hold only whitespace, and are
+    no input for `loader load` (a sparse export of rejects is mostly blank)."""
     if not countable(name):
         raise InputFileError(f"{display_name(name)}: cannot count the lines of a stream without consuming it")
-    lines = 0
+    lines = blank = 0
     last = b"\n"
+    # Whether the line being read holds only whitespace so far (it may span blocks).
+    blank_so_far = True
     try:
         with _open_binary(name) as stream:
             while block := stream.read(READ_BUFFER_BYTES):
-                lines += block.count(b"\n")
+                *ended, rest = block.split(b"\n")
+                for part in ended:
+                    blank += blank_so_far and not part.strip()
+                    blank_so_far = True
+                lines += len(ended)
+                blank_so_far = blank_so_far and not rest.strip()
                 last = block[-1:]
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise InputFileError(f"{name}: not a readable gzip file ({exc or 'truncated'})") from exc
     except OSError as exc:
         raise InputFileError(f"{name}: cannot be read ({exc.strerror or exc})") from exc
-    return lines + (last != b"\n")
+    unfinished = last != b"\n"
+    return lines + unfinished, blank + (unfinished and blank_so_far)
 
 
 def _too_long(name: str, line_number: int) -> InputFileError:

@@ -124,10 +124,16 @@ class BatchProgress(BaseModel):
 
     @property
     def percentage(self) -> float:
-        """Share of total_images accounted for (stored or failed), 0-100."""
+        """Share of total_images accounted for (stored or failed), 0-100.
+
+        Uncapped: every merge keeps completed + failed <= total_images (the total
+        grows when more inputs arrive than were declared), so a figure above 100
+        would mean the totals were written by something else than the loader;
+        showing it beats hiding it (``loader status B --recount`` repairs it).
+        """
         if self.total_images == 0:
             return 100.0
-        return min(100.0, 100.0 * self.accounted_images / self.total_images)
+        return 100.0 * self.accounted_images / self.total_images
 
 
 class LoadReport(BaseModel):
@@ -144,6 +150,9 @@ class LoadReport(BaseModel):
     unchanged: int = Field(description="inputs already stored or recorded by an earlier call")
     replaced: int = Field(
         default=0, description="of ``stored``: images whose earlier stored failure a success replaced"
+    )
+    resolved: int = Field(
+        default=0, description="open rejects of the batch that images this call stored resolved (repairs)"
     )
     boxes: int = Field(description="text boxes of the newly stored images")
     statements: int = Field(description="SQL statements sent, BEGIN and COMMIT included")
@@ -162,6 +171,7 @@ class LoadReport(BaseModel):
             "rejected": self.rejected,
             "unchanged": self.unchanged,
             "replaced": self.replaced,
+            "resolved": self.resolved,
             "statements": self.statements,
             "duration_s": round(self.duration_s, 4),
         }

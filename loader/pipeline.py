@@ -38,6 +38,12 @@ def save_judged(
     *,
     total_images: int | None = None,
     settings: Settings = DEFAULT_SETTINGS,
+    repair: bool = False,
 ) -> LoadReport:
-    """Store what ``judge(batch_id, ...)`` returned, in one transaction; duration_s covers the storing."""
-    return save_prepared(pool_or_conn, batch_id, judged, total_images=total_images, settings=settings)
+    """Store what ``judge(batch_id, ...)`` returned, in one transaction; duration_s covers the storing.
+
+    ``repair``: as save_batch's (inputs put back at their positions resolve the open rejects there).
+    """
+    return save_prepared(
+        pool_or_conn, batch_id, judged, total_images=total_images, settings=settings, repair=repair
+    )

@@ -79,6 +79,31 @@ def _check_total(total_images: object) -> int | None:
     return total_images
 
 
+def _total_conflict(
+    batch_id: str, declared: int | None, stored: int | None, accounted: int | None
+) -> str | None:
+    """Why a call's total_images contradicts the batch's, or None.
+
+    The stored total may have grown past the one declared, when the batch
+    accounted for more inputs than that (the merge keeps completed + failed
+    within total_images); the message says so, since the caller then sees its
+    own total refused. A smaller total is still refused: nothing stored says
+    which total was declared, and accepting any smaller one would let a wrong
+    total through.
+    """
+    if declared is None or stored is None or declared == stored:
+        return None
+    grown = (
+        f"; it grew past the declared total when the batch received more inputs than that, "
+        f"so pass total_images={stored} or none"
+        if declared < stored and accounted == stored
+        else "; pass the same total (or none) for every call of a batch"
+    )
+    return (
+        f"batch {batch_id!r} was registered with total_images={stored}, but this call says {declared}{grown}"
+    )
+
+
 def _conflict_reason(kind: str, owner: str) -> str:
     if kind == "image_path":
         return f"image_path already stored by another batch ({owner!r})"
@@ -113,6 +138,8 @@ class _Attempt:
     rejects: list[Reject]
     images: list[Image]
     statements: int = STATEMENTS_PER_ATTEMPT
+    #: The batch's total_images before this call (None when the call created the batch).
+    total_before: int | None = None
 
 
 def _run_attempt(
@@ -122,6 +149,7 @@ def _run_attempt(
     prepared: Prepared,
     settings: Settings,
     isolating: bool = False,
+    repair: bool = False,
 ) -> _Attempt:
     """One transaction. Raises isolate.DataRefused (rolled back) if the database refused
     some input's data."""
@@ -141,14 +169,12 @@ def _run_attempt(
             },
             prepare=False,
         )
-        stored_total, _created, ords, kinds, owners, deployed = cur.fetchone() or (None,) * 6
+        stored_total, _created, accounted, ords, kinds, owners, deployed = cur.fetchone() or (None,) * 7
         if deployed != SCHEMA_VERSION:
             raise SchemaVersionError(SCHEMA_VERSION, deployed)
-        if total_images is not None and stored_total is not None and stored_total != total_images:
-            raise BatchConflictError(
-                f"batch {batch_id!r} was registered with total_images={stored_total}, but this call "
-                f"says {total_images}; pass the same total (or none) for every call of a batch"
-            )
+        conflict = _total_conflict(batch_id, total_images, stored_total, accounted)
+        if conflict:
+            raise BatchConflictError(conflict)
 
         # Inputs whose paths other batches own become rejects, raw input kept.
         rejects = list(prepared.rejects)
@@ -166,8 +192,9 @@ def _run_attempt(
 
         conn.execute(queries.get("create_staging"), prepare=False)
         statements = STATEMENTS_PER_ATTEMPT
+        merge_params = {"batch_id": batch_id, "by_position": repair}
         if isolating:
-            net = isolate.store_isolating(conn, batch_id, images, rejects, _image_rows, _box_rows)
+            net = isolate.store_isolating(conn, merge_params, images, rejects, _image_rows, _box_rows)
             rows, images, rejects = net.rows, net.images, net.rejects
             statements = _STATEMENTS_BEFORE_COPY + net.statements + 1
         else:
@@ -178,7 +205,7 @@ def _run_attempt(
                 sent += 1
                 copy_rows(conn, STAGE_BOXES, _box_rows(images))
                 sent += 1
-                rows = conn.execute(queries.get("merge"), {"batch_id": batch_id}, prepare=False).fetchall()
+                rows = conn.execute(queries.get("merge"), merge_params, prepare=False).fetchall()
             except Exception as exc:
                 if not isolate.is_data_error(exc):
                     raise
@@ -186,10 +213,10 @@ def _run_attempt(
         if any(row[1] == "lost" for row in rows):
             # Another batch stored some paths after lock_batch looked: reject
             # those inputs in this same transaction instead of running it again.
-            late = isolate.reject_lost(conn, batch_id, rows, images, rejects, _image_rows)
+            late = isolate.reject_lost(conn, merge_params, rows, images, rejects, _image_rows)
             rows, images, rejects = late.rows, late.images, late.rejects
             statements += late.statements
-    return _Attempt(rows, rejects, images, statements)
+    return _Attempt(rows, rejects, images, statements, None if _created else stored_total)
 
 
 def save_batch(
@@ -200,6 +227,7 @@ def save_batch(
     total_images: int | None = None,
     position_offset: int = 0,
     settings: Settings = DEFAULT_SETTINGS,
+    repair: bool = False,
 ) -> LoadReport:
     """Store one batch (or one chunk of it) in a single transaction.
 
@@ -208,6 +236,13 @@ def save_batch(
     reason), rejected into load_rejects (with its raw input), or unchanged (an
     earlier call already stored it). ``position_offset`` numbers the inputs, e.g.
     by their line in a file, for load_rejects.position.
+
+    Every image this call newly stores resolves one open reject of the batch
+    claiming its image_path. ``repair=True`` says the inputs are fixed rejects
+    put back at their original positions (``loader rejects --export``): an
+    image stored at position P then resolves the open reject at P first, which
+    is how a line that was not JSON gets resolved. Leave it False when
+    positions are not unique within the batch (every call numbered from 0).
 
     Raises DatabaseError (TransientDatabaseError when a retry may succeed) if the
     database fails; then nothing of the call was kept.
@@ -226,7 +261,7 @@ def save_batch(
             f"positions {position_offset}..{position_offset + prepared.received - 1} do not fit "
             f"load_rejects.position (at most {_MAX_POSITION}); number the inputs from a smaller offset"
         )
-    return _store(pool_or_conn, batch_id, prepared, total_images, settings, started)
+    return _store(pool_or_conn, batch_id, prepared, total_images, settings, started, repair)
 
 
 def save_prepared(
@@ -236,6 +271,7 @@ def save_prepared(
     *,
     total_images: int | None = None,
     settings: Settings = DEFAULT_SETTINGS,
+    repair: bool = False,
 ) -> LoadReport:
     """save_batch for inputs already judged by ``loader.validate.prepare(batch_id, results, offset)``.
 
@@ -254,7 +290,7 @@ def save_prepared(
             f"position {last} does not fit load_rejects.position (at most {_MAX_POSITION}); "
             "number the inputs from a smaller offset"
         )
-    return _store(pool_or_conn, batch_id, prepared, total_images, settings, started)
+    return _store(pool_or_conn, batch_id, prepared, total_images, settings, started, repair)
 
 
 def _store(
@@ -264,6 +300,7 @@ def _store(
     total_images: int | None,
     settings: Settings,
     started: float,
+    repair: bool = False,
 ) -> LoadReport:
     statements = 0
     attempt: _Attempt | None = None
@@ -272,7 +309,7 @@ def _store(
         for attempt_no in range(1, MAX_ATTEMPTS + 1):
             try:
                 isolating = attempt_no > 1  # the first attempt's data was refused
-                attempt = _run_attempt(conn, batch_id, total_images, prepared, settings, isolating)
+                attempt = _run_attempt(conn, batch_id, total_images, prepared, settings, isolating, repair)
                 statements += attempt.statements
                 mark_checked(conn)
                 break
@@ -291,6 +328,19 @@ def _store(
 
     report = _report(batch_id, prepared, attempt, statements, attempt_no, time.perf_counter() - started)
     log.info("saved batch", extra=report.log_fields())
+    before = attempt.total_before
+    if before is not None and report.progress.total_images > before:
+        log.warning(
+            "batch %s now accounts for more inputs than its total_images: total raised from %d to %d",
+            batch_id,
+            before,
+            report.progress.total_images,
+            extra={
+                "batch_id": batch_id,
+                "total_before": before,
+                "total_images": report.progress.total_images,
+            },
+        )
     return report
 
 
@@ -305,14 +355,15 @@ def _report(
     first = attempt.rows[0]
     progress = BatchProgress(
         batch_id=batch_id,
-        total_images=first[2],
-        completed_images=first[3],
-        failed_images=first[4],
-        status=ProcessStatus(first[5]),
-        created_at=first[6],
-        updated_at=first[7],
+        total_images=first[3],
+        completed_images=first[4],
+        failed_images=first[5],
+        status=ProcessStatus(first[6]),
+        created_at=first[7],
+        updated_at=first[8],
     )
     outcomes = {row[0]: row[1] for row in attempt.rows if row[0] is not None}
+    resolved = sum(1 for row in attempt.rows if row[0] is not None and row[2])
     by_pos_image = {im.pos: im for im in attempt.images}
     by_pos_reject = {rj.pos: rj for rj in attempt.rejects}
 
@@ -352,6 +403,7 @@ def _report(
         rejected=rejected,
         unchanged=unchanged,
         replaced=replaced,
+        resolved=resolved,
         boxes=boxes,
         statements=statements,
         attempts=attempts,

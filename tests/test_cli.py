@@ -479,7 +479,7 @@ def test_rejects_lists_positions_and_reasons_in_pages(dsn: str, demo_file: Path)
     as_json = [json.loads(x) for x in run("rejects", "B1", "--json", "--dsn", dsn).stdout.splitlines()]
 
     assert first.exit_code == 0
-    assert "2 rejects in batch B1; showing 1:" in first.stdout
+    assert "2 rejects in batch B1 (2 open, 0 resolved); showing 1:" in first.stdout
     assert "998" in first.stdout and "duplicate image_path within this call" in first.stdout
     assert "more: loader rejects B1 --after 998" in first.stdout
     assert "999" in second.stdout and "not valid JSON" in second.stdout
@@ -493,7 +493,8 @@ def test_exported_rejects_are_byte_exact_and_load_again_once_fixed(
     run("load", str(demo_file), "-b", "B1", "--dsn", dsn)
     export = tmp_path / "fixme.jsonl"
 
-    result = run("rejects", "B1", "--export", str(export), "--dsn", dsn)
+    # The compact (audit) form; the sparse one, loaded back in place, is in test_repair.py.
+    result = run("rejects", "B1", "--export", str(export), "--compact", "--dsn", dsn)
 
     assert result.exit_code == 0
     assert "wrote 2 rejects" in result.stderr
@@ -518,6 +519,9 @@ def test_export_refuses_to_overwrite_and_gzips_by_name(dsn: str, demo_file: Path
     existing.write_bytes(b"keep me\n")
 
     refused = run("rejects", "B1", "--export", str(existing), "--dsn", dsn)
+    # The sparse export: 998 empty lines, then the two rejects.
+    sparse = run("rejects", "B1", "--export", str(tmp_path / "sparse.jsonl"), "--dsn", dsn)
+    assert sparse.exit_code == 0 and lines_of(tmp_path / "sparse.jsonl")[:998] == [b""] * 998
     forced = run("rejects", "B1", "--export", str(existing), "--force", "--dsn", dsn)
     zipped = run("rejects", "B1", "--export", str(tmp_path / "r.jsonl.gz"), "--dsn", dsn)
     to_stdout = CliRunner().invoke(cli, ["rejects", "B1", "--export", "-", "--dsn", dsn])

@@ -56,6 +56,8 @@ _MINIMAL_GRANTS = [
     "GRANT SELECT, INSERT ON batch_executions, chain_executions, ocr_executions,"
     " ocr_text_boxes, load_rejects TO {role}",
     "GRANT UPDATE ON batch_executions, chain_executions, ocr_executions TO {role}",
+    # The merge resolves rejects that later inputs repair.
+    "GRANT UPDATE (resolved_at, resolved_by) ON load_rejects TO {role}",
 ]
 
 

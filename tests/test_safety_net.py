@@ -142,6 +142,7 @@ def test_a_path_the_index_cannot_hold_is_rejected_with_its_raw_input(
     position, path, reason, raw = db.execute(
         "SELECT position, image_path, reason, raw FROM load_rejects WHERE batch_id = 'long'"
     ).fetchone()
+    # The reject keeps the path it claimed: open rejects are found by path through a hash index.
     assert position == 7 and path == long_path
     assert "SQLSTATE 54000" in reason and "index row" in reason
     assert json.loads(bytes(raw)) == results[7]

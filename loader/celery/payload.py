@@ -147,13 +147,15 @@ def read_lines(path: Path) -> Iterator[bytes]:
 
 
 def _total_for(pool: ConnectionPool, batch_id: str, path: Path, total_images: int | None) -> int | None:
-    """The total a new batch is registered with: the file's line count unless given."""
+    """The total a new batch is registered with: the file's non-blank lines unless given
+    (a blank line is no input, as in `loader load`)."""
     if total_images is not None:
         return total_images
     try:
         get_progress(pool, batch_id)
     except BatchNotFoundError:
-        return jsonl.count_lines(str(path))
+        lines, blank = jsonl.line_counts(str(path))
+        return lines - blank
     return None  # an existing batch keeps its own
 
 
@@ -168,8 +170,8 @@ def load_file(
 ) -> LoadReport:
     """Load a JSONL batch file, ``chunk_images`` lines per transaction (loader.chunks).
 
-    Without ``total_images``, a new batch's total is the file's line count; an
-    existing batch keeps its own.
+    Without ``total_images``, a new batch's total is the file's non-blank line
+    count; an existing batch keeps its own.
     """
     started = time.perf_counter()
 

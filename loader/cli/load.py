@@ -34,7 +34,7 @@ from loader.errors import (
     Interrupted,
     LoaderError,
 )
-from loader.jsonl import Sources, count_lines, countable
+from loader.jsonl import Sources, countable, line_counts
 from loader.models import BatchProgress, LoadReport
 from loader.pipeline import Judged, save_judged
 from loader.progress import get_progress
@@ -157,54 +157,75 @@ def resume_command(
 # --------------------------------------------------------------------------- loading
 
 
-def open_batch(
-    conn: psycopg.Connection[Any], batch_id: str, files: tuple[str, ...], total: int | None
-) -> tuple[BatchProgress | None, int | None]:
-    """Register the batch if new.
+@dataclass(frozen=True)
+class InputSize:
+    """How many lines the input has, and how many of them are inputs (not blank); None for a stream."""
 
-    Returns its progress (None when the input is empty) and the lines of the input (None for a stream).
-    """
-    total_lines = sum(count_lines(name) for name in files) if all(countable(n) for n in files) else None
+    lines: int | None = None
+    inputs: int | None = None
+
+    @classmethod
+    def of(cls, files: tuple[str, ...]) -> InputSize:
+        if not all(countable(name) for name in files):
+            return cls()
+        counts = [line_counts(name) for name in files]
+        lines = sum(n for n, _ in counts)
+        return cls(lines, lines - sum(blank for _, blank in counts))
+
+
+def _existing(conn: psycopg.Connection[Any], batch_id: str) -> BatchProgress | None:
     try:
-        existing: BatchProgress | None = get_progress(conn, batch_id)
+        return get_progress(conn, batch_id)
     except BatchNotFoundError:
-        existing = None
+        return None
+
+
+def open_batch(conn: psycopg.Connection[Any], request: LoadRequest, size: InputSize) -> BatchProgress | None:
+    """The batch, registered if new (with --total, or as many images as the input has
+    non-blank lines); None when the input is empty."""
+    batch_id, total = request.batch_id, request.total
+    existing = _existing(conn, batch_id)
+    if request.repair and existing is None:
+        raise CliError(
+            f"--repair puts fixed rejects back into an existing batch, and there is no batch {batch_id!r}"
+        )
     if existing is not None:
         if total is not None and total != existing.total_images:
             raise CliError(
                 f"batch {batch_id!r} exists with total_images={existing.total_images}, not --total {total}; "
                 "drop --total to load into it as it is"
             )
-        return existing, total_lines
-    declared = total if total is not None else total_lines
+        return existing
+    declared = total if total is not None else size.inputs
     if declared is None:
         raise click.UsageError(
             "the input is a stream (stdin or a pipe) whose lines cannot be counted in advance, and batch "
             f"{batch_id!r} does not exist yet: pass --total N (the number of images in the batch)"
         )
     if declared == 0:
-        return None, total_lines
-    return register_batch(conn, batch_id, declared), total_lines
+        return None
+    return register_batch(conn, batch_id, declared)
 
 
 class RetryingStore:
     """Stores a judged chunk; after a transient failure reconnects and tries again, a few times."""
 
-    def __init__(self, session: Session, batch_id: str, retries: int) -> None:
+    def __init__(self, session: Session, batch_id: str, retries: int, *, repair: bool = False) -> None:
         self.session = session
         self.batch_id = batch_id
         self.retries = retries
+        self.repair = repair
         self.conn = session.connect()
 
     def __call__(self, judged: Judged) -> LoadReport:
         for attempt in range(self.retries):
             try:
-                return save_judged(self.conn, self.batch_id, judged)
+                return save_judged(self.conn, self.batch_id, judged, repair=self.repair)
             except DatabaseError as exc:
                 if not exc.transient:
                     raise
                 self._wait_and_reconnect(attempt, exc)
-        return save_judged(self.conn, self.batch_id, judged)
+        return save_judged(self.conn, self.batch_id, judged, repair=self.repair)
 
     def _wait_and_reconnect(self, attempt: int, exc: DatabaseError) -> None:
         wait = 2.0**attempt
@@ -246,6 +267,8 @@ class LoadRequest:
     skip: int = 0
     mode: str = "none"
     retries: int = DEFAULT_RETRIES
+    #: The input is a fixed sparse export of the batch's rejects (`loader rejects --export`).
+    repair: bool = False
 
     def resume(self, skip: int, session: Session) -> str:
         return resume_command(self.files, self.batch_id, self.chunk_size, skip, session)
@@ -255,7 +278,7 @@ def run_load(session: Session, request: LoadRequest) -> LoadOutcome:
     """Stream the files into the batch, chunk by chunk; stops early on Ctrl-C / SIGTERM."""
     started = time.monotonic()
     sources = Sources(request.files)  # refuses unreadable or binary input before a batch exists
-    store = RetryingStore(session, request.batch_id, request.retries)
+    store = RetryingStore(session, request.batch_id, request.retries, repair=request.repair)
     committed = Committed(request.skip)
     stop = StopRequest()
     try:
@@ -281,13 +304,15 @@ def _load(
     started: float,
 ) -> LoadOutcome:
     batch_id = request.batch_id
-    progress, total_lines = open_batch(store.conn, batch_id, request.files, request.total)
+    size = InputSize.of(request.files)
+    total_lines = size.lines
+    progress = open_batch(store.conn, request, size)
     if progress is None:
         return LoadOutcome(Totals(batch_id), request.skip, total_lines, time.monotonic() - started)
-    if total_lines is not None and total_lines > progress.total_images:
+    if size.inputs is not None and size.inputs > progress.total_images and not request.repair:
         log.warning(
             "the input holds more lines than the batch expects images",
-            extra={"batch_id": batch_id, "lines": total_lines, "total_images": progress.total_images},
+            extra={"batch_id": batch_id, "lines": size.inputs, "total_images": progress.total_images},
         )
     with stop, Display(request.mode, batch_id, total_lines, request.skip) as display:
         result = load_chunks(
@@ -365,6 +390,8 @@ def _print_text(outcome: LoadOutcome, batch_id: str) -> None:
             f"  of the stored, {out.n(totals.replaced)} replaced a failure stored earlier "
             "(a success for an image this batch had stored as failed)"
         )
+    if totals.resolved:
+        out.echo(f"  resolved {out.count(totals.resolved, 'reject')} of the batch (kept, marked resolved)")
     out.echo(f"  {out.batch_line(report.progress)}")
     _print_issues(totals, batch_id)
 
@@ -399,7 +426,7 @@ Examples:
   loader load part-*.jsonl.gz --batch-id B1 --chunk-size 10000
   zcat results.jsonl.gz | loader load - --batch-id B1 --total 250000
   loader load results.jsonl --batch-id B1 --skip 45000     # resume after Ctrl-C
-  loader load fixme.jsonl --batch-id B1                    # reload fixed rejects
+  loader load fixme.jsonl --batch-id B1 --repair           # fixed rejects, back in place
 
 \b
 Every line of every file is one input (an OCRResult JSON object); gzip is
@@ -408,14 +435,21 @@ from 0: the first line of the second file continues after the last line of
 the first. That number is the input's position (load_rejects.position), so
 re-running the same command, with the same files in the same order and the
 same --chunk-size, recognises what is already stored and changes nothing.
-A line that is not a JSON object (a blank line too) is rejected with its raw
-bytes; an invalid result is stored as failed with the reason. Input that is
-not JSON lines at all (xz/bzip2/zstd/zip, NUL bytes, mostly invalid UTF-8)
-is refused before anything is written.
+A blank line (only whitespace) is no input: it is skipped, but it keeps its
+number, so the lines after it keep theirs. Any other line that is not a JSON
+object is rejected with its raw bytes; an invalid result is stored as failed
+with the reason. Input that is not JSON lines at all (xz/bzip2/zstd/zip, NUL
+bytes, mostly invalid UTF-8) is refused before anything is written.
 
 \b
-A new batch is registered with as many images as the input has lines (or
---total). Ctrl-C stops after the chunk in flight; committed chunks stay and
+--repair loads the file `loader rejects B --export` wrote, once fixed: line N
+goes back to position N-1, and an image stored there resolves the batch's open
+reject at that position (a line that was not JSON included). Any stored image
+also resolves an open reject of the batch claiming its image_path.
+
+\b
+A new batch is registered with as many images as the input has non-blank lines
+(or --total). Ctrl-C stops after the chunk in flight; committed chunks stay and
 the command to resume is printed (exit status 130).
 """
 
@@ -461,6 +495,11 @@ the command to resume is printed (exit status 130).
     show_default=True,
     help="Retries of a chunk after a transient database failure (lost connection, deadlock).",
 )
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="FILE is a fixed export of the batch's rejects: put each line back at its position.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the LoadReport (all chunks summed) as JSON.")
 @common_options
 def load_command(
@@ -471,6 +510,7 @@ def load_command(
     skip: int,
     mode: str,
     retries: int,
+    repair: bool,
     as_json: bool,
     session: Session,
 ) -> None:
@@ -480,7 +520,7 @@ def load_command(
     """
     if mode == "auto":
         mode = "bar" if sys.stderr.isatty() else "plain"
-    request = LoadRequest(files, batch_id, chunk_size, total, skip, mode, retries)
+    request = LoadRequest(files, batch_id, chunk_size, total, skip, mode, retries, repair)
     outcome = run_load(session, request)
     print_load(outcome, batch_id, as_json)
     if outcome.interrupted:

@@ -15,7 +15,7 @@ from loader.cli import output as out
 from loader.cli.base import Session, cli, common_options
 from loader.errors import CliError
 from loader.models import BatchProgress
-from loader.progress import get_progress
+from loader.progress import follow_progress, get_progress, recount_batch
 
 STATUS_EPILOG = """\b
 Examples:
@@ -23,6 +23,8 @@ Examples:
   loader status B1 --json         # the same for scripts
   loader status                   # the 20 most recent batches
   loader status --unfinished      # batches still PENDING or STARTED, oldest first
+  loader status B1 --follow       # the batch live, one line per committed change, until it finishes
+  loader status B1 --recount      # recount totals from the stored rows (batches other writers filled)
 """
 
 
@@ -188,6 +190,8 @@ def list_batches(conn: psycopg.Connection[Any], limit: int, unfinished: bool, as
     "--limit", metavar="N", type=click.IntRange(min=1), default=20, show_default=True, help="Batches listed."
 )
 @click.option("--unfinished", is_flag=True, help="List only batches still PENDING or STARTED.")
+@click.option("--follow", is_flag=True, help="Print the batch at every committed change until it finishes.")
+@click.option("--recount", is_flag=True, help="Recount the batch's totals from its stored rows first.")
 @click.option(
     "--reasons",
     metavar="N",
@@ -198,11 +202,35 @@ def list_batches(conn: psycopg.Connection[Any], limit: int, unfinished: bool, as
 )
 @common_options
 def status_command(
-    batch_id: str | None, as_json: bool, limit: int, unfinished: bool, reasons: int, session: Session
+    batch_id: str | None,
+    as_json: bool,
+    limit: int,
+    unfinished: bool,
+    follow: bool,
+    recount: bool,
+    reasons: int,
+    session: Session,
 ) -> None:
     """Show a batch's totals, status, timing and failure reasons; without BATCH_ID, list batches."""
-    with session.connect() as conn:
-        if batch_id is None:
+    if batch_id is None:
+        if follow or recount:
+            raise click.UsageError("--follow and --recount need a BATCH_ID")
+        with session.connect() as conn:
             list_batches(conn, limit, unfinished, as_json)
+        return
+    if follow:
+        follow_status(session, batch_id, as_json=as_json)
+        return
+    with session.connect() as conn:
+        if recount:
+            recount_batch(conn, batch_id)
+        show_status(conn, batch_id, as_json=as_json, reasons=reasons)
+
+
+def follow_status(session: Session, batch_id: str, *, as_json: bool) -> None:
+    """`loader status B --follow`: one line per committed change of the batch (loader_progress events)."""
+    for progress in follow_progress(session.dsn, batch_id):
+        if as_json:
+            out.echo_json(out.progress_json(progress))
         else:
-            show_status(conn, batch_id, as_json=as_json, reasons=reasons)
+            out.echo(out.batch_line(progress))

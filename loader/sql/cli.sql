@@ -20,10 +20,11 @@ ORDER BY created_at, id
 LIMIT %(limit)s;
 
 -- name: batch_failure_counts
--- How many of a batch's failed images were stored as failed and how many were rejected.
+-- How many of a batch's failed images were stored as failed and how many are open rejects.
 SELECT (SELECT count(*) FROM chain_executions
         WHERE batch_id = %(batch_id)s AND status = 'FAILURE') AS stored_failed,
-       (SELECT count(*) FROM load_rejects WHERE batch_id = %(batch_id)s) AS rejected;
+       (SELECT count(*) FROM load_rejects
+        WHERE batch_id = %(batch_id)s AND resolved_at IS NULL) AS rejected;
 
 -- name: batch_failure_reasons
 -- A batch's failure reasons grouped by kind (values, quoted text and numbers blanked out), most frequent first, with one real example each.
@@ -37,7 +38,7 @@ WITH reasons AS (
     UNION ALL
     SELECT 'rejected', r.reason
     FROM load_rejects r
-    WHERE r.batch_id = %(batch_id)s
+    WHERE r.batch_id = %(batch_id)s AND r.resolved_at IS NULL
 ),
 kinds AS (
     SELECT outcome, reason,
@@ -57,22 +58,34 @@ ORDER BY images DESC, outcome, kind
 LIMIT %(limit)s;
 
 -- name: rejects_list
--- One page of a batch's rejects in input order, after a given position.
-SELECT position, image_path, reason, length(raw) AS raw_bytes, created_at
-FROM load_rejects
-WHERE batch_id = %(batch_id)s AND position > %(after)s
-ORDER BY position, id
+-- One page of a batch's rejects (open and resolved, or open only) in input order, after a given position, with the image that resolved each.
+SELECT r.position, r.image_path, r.reason, length(r.raw) AS raw_bytes, r.created_at,
+       r.resolved_at, r.resolved_by, o.image_path AS resolved_image_path
+FROM load_rejects r
+LEFT JOIN ocr_executions o ON o.id = r.resolved_by
+WHERE r.batch_id = %(batch_id)s AND r.position > %(after)s
+  AND (NOT %(open_only)s OR r.resolved_at IS NULL)
+ORDER BY r.position, r.id
 LIMIT %(limit)s;
 
 -- name: rejects_count
--- How many rejects a batch holds.
-SELECT count(*) FROM load_rejects WHERE batch_id = %(batch_id)s;
+-- How many of a batch's rejects are open and how many resolved.
+SELECT count(*) FILTER (WHERE resolved_at IS NULL) AS open,
+       count(*) FILTER (WHERE resolved_at IS NOT NULL) AS resolved
+FROM load_rejects WHERE batch_id = %(batch_id)s;
 
 -- name: rejects_raw
--- Every reject of a batch, raw input included, in input order (read through a server-side cursor).
+-- Every reject of a batch, raw input included, in input order (read through a server-side cursor): the audit export.
 SELECT position, image_path, reason, raw
 FROM load_rejects
 WHERE batch_id = %(batch_id)s
+ORDER BY position, id;
+
+-- name: rejects_raw_open
+-- The open rejects of a batch, raw input included, in input order: the sparse export to fix and load back.
+SELECT position, raw
+FROM load_rejects
+WHERE batch_id = %(batch_id)s AND resolved_at IS NULL
 ORDER BY position, id;
 
 -- The catalog descriptions `loader schema check` compares (loader/schema_check.py).

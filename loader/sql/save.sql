@@ -70,6 +70,10 @@ owned AS (
 SELECT coalesce((SELECT total_images FROM created),
                 (SELECT total_images FROM batch_executions WHERE batch_id = %(batch_id)s)) AS total_images,
        EXISTS (SELECT FROM created) AS created,
+       -- Inputs accounted for so far: a batch whose total grew past the one
+       -- declared (see merge) is full, and still takes calls that declare it.
+       coalesce((SELECT completed_images + failed_images FROM batch_executions
+                 WHERE batch_id = %(batch_id)s), 0) AS accounted,
        owned.ords, owned.kinds, owned.owners,
        deployed.version AS schema_version
 FROM owned, locked, tuned, deployed;
@@ -99,30 +103,34 @@ CREATE TEMP TABLE IF NOT EXISTS loader_stage_boxes_v1 (
 ) ON COMMIT DELETE ROWS;
 
 -- name: merge
--- Move the staged call into the final tables and recompute the batch's totals and status; returns one row per staged input.
+-- Move the staged call into the final tables, resolve the rejects it repairs, update the batch's totals from this call's changes and announce them; returns one row per staged input.
 -- Everything is one statement, so it sees one snapshot taken after lock_batch
--- got the batch's lock: rows of earlier calls for this batch are visible.
--- Foreign keys are checked at the end of the statement, which is why an OCR row
--- may be inserted before the chain it points to: the chain is only created for
--- OCR rows that actually went in.
+-- got the batch's lock: rows of earlier calls for this batch are visible, and
+-- so are the batch's totals they left. Foreign keys are checked at the end of
+-- the statement, which is why an OCR row may be inserted before the chain it
+-- points to: the chain is only created for OCR rows that actually went in.
+-- Parameters: batch_id, and by_position (a repair call: an image stored at
+-- position P also resolves the batch's open reject at position P).
 WITH
 stage AS (
     -- Already stored by this batch: probed per staged path through the unique
     -- index on image_path (LATERAL + LIMIT keeps it a probe). Joining the
     -- batch's stored images instead read all of them on every call: 59,000
-    -- rows, 120 ms, for the 60th chunk of a 1,000-image-chunk load.
+    -- rows, 120 ms, for the 60th chunk of a 1,000-image-chunk load. Probed for
+    -- rejects too: a reject of an image the batch already stored is recorded
+    -- as resolved by it.
     SELECT s.*,
            mine.id IS NOT NULL AS already_stored,
            mine.id AS stored_id,
            -- A failed image that arrives again as a success (re-run OCR, or a
            -- fixed input) replaces its failure; a success is never replaced.
-           coalesce(mine.status = 'failed' AND s.status = 'success', false) AS upgrade
+           coalesce(s.reject IS NULL AND mine.status = 'failed' AND s.status = 'success', false) AS upgrade
     FROM loader_stage_images_v1 s
     LEFT JOIN LATERAL (
         SELECT o.id, o.status
         FROM ocr_executions o
         JOIN chain_executions c ON c.chain_id = o.chain_id
-        WHERE s.reject IS NULL AND o.image_path = s.image_path AND c.batch_id = %(batch_id)s
+        WHERE o.image_path = s.image_path AND c.batch_id = %(batch_id)s
         LIMIT 1
     ) AS mine ON true
 ),
@@ -137,7 +145,7 @@ new_ocr AS (
     WHERE reject IS NULL AND NOT already_stored
     ORDER BY image_path
     ON CONFLICT DO NOTHING
-    RETURNING id, chain_id, status
+    RETURNING id, chain_id, image_path, status
 ),
 new_chains AS (
     INSERT INTO chain_executions (chain_id, batch_id, status, total_tasks, completed_tasks, failed_tasks)
@@ -147,7 +155,7 @@ new_chains AS (
            (status = 'success')::integer,
            (status = 'failed')::integer
     FROM new_ocr
-    RETURNING chain_id, status
+    RETURNING chain_id
 ),
 upgraded_ocr AS (
     UPDATE ocr_executions o
@@ -171,20 +179,70 @@ new_boxes AS (
     FROM (
         SELECT n.id, s.pos FROM new_ocr n JOIN stage s ON s.chain_id = n.chain_id
         UNION ALL
-        SELECT u.id, s.pos FROM upgraded_ocr u JOIN stage s ON s.stored_id = u.id
+        SELECT u.id, s.pos FROM upgraded_ocr u JOIN stage s ON s.upgrade AND s.stored_id = u.id
     ) AS o
     JOIN loader_stage_boxes_v1 b ON b.pos = o.pos
     ORDER BY o.id, b.box
     RETURNING 1
 ),
+-- Repairs. An image this call newly stored takes the place of one open reject
+-- of the batch: the one at its position (repair calls only), else one claiming
+-- its image_path. One each way, so the batch's count of inputs never drops:
+-- the image counts where the reject did. A replaced failure resolves nothing:
+-- it adds no input, and the only open rejects naming a stored image are
+-- duplicates within the call that stored it, which stay open.
+claims AS (
+    SELECT r.id AS reject_id, n.id AS ocr_id, 0 AS preference
+    FROM new_ocr n
+    JOIN stage s ON s.chain_id = n.chain_id
+    JOIN load_rejects r ON r.batch_id = %(batch_id)s AND r.position = s.pos AND r.resolved_at IS NULL
+    WHERE %(by_position)s
+      -- Evaluated once: a batch without open rejects skips the probes.
+      AND EXISTS (SELECT FROM load_rejects WHERE batch_id = %(batch_id)s AND resolved_at IS NULL)
+    UNION ALL
+    SELECT r.id, n.id, 1
+    FROM new_ocr n
+    JOIN load_rejects r ON r.batch_id = %(batch_id)s AND r.image_path = n.image_path AND r.resolved_at IS NULL
+    WHERE EXISTS (SELECT FROM load_rejects WHERE batch_id = %(batch_id)s AND resolved_at IS NULL)
+),
+matched AS (
+    SELECT DISTINCT ON (ocr_id) reject_id, ocr_id
+    FROM (
+        SELECT DISTINCT ON (reject_id) reject_id, ocr_id, preference
+        FROM claims
+        ORDER BY reject_id, preference, ocr_id
+    ) AS per_reject
+    ORDER BY ocr_id, preference, reject_id
+),
+resolved AS (
+    UPDATE load_rejects r
+    SET resolved_at = now(), resolved_by = m.ocr_id
+    FROM matched m
+    WHERE r.id = m.reject_id
+    RETURNING r.id, m.ocr_id
+),
 new_rejects AS (
-    INSERT INTO load_rejects (batch_id, position, image_path, reason, raw, raw_sha256)
-    SELECT %(batch_id)s, pos, image_path, reject, raw, raw_sha256
+    -- A reject of an image this batch stored before this call (say the
+    -- original bad input redelivered after its fix) is resolved from the start.
+    INSERT INTO load_rejects (batch_id, position, image_path, reason, raw, raw_sha256, resolved_at, resolved_by)
+    SELECT %(batch_id)s, pos, image_path, reject, raw, raw_sha256,
+           CASE WHEN stored_id IS NOT NULL THEN now() END, stored_id
     FROM stage
     WHERE reject IS NOT NULL
     ORDER BY pos
     ON CONFLICT (batch_id, position, raw_sha256) DO NOTHING
-    RETURNING position, raw_sha256
+    RETURNING position, raw_sha256, resolved_at
+),
+superseded AS (
+    -- A repair line refused again takes the place of the open reject it was
+    -- meant to fix (resolved, by no OCR row), so the position counts once.
+    UPDATE load_rejects r
+    SET resolved_at = now()
+    FROM new_rejects n
+    WHERE %(by_position)s AND n.resolved_at IS NULL
+      AND r.batch_id = %(batch_id)s AND r.position = n.position AND r.resolved_at IS NULL
+      AND r.id NOT IN (SELECT reject_id FROM matched)
+    RETURNING r.id
 ),
 outcome AS (
     SELECT s.pos,
@@ -195,57 +253,124 @@ outcome AS (
                WHEN s.already_stored THEN 'unchanged'
                WHEN n.chain_id IS NOT NULL THEN 'stored'
                ELSE 'lost'
-           END AS outcome
+           END AS outcome,
+           x.id IS NOT NULL AS resolved
     FROM stage s
     LEFT JOIN new_ocr n ON n.chain_id = s.chain_id AND s.reject IS NULL
-    LEFT JOIN upgraded_ocr u ON u.id = s.stored_id
+    LEFT JOIN upgraded_ocr u ON u.id = s.stored_id AND s.upgrade
     LEFT JOIN new_rejects r ON r.position = s.pos AND r.raw_sha256 = s.raw_sha256
+    LEFT JOIN resolved x ON x.ocr_id = n.id
 ),
--- Totals: this statement's snapshot does not see its own inserts, so the stored
--- rows are counted as (rows before this call, read through the batch index)
--- plus (rows this call inserted). Never incremented from the client.
+-- Totals: the batch's stored totals (kept exact by every call under the
+-- batch's lock) plus what this call changed, never a recount of the batch:
+-- that read every chain and reject of the batch, 7 ms a call at 59,000 images
+-- and growing. OCR statuses are counted, as tests/checks.py::recount does.
+-- MATERIALIZED: evaluated once, not once per mention in the CASE below.
+delta AS MATERIALIZED (
+    SELECT (SELECT count(*) FROM new_ocr WHERE status = 'success')
+           + (SELECT count(*) FROM upgraded_ocr) AS completed,
+           (SELECT count(*) FROM new_ocr WHERE status = 'failed')
+           - (SELECT count(*) FROM upgraded_ocr)
+           + (SELECT count(*) FROM new_rejects WHERE resolved_at IS NULL)
+           - (SELECT count(*) FROM resolved)
+           - (SELECT count(*) FROM superseded) AS failed
+),
+counted AS (
+    SELECT be.total_images AS declared, be.created_at, be.updated_at,
+           be.completed_images + d.completed AS completed,
+           be.failed_images + d.failed AS failed
+    FROM batch_executions be, delta d
+    WHERE be.batch_id = %(batch_id)s
+),
 totals AS (
-    SELECT be.total_images, be.created_at, be.updated_at, t.completed, t.failed,
+    -- More inputs accounted for than declared (more distinct images than the
+    -- batch was registered with): the total grows to match, so completed +
+    -- failed never exceeds it and the percentage needs no cap.
+    SELECT c.*, greatest(c.declared, c.completed + c.failed) AS total_images,
            CASE
-               WHEN t.completed + t.failed = 0 AND be.total_images > 0 THEN 'PENDING'
-               WHEN t.completed + t.failed < be.total_images THEN 'STARTED'
-               WHEN t.completed = 0 AND t.failed > 0 THEN 'FAILURE'
+               WHEN c.completed + c.failed = 0 AND c.declared > 0 THEN 'PENDING'
+               WHEN c.completed + c.failed < c.declared THEN 'STARTED'
+               WHEN c.completed = 0 AND c.failed > 0 THEN 'FAILURE'
                ELSE 'SUCCESS'
            END::process_status AS status
-    FROM batch_executions be,
-         LATERAL (
-             SELECT (SELECT count(*) FROM chain_executions
-                     WHERE batch_id = be.batch_id AND status = 'SUCCESS')
-                    + (SELECT count(*) FROM new_chains WHERE status = 'SUCCESS')
-                    + (SELECT count(*) FROM upgraded_chains) AS completed,
-                    (SELECT count(*) FROM chain_executions
-                     WHERE batch_id = be.batch_id AND status = 'FAILURE')
-                    + (SELECT count(*) FROM new_chains WHERE status = 'FAILURE')
-                    - (SELECT count(*) FROM upgraded_chains)
-                    + (SELECT count(*) FROM load_rejects WHERE batch_id = be.batch_id)
-                    + (SELECT count(*) FROM new_rejects) AS failed
-             -- OFFSET 0 keeps this subquery from being pulled up into the CASE
-             -- below, which then ran each count once per mention (four times).
-             OFFSET 0
-         ) AS t
-    WHERE be.batch_id = %(batch_id)s
+    FROM counted c
 ),
 batch AS (
+    -- Written even when some input was lost to a concurrent batch: what this
+    -- statement stored is counted now, and reject_lost adds the rest in the
+    -- same transaction. A replay changes nothing, so the row (and its
+    -- updated_at) stays as is and nothing is announced.
     UPDATE batch_executions AS be
-    SET completed_images = t.completed, failed_images = t.failed, status = t.status
+    SET total_images = t.total_images, completed_images = t.completed, failed_images = t.failed,
+        status = t.status
     FROM totals t
     WHERE be.batch_id = %(batch_id)s
-      -- A call that lost a race is rolled back and retried: write nothing.
-      AND NOT EXISTS (SELECT FROM outcome WHERE outcome = 'lost')
-      -- A replay changes nothing, so the row (and its updated_at) stays as is.
-      AND (be.completed_images, be.failed_images, be.status) IS DISTINCT FROM
-          (t.completed, t.failed, t.status)
-    RETURNING be.updated_at
+      AND (be.total_images, be.completed_images, be.failed_images, be.status) IS DISTINCT FROM
+          (t.total_images, t.completed, t.failed, t.status)
+    RETURNING be.batch_id, be.total_images, be.completed_images, be.failed_images, be.status, be.updated_at
+),
+announced AS (
+    -- Delivered to LISTEN loader_progress sessions when the call commits, never
+    -- if it rolls back (loader/progress.py follow_progress). batch_id is at
+    -- most 255 characters, so the payload stays far below the 8000-byte limit.
+    SELECT pg_notify('loader_progress', json_build_object(
+               'batch_id', b.batch_id, 'completed', b.completed_images, 'failed', b.failed_images,
+               'total', b.total_images, 'status', b.status)::text)
+    FROM batch b
 )
 -- One row per staged input; at least one row (pos NULL) so the totals always come back.
-SELECT o.pos, o.outcome,
+SELECT o.pos, o.outcome, o.resolved,
        t.total_images, t.completed, t.failed, t.status::text AS status,
-       t.created_at, coalesce((SELECT updated_at FROM batch), t.updated_at) AS updated_at
+       t.created_at, coalesce((SELECT updated_at FROM batch), t.updated_at) AS updated_at,
+       (SELECT count(*) FROM announced) AS announced
 FROM totals t
 LEFT JOIN outcome o ON true
 ORDER BY o.pos;
+
+-- name: batch_lock
+-- Take the batch's advisory lock for this transaction (what lock_batch takes), so no call of the batch runs meanwhile.
+SELECT pg_advisory_xact_lock(hashtextextended('loader.batch:' || %(batch_id)s, 0));
+
+-- name: recount_batch
+-- Recount a batch's totals from its stored rows and store them (announced like a merge's); run after batch_lock, in its transaction.
+-- For batches whose totals no merge kept: written by the application's old
+-- save path or by other writers. The merge itself never recounts.
+WITH counted AS (
+    SELECT be.batch_id, be.total_images AS declared,
+           (SELECT count(*) FROM ocr_executions o JOIN chain_executions c ON c.chain_id = o.chain_id
+            WHERE c.batch_id = be.batch_id AND o.status = 'success') AS completed,
+           (SELECT count(*) FROM ocr_executions o JOIN chain_executions c ON c.chain_id = o.chain_id
+            WHERE c.batch_id = be.batch_id AND o.status = 'failed')
+           + (SELECT count(*) FROM load_rejects r
+              WHERE r.batch_id = be.batch_id AND r.resolved_at IS NULL) AS failed
+    FROM batch_executions be
+    WHERE be.batch_id = %(batch_id)s
+),
+totals AS (
+    -- The same rules as the merge's.
+    SELECT c.*, greatest(c.declared, c.completed + c.failed) AS total_images,
+           CASE
+               WHEN c.completed + c.failed = 0 AND c.declared > 0 THEN 'PENDING'
+               WHEN c.completed + c.failed < c.declared THEN 'STARTED'
+               WHEN c.completed = 0 AND c.failed > 0 THEN 'FAILURE'
+               ELSE 'SUCCESS'
+           END::process_status AS status
+    FROM counted c
+),
+batch AS (
+    UPDATE batch_executions AS be
+    SET total_images = t.total_images, completed_images = t.completed, failed_images = t.failed,
+        status = t.status
+    FROM totals t
+    WHERE be.batch_id = t.batch_id
+      AND (be.total_images, be.completed_images, be.failed_images, be.status) IS DISTINCT FROM
+          (t.total_images, t.completed, t.failed, t.status)
+    RETURNING be.batch_id, be.total_images, be.completed_images, be.failed_images, be.status
+),
+announced AS (
+    SELECT pg_notify('loader_progress', json_build_object(
+               'batch_id', b.batch_id, 'completed', b.completed_images, 'failed', b.failed_images,
+               'total', b.total_images, 'status', b.status)::text)
+    FROM batch b
+)
+SELECT (SELECT count(*) FROM batch) AS changed, (SELECT count(*) FROM announced) AS announced;
