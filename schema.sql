@@ -110,7 +110,7 @@ CREATE TABLE IF NOT EXISTS batch_executions (
 COMMENT ON TABLE batch_executions IS 'One OCR batch: a set of images processed together.';
 COMMENT ON COLUMN batch_executions.batch_id IS 'The pipeline''s batch identifier (natural key; the API addresses batches by it).';
 COMMENT ON COLUMN batch_executions.status IS
-    'PENDING until the first image arrives; STARTED while images are outstanding; SUCCESS when all total_images are accounted for; FAILURE if every one of them failed.';
+    'PENDING until the first image arrives (or the application marks the batch STARTED); STARTED while images are outstanding; SUCCESS when all total_images are accounted for; FAILURE if every one of them failed.';
 COMMENT ON COLUMN batch_executions.total_images IS 'Images the batch is expected to hold (declared by register_batch, or the size of the first save).';
 COMMENT ON COLUMN batch_executions.completed_images IS 'Images stored with OCR status success. Recomputed by the loader''s merge, never incremented by clients.';
 COMMENT ON COLUMN batch_executions.failed_images IS 'Images stored with OCR status failed plus inputs rejected into load_rejects, so completed + failed = images received.';

@@ -119,11 +119,14 @@ class _Timestamps:
     __mapper_args__: ClassVar[dict[str, Any]] = {"eager_defaults": True}
 
 
-def batch_status(total_images: int, completed_images: int, failed_images: int) -> ProcessStatus:
-    """The status the loader's merge gives a batch with these totals (loader/sql/save.sql, ``totals``)."""
+def batch_status(
+    total_images: int, completed_images: int, failed_images: int, current: ProcessStatus | None = None
+) -> ProcessStatus:
+    """The status the loader's merge gives a batch with these totals (loader/sql/save.sql, ``totals``);
+    ``current``: the batch's status now (a STARTED batch that received nothing stays STARTED)."""
     accounted = completed_images + failed_images
     if accounted == 0 and total_images > 0:
-        return ProcessStatus.PENDING
+        return ProcessStatus.STARTED if current == ProcessStatus.STARTED else ProcessStatus.PENDING
     if accounted < total_images:
         return ProcessStatus.STARTED
     if completed_images == 0 and failed_images > 0:
@@ -185,7 +188,8 @@ class BatchExecution(_Timestamps, Base):
     status: Mapped[ProcessStatus] = mapped_column(
         PROCESS_STATUS,
         server_default=ProcessStatus.PENDING.value,
-        comment="PENDING until the first image arrives; STARTED while images are outstanding; "
+        comment="PENDING until the first image arrives (or the application marks the batch STARTED); "
+        "STARTED while images are outstanding; "
         "SUCCESS when all total_images are accounted for; FAILURE if every one of them failed.",
     )
     total_images: Mapped[int] = mapped_column(
@@ -224,9 +228,7 @@ class BatchExecution(_Timestamps, Base):
 
         Writes ``status`` only, and only PENDING -> STARTED: once the loader has
         stored an image it owns the status, and this does nothing. The loader
-        agrees at its next merge that stores anything (STARTED, or SUCCESS/FAILURE
-        if that merge completes the batch); a save_batch call with no inputs at all
-        recomputes PENDING for a batch with none received.
+        keeps STARTED until its merges complete the batch (SUCCESS/FAILURE).
         """
         if self.status == ProcessStatus.PENDING:
             self.status = ProcessStatus.STARTED
@@ -240,9 +242,9 @@ class BatchExecution(_Timestamps, Base):
         so the totals are the ones the loader last committed. A started batch
         that received nothing stays STARTED.
         """
-        status = batch_status(self.total_images, self.completed_images or 0, self.failed_images or 0)
-        if status == ProcessStatus.PENDING and self.status == ProcessStatus.STARTED:
-            status = ProcessStatus.STARTED
+        status = batch_status(
+            self.total_images, self.completed_images or 0, self.failed_images or 0, self.status
+        )
         if self.status != status:
             self.status = status
         return status

@@ -419,12 +419,11 @@ def test_complete_execution_never_contradicts_the_loader(dsn: str, pool: Any) ->
     run_on("psycopg", dsn, flow)
 
 
-def test_a_started_batch_that_received_nothing_goes_back_to_pending_only_on_an_empty_call(
+def test_a_started_batch_stays_started_through_the_loaders_merges_until_it_completes(
     pool: Any, dsn: str
 ) -> None:
-    """The one disagreement start_execution has with the loader's rule (documented in
-    docs/application.md): a save call with no inputs recomputes PENDING; any call with
-    inputs gives the status the loader computes from them."""
+    """start_execution and the loader's rule agree: an empty call keeps STARTED, a call
+    with inputs gives the status the loader computes from them."""
 
     def flow(session: Session) -> None:
         batch = BatchExecution(batch_id="started", total_images=3)
@@ -436,9 +435,7 @@ def test_a_started_batch_that_received_nothing_goes_back_to_pending_only_on_an_e
         session.commit()
         save_batch(pool, "started", [])
         session.refresh(batch)
-        assert batch.status is ProcessStatus.PENDING
-        batch.start_execution()
-        session.commit()
+        assert batch.status is ProcessStatus.STARTED
         save_batch(pool, "started", results("started", 0, 1))
         session.refresh(batch)
         assert batch.status is ProcessStatus.STARTED

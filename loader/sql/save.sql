@@ -276,7 +276,7 @@ delta AS MATERIALIZED (
            - (SELECT count(*) FROM superseded) AS failed
 ),
 counted AS (
-    SELECT be.total_images AS declared, be.created_at, be.updated_at,
+    SELECT be.total_images AS declared, be.created_at, be.updated_at, be.status AS current,
            be.completed_images + d.completed AS completed,
            be.failed_images + d.failed AS failed
     FROM batch_executions be, delta d
@@ -288,6 +288,9 @@ totals AS (
     -- failed never exceeds it and the percentage needs no cap.
     SELECT c.*, greatest(c.declared, c.completed + c.failed) AS total_images,
            CASE
+               -- Nothing received yet: PENDING, unless the application marked
+               -- the batch STARTED (BatchExecution.start_execution()).
+               WHEN c.completed + c.failed = 0 AND c.declared > 0 AND c.current = 'STARTED' THEN 'STARTED'
                WHEN c.completed + c.failed = 0 AND c.declared > 0 THEN 'PENDING'
                WHEN c.completed + c.failed < c.declared THEN 'STARTED'
                WHEN c.completed = 0 AND c.failed > 0 THEN 'FAILURE'
@@ -336,7 +339,7 @@ SELECT pg_advisory_xact_lock(hashtextextended('loader.batch:' || %(batch_id)s, 0
 -- For batches whose totals no merge kept: written by the application's old
 -- save path or by other writers. The merge itself never recounts.
 WITH counted AS (
-    SELECT be.batch_id, be.total_images AS declared,
+    SELECT be.batch_id, be.total_images AS declared, be.status AS current,
            (SELECT count(*) FROM ocr_executions o JOIN chain_executions c ON c.chain_id = o.chain_id
             WHERE c.batch_id = be.batch_id AND o.status = 'success') AS completed,
            (SELECT count(*) FROM ocr_executions o JOIN chain_executions c ON c.chain_id = o.chain_id
@@ -350,6 +353,7 @@ totals AS (
     -- The same rules as the merge's.
     SELECT c.*, greatest(c.declared, c.completed + c.failed) AS total_images,
            CASE
+               WHEN c.completed + c.failed = 0 AND c.declared > 0 AND c.current = 'STARTED' THEN 'STARTED'
                WHEN c.completed + c.failed = 0 AND c.declared > 0 THEN 'PENDING'
                WHEN c.completed + c.failed < c.declared THEN 'STARTED'
                WHEN c.completed = 0 AND c.failed > 0 THEN 'FAILURE'
