@@ -17,8 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import loader.fastcheck
+from loader.copy import bbox_json
 from loader.datagen import break_some, make_batch
-from loader.models import MAX_BBOX_POINTS, MAX_TEXT_CHARS, OCRResult
+from loader.models import MAX_BBOX_POINTS, MAX_COORDINATE, MAX_TEXT_CHARS, OCRResult
 from loader.validate import CHAIN_NAMESPACE, Prepared, _path_ok, chain_id_for, prepare
 
 
@@ -26,7 +27,7 @@ def _model_rows(data: dict[str, Any], pos: int) -> tuple[Any, ...]:
     """What the model path makes of an input it accepts."""
     result = OCRResult.model_validate(data)
     rows = [
-        (pos, n, box.text, box.confidence, json.dumps(box.bbox)) for n, box in enumerate(result.text_boxes)
+        (pos, n, box.text, box.confidence, bbox_json(box.bbox)) for n, box in enumerate(result.text_boxes)
     ]
     return result.public_path, result.status, result.error, rows
 
@@ -155,3 +156,17 @@ def test_chain_ids_are_the_uuid5_of_batch_and_path() -> None:
         for path in ("/x.png", "/이미지/1.jpg", "\ud800", "𝄞 tab\t"):
             want = str(uuid.uuid5(CHAIN_NAMESPACE, json.dumps([batch_id, path])))
             assert chain_id_for(batch_id, path) == want
+
+
+_coordinate = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(min_value=-MAX_COORDINATE, max_value=MAX_COORDINATE),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(_coordinate, min_size=2, max_size=2), min_size=1, max_size=8))
+def test_bbox_json_reads_back_as_the_same_numbers_of_the_same_types(bbox: list[list[Any]]) -> None:
+    back = json.loads(bbox_json(bbox))
+    assert back == bbox
+    assert [[type(c) for c in point] for point in back] == [[type(c) for c in point] for point in bbox]
