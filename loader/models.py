@@ -80,8 +80,11 @@ Coordinate = Annotated[
                 core_schema.int_schema(strict=True, ge=-MAX_COORDINATE, le=MAX_COORDINATE),
                 # Floats only: a strict float schema alone would also take (and
                 # convert) the integers the first branch refused as too large.
-                core_schema.chain_schema(
-                    [core_schema.is_instance_schema(float), core_schema.float_schema(allow_inf_nan=False)]
+                core_schema.json_or_python_schema(
+                    json_schema=core_schema.float_schema(strict=True, allow_inf_nan=False),
+                    python_schema=core_schema.chain_schema(
+                        [core_schema.is_instance_schema(float), core_schema.float_schema(allow_inf_nan=False)]
+                    ),
                 ),
             ],
             custom_error_type="coordinate",

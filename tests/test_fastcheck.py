@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import loader.fastcheck
+import loader.validate
 from loader.copy import bbox_json
 from loader.datagen import break_some, make_batch
 from loader.models import MAX_BBOX_POINTS, MAX_COORDINATE, MAX_TEXT_CHARS, OCRResult
@@ -170,3 +171,38 @@ def test_bbox_json_reads_back_as_the_same_numbers_of_the_same_types(bbox: list[l
     back = json.loads(bbox_json(bbox))
     assert back == bbox
     assert [[type(c) for c in point] for point in back] == [[type(c) for c in point] for point in bbox]
+
+
+def _stdlib_only(monkeypatch: pytest.MonkeyPatch, lines: list[Any]) -> list[Any]:
+    with monkeypatch.context() as m:
+        m.setattr(loader.validate, "from_json", _refuse)
+        return [loader.validate._parse(line) for line in lines]
+
+
+def _refuse(*args: Any, **kwargs: Any) -> Any:
+    raise ValueError("the fast parser is switched off")
+
+
+def test_lines_parse_as_json_loads_parses_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = [case.as_line() for case in corpus("/p/") + line_only_cases("/pl/")]
+    lines += [json.dumps(item).encode() for item in make_batch(50, prefix="parse")]
+    assert [repr(loader.validate._parse(line)) for line in lines] == [
+        repr(parsed) for parsed in _stdlib_only(monkeypatch, lines)
+    ]
+
+
+_json_value = st.recursive(
+    st.none() | st.booleans() | st.floats() | st.integers(min_value=-(10**30), max_value=10**30) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=5), _json_value, max_size=4), st.booleans())
+def test_generated_json_parses_as_json_loads_parses_it(value: dict[str, Any], ascii_only: bool) -> None:
+    line = json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    stdlib = loader.validate._parse_stdlib(line)
+    assert repr(loader.validate._parse(line)) == repr(stdlib)
