@@ -39,7 +39,7 @@ _GENERATE_STEP = 5_000
 LIMIT_MIB = 300
 
 
-def write_jsonl(path: Path, images: int) -> Path:
+def write_jsonl(path: Path, images: int, prefix: str = "mem") -> Path:
     """The input file (reused when it already holds exactly ``images`` lines)."""
     if path.exists():
         with path.open("rb") as f:
@@ -48,7 +48,7 @@ def write_jsonl(path: Path, images: int) -> Path:
     tmp = path.with_suffix(".part")
     with tmp.open("w", encoding="utf-8") as f:
         for start in range(0, images, _GENERATE_STEP):
-            batch = make_batch(min(_GENERATE_STEP, images - start), prefix=f"mem/{start}", seed=start)
+            batch = make_batch(min(_GENERATE_STEP, images - start), prefix=f"{prefix}/{start}", seed=start)
             f.writelines(json.dumps(item, ensure_ascii=False) + "\n" for item in batch)
     tmp.replace(path)
     return path
