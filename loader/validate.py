@@ -198,7 +198,7 @@ def _parse(item: str | bytes) -> tuple[Mapping[str, Any] | None, str | None]:
     """
     try:
         value = from_json(item, cache_strings="keys")
-    except ValueError:
+    except (ValueError, TypeError):  # TypeError: a str it cannot read as UTF-8 (lone surrogates)
         return _parse_stdlib(item)
     if not isinstance(value, dict):
         return None, f"not a JSON object (got a JSON {type(value).__name__})"
