@@ -1,6 +1,6 @@
 """Two `loader load` processes of different batches at once against one, and where the CPU goes.
 
-    .venv/bin/python benchmarks/concurrent.py [--images 60000] [--chunk-size 5000] [--dsn DSN]
+    .venv/bin/python benchmarks/two_loads.py [--images 60000] [--chunk-size 5000] [--dsn DSN]
                                               [--out benchmarks/results/concurrent-pg15.json]
 
 Opt-in (not part of `dev.py bench`), about a minute. Two JSONL files of
