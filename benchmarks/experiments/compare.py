@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from approaches import Approach, CopyFloor, Loader  # noqa: E402
-from prototypes import BoxesDirect, SplitCall  # noqa: E402
+from prototypes import BoxesDirect, SplitBoxesDirect, SplitCall  # noqa: E402
 from test_save_path import TABLES, _check_stored  # noqa: E402
 
 from loader.datagen import make_batch  # noqa: E402
@@ -43,6 +43,7 @@ CANDIDATES: dict[str, Callable[[], Approach]] = {
     "split2": lambda: SplitCall(2),
     "split4": lambda: SplitCall(4),
     "boxes-direct": BoxesDirect,
+    "split2-boxes-direct": lambda: SplitBoxesDirect(2),
 }
 
 

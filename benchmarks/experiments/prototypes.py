@@ -13,6 +13,8 @@ to put numbers on a design before anyone changes loader/sql/save.sql.
   an images-only merge that inserts the OCR rows with those ids, then the boxes
   COPYed straight into ocr_text_boxes, only for the images the merge inserted
   (outcome 'stored'), instead of staging them and INSERT ... SELECT.
+- SplitBoxesDirect: both, the call in parts, each part stored boxes-direct while
+  the next one is judged; ids reserved once for the whole call.
 """
 
 from __future__ import annotations
@@ -164,47 +166,92 @@ class BoxesDirect(_Prototype):
     def __call__(self, batch_id: str, results: Sequence[dict[str, Any]]) -> None:
         conn = self.conn
         prepared = _judge(_Call(batch_id), results, 0)
-        images = prepared.images
-        with conn.transaction(), conn.cursor() as cur:
-            _lock_batch(conn, batch_id, len(results), prepared)
-            cur.execute(
-                "SELECT nextval(pg_get_serial_sequence('ocr_executions', 'id')) FROM generate_series(1, %s)",
-                [len(images)],
-            )
-            ids = [row[0] for row in cur.fetchall()]
-            cur.execute(_CREATE_STAGE, prepare=False)
-            rows = (
-                (
-                    im.pos,
-                    ocr_id,
-                    im.chain_id,
-                    im.image_path,
-                    im.public_path,
-                    im.status,
-                    im.error,
-                    None,
-                    None,
-                    None,
-                )
-                for im, ocr_id in zip(images, ids, strict=True)
-            )
-            copy_rows(conn, _STAGE, rows)
-            outcomes = cur.execute(_IMAGES_ONLY_MERGE, {"batch_id": batch_id}, prepare=False).fetchall()
-            # pos -> the OCR id its boxes belong to, for the images this merge stored.
-            owner = {
-                pos: ocr_id for pos, outcome, ocr_id, *_ in outcomes if outcome in ("stored", "replaced")
-            }
-            with cur.copy(
-                "COPY ocr_text_boxes (ocr_execution_id, position, text, confidence, bbox)"
-                " FROM STDIN (FORMAT BINARY)"
-            ) as copy:
-                copy.set_types(["int8", "int4", "text", "float8", "jsonb"])
-                for im in images:
-                    ocr_id = owner.get(im.pos)
-                    if ocr_id is not None:
-                        for _pos, box, text, confidence, bbox in im.boxes:
-                            copy.write_row((ocr_id, box, text, confidence, bbox))
+        with conn.transaction():
+            _store_part(conn, batch_id, prepared, _reserve_ids(conn, len(results)), first=True)
 
     def statements(self, n: int, boxes: int) -> int:
         # BEGIN, lock_batch, reserve ids, CREATE, COPY images, merge, COPY boxes, COMMIT.
         return 8
+
+
+def _reserve_ids(conn: psycopg.Connection[Any], n: int) -> list[int]:
+    """OCR ids for every input position, reserved in one statement (a reject's stays unused)."""
+    rows = conn.execute(
+        "SELECT nextval(pg_get_serial_sequence('ocr_executions', 'id')) FROM generate_series(1, %s)", [n]
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def _store_part(
+    conn: psycopg.Connection[Any], batch_id: str, prepared: Prepared, ids: list[int], first: bool
+) -> None:
+    """One part, boxes direct: lock_batch, (CREATE | TRUNCATE), COPY images, images-only merge, COPY boxes."""
+    images = prepared.images
+    with conn.cursor() as cur:
+        _lock_batch(conn, batch_id, len(ids), prepared)
+        if first:
+            cur.execute(_CREATE_STAGE, prepare=False)
+        else:
+            cur.execute("TRUNCATE exp_stage_images")
+        rows = (
+            (
+                im.pos,
+                ids[im.pos],
+                im.chain_id,
+                im.image_path,
+                im.public_path,
+                im.status,
+                im.error,
+                None,
+                None,
+                None,
+            )
+            for im in images
+        )
+        copy_rows(conn, _STAGE, rows)
+        outcomes = cur.execute(_IMAGES_ONLY_MERGE, {"batch_id": batch_id}, prepare=False).fetchall()
+        owner = {pos: ocr_id for pos, outcome, ocr_id, *_ in outcomes if outcome in ("stored", "replaced")}
+        with cur.copy(
+            "COPY ocr_text_boxes (ocr_execution_id, position, text, confidence, bbox)"
+            " FROM STDIN (FORMAT BINARY)"
+        ) as copy:
+            copy.set_types(["int8", "int4", "text", "float8", "jsonb"])
+            for im in images:
+                ocr_id = owner.get(im.pos)
+                if ocr_id is not None:
+                    for _pos, box, text, confidence, bbox in im.boxes:
+                        copy.write_row((ocr_id, box, text, confidence, bbox))
+
+
+class SplitBoxesDirect(BoxesDirect):
+    """Both: the call in ``parts``, each stored boxes-direct, the next part judged meanwhile."""
+
+    def __init__(self, parts: int = 2) -> None:
+        self.parts = parts
+        self.name = f"split boxes direct ({parts} parts)"
+        self.judge = ThreadPoolExecutor(max_workers=1, thread_name_prefix="judge")
+
+    def close(self) -> None:
+        super().close()
+        self.judge.shutdown()
+
+    def __call__(self, batch_id: str, results: Sequence[dict[str, Any]]) -> None:
+        conn, n = self.conn, len(results)
+        size = math.ceil(n / self.parts)
+        bounds = [(start, results[start : start + size]) for start in range(0, n, size)]
+        call = _Call(batch_id)
+        prepared = _judge(call, bounds[0][1], 0)
+        with conn.transaction():
+            ids = _reserve_ids(conn, n)
+            for number in range(len(bounds)):
+                ahead = None
+                if number + 1 < len(bounds):
+                    start, items = bounds[number + 1]
+                    ahead = self.judge.submit(_judge, call, items, start)
+                _store_part(conn, batch_id, prepared, ids, first=number == 0)
+                if ahead is not None:
+                    prepared = ahead.result()
+
+    def statements(self, n: int, boxes: int) -> int:
+        # BEGIN, reserve ids, per part: lock_batch, CREATE or TRUNCATE, COPY, merge, COPY; COMMIT.
+        return 3 + 5 * self.parts
