@@ -7,7 +7,7 @@ Opt-in (not part of `dev.py bench`): about 6 minutes per server on 2 cores, and 
 ~870 MB JSONL file generated once into /tmp (5 text boxes per image, as the suite).
 
 1. `loader load FILE --chunk-size C` through the real CLI, in its own process,
-   into a fresh database: wall time, peak RSS (wait4), and the time of every
+   into a fresh database: wall time, peak RSS (benchmarks/peak_rss.py), and the time of every
    chunk from its "chunk committed" log line (``duration_s``: the chunk's
    transaction), to show whether a chunk's cost grows with its batch.
 2. benchmarks/raw_copy_load.py on the same file, in the same chunk size, into
@@ -51,23 +51,34 @@ LIMIT_MIB = 150
 
 
 def run_process(command: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run a command to its end: wall time, CPU time and peak RSS of that process, its output."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    """Run a command to its end: wall time, CPU time and peak RSS of that process, its output.
+
+    Through benchmarks/peak_rss.py, so that this script's own memory does not count.
+    """
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        usage_file = Path(tmp) / "usage"
         started = time.perf_counter()
-        proc = subprocess.Popen(command, stdout=out, stderr=err, env=env)
-        # wait4 gives this child's own rusage (RUSAGE_CHILDREN would mix all children).
-        _, status, usage = os.wait4(proc.pid, 0)
+        returncode = subprocess.call(
+            [sys.executable, str(HERE / "peak_rss.py"), str(usage_file), *command],
+            stdout=out,
+            stderr=err,
+            env=env,
+        )
         wall = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
-    if proc.returncode != 0:
-        raise RuntimeError(f"{command[:2]} failed ({proc.returncode}): {stderr[-2000:]}")
+        if returncode != 0:
+            raise RuntimeError(f"{command[:2]} failed ({returncode}): {stderr[-2000:]}")
+        maxrss_kib, cpu_s = usage_file.read_text(encoding="utf-8").split()
     return {
         "seconds": wall,
-        "cpu_s": usage.ru_utime + usage.ru_stime,
-        "peak_rss_mib": usage.ru_maxrss / 1024,  # Linux reports KiB
+        "cpu_s": float(cpu_s),
+        "peak_rss_mib": int(maxrss_kib) / 1024,  # Linux reports KiB
         "stdout": stdout,
         "stderr": stderr,
     }
