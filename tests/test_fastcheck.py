@@ -187,7 +187,8 @@ def test_lines_parse_as_json_loads_parses_them(monkeypatch: pytest.MonkeyPatch) 
     lines = [case.as_line() for case in corpus("/p/") + line_only_cases("/pl/")]
     lines += [json.dumps(item).encode() for item in make_batch(50, prefix="parse")]
     # str lines too, lone surrogates included (which pydantic-core cannot read).
-    lines += ["not json \x00 \ud800", '{"image_path": "/s/\\ud800"}', '{"image_path": "/s/\ud800"}', '{"a": 1}']
+    lines += ["not json \x00 \ud800", '{"image_path": "/s/\\ud800"}', '{"image_path": "/s/\ud800"}']
+    lines += ['{"a": 1}']
     assert [repr(loader.validate._parse(line)) for line in lines] == [
         repr(parsed) for parsed in _stdlib_only(monkeypatch, lines)
     ]
