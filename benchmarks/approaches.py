@@ -215,46 +215,53 @@ class CopyFloor(_PsycopgApproach):
         dumper = type("JsonTextBinaryDumper", (_JsonTextBinaryDumper,), {"oid": jsonb.oid})
         self.conn.adapters.register_dumper(None, dumper)
 
+    chain_id = staticmethod(chain_id_for)
+
     def __call__(self, batch_id: str, results: Sequence[dict[str, Any]]) -> None:
         conn = self.conn
         n = len(results)
         chain_ids = [chain_id_for(batch_id, item["image_path"]) for item in results]
         with conn.transaction(), conn.cursor() as cur:
             cur.execute(_INSERT_BATCH, (batch_id, "SUCCESS", n, n, 0))
-            # OCR ids are reserved up front so that the boxes can be copied
-            # with their foreign key, without reading the OCR rows back.
-            cur.execute(
-                "SELECT nextval(pg_get_serial_sequence('ocr_executions', 'id')) FROM generate_series(1, %s)",
-                [n],
-            )
-            ids = [row[0] for row in cur.fetchall()]
-            with cur.copy(
-                "COPY chain_executions (chain_id, batch_id, status, total_tasks, completed_tasks,"
-                " failed_tasks) FROM STDIN (FORMAT BINARY)"
-            ) as copy:
-                # Enum values travel as their label, which is their binary form too.
-                copy.set_types(["text", "text", "text", "int4", "int4", "int4"])
-                for chain_id in chain_ids:
-                    copy.write_row((chain_id, batch_id, "SUCCESS", 1, 1, 0))
-            with cur.copy(
-                "COPY ocr_executions (id, chain_id, image_path, public_path, status, error)"
-                " FROM STDIN (FORMAT BINARY)"
-            ) as copy:
-                copy.set_types(["int8", "text", "text", "text", "text", "text"])
-                for ocr_id, chain_id, item in zip(ids, chain_ids, results, strict=True):
-                    copy.write_row(
-                        (ocr_id, chain_id, item["image_path"], item.get("public_path"), item["status"], None)
-                    )
-            with cur.copy(
-                "COPY ocr_text_boxes (ocr_execution_id, position, text, confidence, bbox)"
-                " FROM STDIN (FORMAT BINARY)"
-            ) as copy:
-                copy.set_types(["int8", "int4", "text", "float8", "jsonb"])
-                for ocr_id, item in zip(ids, results, strict=True):
-                    for position, box in enumerate(item["text_boxes"]):
-                        copy.write_row(
-                            (ocr_id, position, box["text"], box["confidence"], bbox_json(box["bbox"]))
-                        )
+            self.copy_rows(cur, batch_id, results, chain_ids)
+
+    @staticmethod
+    def copy_rows(
+        cur: psycopg.Cursor[Any], batch_id: str, results: Sequence[dict[str, Any]], chain_ids: list[str]
+    ) -> None:
+        """Reserve the OCR ids, then COPY chains, OCR rows and boxes (4 statements)."""
+        # OCR ids are reserved up front so that the boxes can be copied
+        # with their foreign key, without reading the OCR rows back.
+        cur.execute(
+            "SELECT nextval(pg_get_serial_sequence('ocr_executions', 'id')) FROM generate_series(1, %s)",
+            [len(results)],
+        )
+        ids = [row[0] for row in cur.fetchall()]
+        with cur.copy(
+            "COPY chain_executions (chain_id, batch_id, status, total_tasks, completed_tasks,"
+            " failed_tasks) FROM STDIN (FORMAT BINARY)"
+        ) as copy:
+            # Enum values travel as their label, which is their binary form too.
+            copy.set_types(["text", "text", "text", "int4", "int4", "int4"])
+            for chain_id in chain_ids:
+                copy.write_row((chain_id, batch_id, "SUCCESS", 1, 1, 0))
+        with cur.copy(
+            "COPY ocr_executions (id, chain_id, image_path, public_path, status, error)"
+            " FROM STDIN (FORMAT BINARY)"
+        ) as copy:
+            copy.set_types(["int8", "text", "text", "text", "text", "text"])
+            for ocr_id, chain_id, item in zip(ids, chain_ids, results, strict=True):
+                copy.write_row(
+                    (ocr_id, chain_id, item["image_path"], item.get("public_path"), item["status"], None)
+                )
+        with cur.copy(
+            "COPY ocr_text_boxes (ocr_execution_id, position, text, confidence, bbox)"
+            " FROM STDIN (FORMAT BINARY)"
+        ) as copy:
+            copy.set_types(["int8", "int4", "text", "float8", "jsonb"])
+            for ocr_id, item in zip(ids, results, strict=True):
+                for position, box in enumerate(item["text_boxes"]):
+                    copy.write_row((ocr_id, position, box["text"], box["confidence"], bbox_json(box["bbox"])))
 
     def statements(self, n: int, boxes: int) -> int:
         # BEGIN, batch, reserve ids, three COPYs, COMMIT.

@@ -3,7 +3,8 @@
 Server: ``LOADER_BENCH_DSN``, else ``LOADER_TEST_DSN``, else the embedded
 PostgreSQL 18 (with pg_stat_statements). ``LOADER_BENCH_SMOKE=1`` runs N=100
 once per approach (a few seconds, for CI); ``LOADER_BENCH_SIZES=100,1000``
-picks sizes. Results are printed as a Markdown table at the end, and written as
+picks sizes, ``LOADER_BENCH_APPROACHES=loader,raw COPY floor`` approaches.
+Results are printed as a Markdown table at the end, and written as
 JSON to ``LOADER_BENCH_OUT`` when set (run.py does).
 """
 
@@ -32,6 +33,8 @@ SIZES = (
     else tuple(int(s) for s in os.environ.get("LOADER_BENCH_SIZES", "100,1000,10000").split(",") if s)
 )
 BOXES = 5  # text boxes per image, as the issue's workload
+# LOADER_BENCH_APPROACHES="loader,raw COPY floor" measures only those (all by default).
+ONLY = tuple(a for a in os.environ.get("LOADER_BENCH_APPROACHES", "").split(",") if a)
 
 RESULTS: list[dict[str, Any]] = []
 META: dict[str, Any] = {}

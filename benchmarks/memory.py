@@ -6,9 +6,9 @@
 Writes a JSONL file of generated results (5 text boxes each, as the benchmarks)
 to /tmp once, then loads it into a fresh database per chunk size through the
 real CLI, in its own process, and reads that process's peak resident set size
-from the kernel (wait4's ru_maxrss: everything, Python heap, libpq and
-pydantic included). Server: --dsn, else LOADER_BENCH_DSN / LOADER_TEST_DSN,
-else the embedded PostgreSQL 18.
+from the kernel (ru_maxrss through benchmarks/peak_rss.py: everything, Python
+heap, libpq and pydantic included, and nothing of this script's own memory).
+Server: --dsn, else LOADER_BENCH_DSN / LOADER_TEST_DSN, else the embedded PostgreSQL 18.
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ import contextlib
 import datetime
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +37,7 @@ _GENERATE_STEP = 5_000
 LIMIT_MIB = 300
 
 
-def write_jsonl(path: Path, images: int) -> Path:
+def write_jsonl(path: Path, images: int, prefix: str = "mem") -> Path:
     """The input file (reused when it already holds exactly ``images`` lines)."""
     if path.exists():
         with path.open("rb") as f:
@@ -48,7 +46,7 @@ def write_jsonl(path: Path, images: int) -> Path:
     tmp = path.with_suffix(".part")
     with tmp.open("w", encoding="utf-8") as f:
         for start in range(0, images, _GENERATE_STEP):
-            batch = make_batch(min(_GENERATE_STEP, images - start), prefix=f"mem/{start}", seed=start)
+            batch = make_batch(min(_GENERATE_STEP, images - start), prefix=f"{prefix}/{start}", seed=start)
             f.writelines(json.dumps(item, ensure_ascii=False) + "\n" for item in batch)
     tmp.replace(path)
     return path
@@ -56,26 +54,19 @@ def write_jsonl(path: Path, images: int) -> Path:
 
 def run_cli(dsn: str, source: Path, batch_id: str, chunk_size: int) -> dict[str, Any]:
     """One `loader load` in its own process: wall time and peak RSS."""
+    from million import run_process  # noqa: PLC0415  (million imports this module)
+
     loader_bin = Path(sys.executable).with_name("loader")
     command = [str(loader_bin), "load", str(source), "--batch-id", batch_id]
     command += ["--chunk-size", str(chunk_size), "--progress", "none", "--json", "--dsn", dsn]
-    started = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    # wait4 gives this child's own rusage (RUSAGE_CHILDREN would mix all children).
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - started
-    out = proc.stdout.read() if proc.stdout else b""
-    err = proc.stderr.read() if proc.stderr else b""
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"loader load failed ({proc.returncode}): {err.decode(errors='replace')[-2000:]}")
-    report = json.loads(out)
+    run = run_process(command)
+    report = json.loads(run["stdout"])
     return {
         "chunk_size": chunk_size,
-        "seconds": elapsed,
-        "images_per_s": report["received"] / elapsed,
+        "seconds": run["seconds"],
+        "images_per_s": report["received"] / run["seconds"],
         "stored": report["stored"],
-        "peak_rss_mib": usage.ru_maxrss / 1024,  # Linux reports KiB
+        "peak_rss_mib": run["peak_rss_mib"],
     }
 
 

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 import report
 from approaches import APPROACHES
-from conftest import BOXES, RESULTS, SIZES, SMOKE, batch
+from conftest import BOXES, ONLY, RESULTS, SIZES, SMOKE, batch
 from counting import CLIENT, PG_STAT_STATEMENTS, Counter, database_of
 
 from loader.testing import TemplateDatabases
@@ -35,7 +35,7 @@ MAX_ROUNDS = 15
 
 TABLES = "batch_executions, chain_executions, ocr_executions, ocr_text_boxes, load_rejects, task_logs"
 
-CASES = [(n, name) for n in SIZES for name in report.ORDER]
+CASES = [(n, name) for n in SIZES for name in report.ORDER if not ONLY or name in ONLY]
 
 
 def _rounds(counted_run_s: float) -> int:

@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from pydantic_core import to_json
 
 # Staging layouts: (table, columns, PostgreSQL types). Binary COPY needs the exact
 # type of every column, and the order must match the CREATE in sql/save.sql.
@@ -32,16 +33,17 @@ STAGE_BOXES = (
 )
 
 
-def bbox_json(bbox: list[list[float]]) -> str:
-    """The JSON text of a validated bbox (a list of [x, y] points of finite floats).
+def bbox_json(bbox: list[list[Any]]) -> str:
+    """The JSON text of a validated bbox (a list of [x, y] points of ints and finite floats).
 
-    ``repr`` of such a list is exactly what ``json.dumps`` writes (JSON's float
-    form is ``float.__repr__``, separators ", "), at a third of the cost: it
-    needs no encoder object per call, and a 10,000-image call has 50,000 bboxes.
-    Only for values validation produced: ints, subclasses or non-finite floats
-    would print differently.
+    pydantic-core's serialiser (Rust) writes it four times faster than ``repr`` or
+    ``json.dumps``, and a 10,000-image call has 50,000 bboxes. Ints stay ints
+    (``10``, not ``10.0``); floats get the shortest text that reads back as the
+    same double (exponents as ``1e-7`` where Python writes ``1e-07``: the same
+    number, and jsonb stores numbers, not their text). NaN and infinities, which
+    validation refuses, come out as ``NaN`` / ``Infinity``, which jsonb refuses too.
     """
-    return repr(bbox)
+    return to_json(bbox).decode()
 
 
 def copy_rows(

@@ -17,11 +17,12 @@ either checked here or made to return None here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from math import isfinite
-from typing import Any
+from typing import Any, TypeGuard
 
 from loader.copy import bbox_json
-from loader.models import MAX_BBOX_POINTS, MAX_TEXT_CHARS
+from loader.models import MAX_BBOX_POINTS, MAX_COORDINATE, MAX_TEXT_CHARS
 
 _STATUSES = ("success", "failed")
 
@@ -42,87 +43,90 @@ class Checked:
         self.boxes = boxes
 
 
-def _coordinate(value: object) -> float | None:
-    """The float a strict float field makes of ``value``, when certainly valid."""
-    if type(value) is float:
-        return value if isfinite(value) else None
+def _confidence(value: object) -> float | None:
+    """The float the model's strict float field makes of ``value``, when certainly in [0, 1]."""
     if type(value) is int:  # not bool: type() is exact
+        value = float(value) if 0 <= value <= 1 else None
+    # The comparison is also false for NaN; infinities fall outside the range.
+    if type(value) is not float or not 0.0 <= value <= 1.0:
+        return None
+    return value
+
+
+def _coordinate_ok(value: object) -> bool:
+    """Whether the model's Coordinate certainly keeps ``value`` as it is (ints stay ints)."""
+    if type(value) is float:
+        return isfinite(value)
+    return type(value) is int and -MAX_COORDINATE <= value <= MAX_COORDINATE
+
+
+def _bbox_ok(bbox: object) -> TypeGuard[list[list[Any]]]:
+    """A list of 1..MAX_BBOX_POINTS [x, y] lists of finite floats or ints within range."""
+    if type(bbox) is not list or not 0 < len(bbox) <= MAX_BBOX_POINTS:
+        return False
+    for point in bbox:
+        if type(point) is not list or len(point) != 2:
+            return False
+        x, y = point
+        # The common case first: two finite floats.
+        if type(x) is float and type(y) is float and isfinite(x) and isfinite(y):
+            continue
+        if not (_coordinate_ok(x) and _coordinate_ok(y)):
+            return False
+    return True
+
+
+def _text_ok(text: object) -> TypeGuard[str]:
+    """Storable text within the length limit: no NUL, no lone surrogate."""
+    if type(text) is not str or len(text) > MAX_TEXT_CHARS or "\x00" in text:
+        return False
+    if not text.isascii():
         try:
-            return float(value)
-        except OverflowError:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate
+            return False
+    return True
+
+
+def box_rows(boxes: object, pos: int) -> list[BoxRow] | None:
+    """The COPY rows of a result's boxes, or None unless every box is certainly valid."""
+    if type(boxes) is not list:
+        return None
+    rows: list[BoxRow] = []
+    # This loop runs for every box of every input: one pass, small helpers.
+    for n, box in enumerate(boxes):
+        if type(box) is not dict:
             return None
-    return None
-
-
-def _float_points(bbox: list[Any]) -> list[list[float]] | None:
-    """A bbox of valid numbers with its integers made floats, as the model's float fields make them."""
-    points = []
-    for x, y in bbox:
-        fx, fy = _coordinate(x), _coordinate(y)
-        if fx is None or fy is None:
+        text = box.get("text")
+        confidence = _confidence(box.get("confidence"))
+        bbox = box.get("bbox")
+        if confidence is None or not _text_ok(text) or not _bbox_ok(bbox):
             return None
-        points.append([fx, fy])
-    return points
+        rows.append((pos, n, text, confidence, bbox_json(bbox)))
+    return rows
 
 
-def check(data: Any, path_ok: Any, pos: int) -> Checked | None:
+def _header_ok(data: dict[str, Any], path_ok: Callable[[object], bool]) -> bool:
+    """The fields besides the boxes: public_path, status, error."""
+    public_path = data.get("public_path")
+    if public_path is not None and (type(public_path) is not str or not path_ok(public_path)):
+        return False
+    status = data.get("status", "success")
+    if type(status) is not str or status not in _STATUSES:
+        return False
+    error = data.get("error")
+    return error is None or type(error) is str
+
+
+def check(data: Any, path_ok: Callable[[object], bool], pos: int) -> Checked | None:
     """``data`` judged in one pass: its stored form if certainly valid, else None.
 
     ``path_ok(value)`` says whether a path is usable (validate.path_problem is
     None); ``data["image_path"]`` must already have passed it.
     """
-    if type(data) is not dict or type(data.get("image_path")) is not str:
+    if type(data) is not dict or type(data.get("image_path")) is not str or not _header_ok(data, path_ok):
         return None
-    public_path = data.get("public_path")
-    if public_path is not None and (type(public_path) is not str or not path_ok(public_path)):
+    rows = box_rows(data.get("text_boxes", []), pos)
+    if rows is None:
         return None
-    status = data.get("status", "success")
-    if type(status) is not str or status not in _STATUSES:
-        return None
-    error = data.get("error")
-    if error is not None and type(error) is not str:
-        return None
-    boxes = data.get("text_boxes", [])
-    if type(boxes) is not list:
-        return None
-
-    rows: list[BoxRow] = []
-    # One loop, everything inline: this runs for every box of every input.
-    for n, box in enumerate(boxes):
-        if type(box) is not dict:
-            return None
-        text = box.get("text")
-        confidence = box.get("confidence")
-        bbox = box.get("bbox")
-        if type(text) is not str or len(text) > MAX_TEXT_CHARS or "\x00" in text:
-            return None
-        if not text.isascii():
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:  # a lone surrogate
-                return None
-        if type(confidence) is not float:
-            confidence = _coordinate(confidence)
-            if confidence is None:
-                return None
-        # Also false for NaN; infinities fall outside the range.
-        if not 0.0 <= confidence <= 1.0:
-            return None
-        if type(bbox) is not list or not 0 < len(bbox) <= MAX_BBOX_POINTS:
-            return None
-        exact = True
-        for point in bbox:
-            if type(point) is not list or len(point) != 2:
-                return None
-            x, y = point
-            if type(x) is float and type(y) is float:
-                if not (isfinite(x) and isfinite(y)):
-                    return None
-            else:
-                exact = False
-        if not exact:
-            bbox = _float_points(bbox)
-            if bbox is None:
-                return None
-        rows.append((pos, n, text, confidence, bbox_json(bbox)))
-    return Checked(public_path, status, error, rows)
+    return Checked(data.get("public_path"), data.get("status", "success"), data.get("error"), rows)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import enum
+import sys
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, GetPydanticSchema
+from pydantic_core import core_schema
 
 # Longest text accepted for one box, in characters. OCR of a page yields at most a
 # few thousand; anything near this is a corrupted result, not text worth storing.
@@ -14,6 +16,11 @@ MAX_TEXT_CHARS = 100_000
 # Most points one bbox may hold. Boxes are quadrilaterals or short polygons; a
 # longer list is a corrupted result and would bloat the jsonb column.
 MAX_BBOX_POINTS = 64
+# Largest magnitude of a bbox coordinate: the largest finite double. Integers are
+# kept as integers (stored as sent, ``10`` stays ``10``) up to the same bound the
+# floats have, so the set of accepted values is the same as when every
+# coordinate was made a float; a larger integer is as corrupt as an infinity.
+MAX_COORDINATE = int(sys.float_info.max)
 # Longest image_path / public_path, in UTF-8 bytes. Both columns carry a unique
 # btree index, whose entries hold at most 2704 bytes (a third of an 8 kB page);
 # a longer path made the merge fail for the whole call (SQLSTATE 54000), and
@@ -60,7 +67,33 @@ def _indexable_path(value: str) -> str:
 
 StorableText = Annotated[str, AfterValidator(_storable_text)]
 StorablePath = Annotated[StorableText, AfterValidator(_indexable_path)]
-Coordinate = Annotated[float, Field(allow_inf_nan=False)]
+
+# A coordinate is an int (kept as one: JSON's 10 must come back as 10, not 10.0)
+# or a finite float; never a bool, a string, NaN or an infinity. One error for
+# both branches, so a message reads "bbox[0][1]: Input should be ..." rather
+# than one line per branch of the union.
+Coordinate = Annotated[
+    int | float,
+    GetPydanticSchema(
+        lambda _source, _handler: core_schema.union_schema(
+            [
+                core_schema.int_schema(strict=True, ge=-MAX_COORDINATE, le=MAX_COORDINATE),
+                # Floats only: a strict float schema alone would also take (and
+                # convert) the integers the first branch refused as too large.
+                core_schema.json_or_python_schema(
+                    json_schema=core_schema.float_schema(strict=True, allow_inf_nan=False),
+                    python_schema=core_schema.chain_schema(
+                        [core_schema.is_instance_schema(float), core_schema.float_schema(allow_inf_nan=False)]
+                    ),
+                ),
+            ],
+            custom_error_type="coordinate",
+            custom_error_message=(
+                "Input should be a finite number (an integer or a float of magnitude at most 1.8e308)"
+            ),
+        )
+    ),
+]
 # A point is [x, y]; JSON has no tuples, so it arrives as a two-element list.
 Point = Annotated[list[Coordinate], Field(min_length=2, max_length=2)]
 

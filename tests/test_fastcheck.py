@@ -17,8 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import loader.fastcheck
+import loader.validate
+from loader.copy import bbox_json
 from loader.datagen import break_some, make_batch
-from loader.models import MAX_BBOX_POINTS, MAX_TEXT_CHARS, OCRResult
+from loader.models import MAX_BBOX_POINTS, MAX_COORDINATE, MAX_TEXT_CHARS, OCRResult
 from loader.validate import CHAIN_NAMESPACE, Prepared, _path_ok, chain_id_for, prepare
 
 
@@ -26,7 +28,7 @@ def _model_rows(data: dict[str, Any], pos: int) -> tuple[Any, ...]:
     """What the model path makes of an input it accepts."""
     result = OCRResult.model_validate(data)
     rows = [
-        (pos, n, box.text, box.confidence, json.dumps(box.bbox)) for n, box in enumerate(result.text_boxes)
+        (pos, n, box.text, box.confidence, bbox_json(box.bbox)) for n, box in enumerate(result.text_boxes)
     ]
     return result.public_path, result.status, result.error, rows
 
@@ -155,3 +157,55 @@ def test_chain_ids_are_the_uuid5_of_batch_and_path() -> None:
         for path in ("/x.png", "/이미지/1.jpg", "\ud800", "𝄞 tab\t"):
             want = str(uuid.uuid5(CHAIN_NAMESPACE, json.dumps([batch_id, path])))
             assert chain_id_for(batch_id, path) == want
+
+
+_coordinate = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(min_value=-MAX_COORDINATE, max_value=MAX_COORDINATE),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(_coordinate, min_size=2, max_size=2), min_size=1, max_size=8))
+def test_bbox_json_reads_back_as_the_same_numbers_of_the_same_types(bbox: list[list[Any]]) -> None:
+    back = json.loads(bbox_json(bbox))
+    assert back == bbox
+    assert [[type(c) for c in point] for point in back] == [[type(c) for c in point] for point in bbox]
+
+
+def _stdlib_only(monkeypatch: pytest.MonkeyPatch, lines: list[Any]) -> list[Any]:
+    with monkeypatch.context() as m:
+        m.setattr(loader.validate, "from_json", _refuse)
+        return [loader.validate._parse(line) for line in lines]
+
+
+def _refuse(*args: Any, **kwargs: Any) -> Any:
+    raise ValueError("the fast parser is switched off")
+
+
+def test_lines_parse_as_json_loads_parses_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = [case.as_line() for case in corpus("/p/") + line_only_cases("/pl/")]
+    lines += [json.dumps(item).encode() for item in make_batch(50, prefix="parse")]
+    # str lines too, lone surrogates included (which pydantic-core cannot read).
+    lines += ["not json \x00 \ud800", '{"image_path": "/s/\\ud800"}', '{"image_path": "/s/\ud800"}']
+    lines += ['{"a": 1}']
+    assert [repr(loader.validate._parse(line)) for line in lines] == [
+        repr(parsed) for parsed in _stdlib_only(monkeypatch, lines)
+    ]
+
+
+_json_value = st.recursive(
+    st.none() | st.booleans() | st.floats() | st.integers(min_value=-(10**30), max_value=10**30) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=5), _json_value, max_size=4), st.booleans())
+def test_generated_json_parses_as_json_loads_parses_it(value: dict[str, Any], ascii_only: bool) -> None:
+    line = json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    stdlib = loader.validate._parse_stdlib(line)
+    assert repr(loader.validate._parse(line)) == repr(stdlib)
