@@ -28,10 +28,6 @@ STAMP = VENV / ".installed-from"
 # Worst radon cyclomatic-complexity rank a function in loader/ may have: C
 # (complexity 11-20). D and worse fail `dev.py check`.
 WORST_RANK_ALLOWED = "C"
-# TEMPORARY: the two functions still rated E until the perf branch splits them
-# (parsing from judging in validate.prepare, and fastcheck.check). The perf
-# branch removes this set; nothing may be added to it.
-TEMPORARY_COMPLEXITY_EXCEPTIONS = {"loader/validate.py::prepare", "loader/fastcheck.py::check"}
 
 
 def _run(*cmd: str | Path, env: dict[str, str] | None = None) -> int:
@@ -69,8 +65,7 @@ def complexity_gate() -> int:
         for block in blocks:
             name = f"{block.get('classname') + '.' if block.get('classname') else ''}{block['name']}"
             where = f"{Path(path).as_posix()}::{name}"
-            if where not in TEMPORARY_COMPLEXITY_EXCEPTIONS:
-                offenders.append(f"{where}:{block['lineno']} rated {block['rank']} ({block['complexity']})")
+            offenders.append(f"{where}:{block['lineno']} rated {block['rank']} ({block['complexity']})")
     for line in offenders:
         print(f"radon: {line}; split it until radon rates it {WORST_RANK_ALLOWED} or better", file=sys.stderr)
     if not offenders:

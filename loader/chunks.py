@@ -2,7 +2,7 @@
 
 Lines come from the one JSONL reader (loader.jsonl.Sources) and are cut into
 chunks of at most ``chunk_size`` lines (or MAX_CHUNK_BYTES bytes). Each chunk is
-judged (pure Python, loader.pipeline.judge) in a background thread while the chunk
+judged (pure Python, judge_lines: loader.validate) in a background thread while the chunk
 before it is stored (one transaction, mostly waiting on the server), so the
 two overlap. Lines are read only in that thread, in order, and at most two
 chunks are held: the one being stored and the one judged ahead. A slow
@@ -25,11 +25,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from loader.jsonl import Sources
+from loader.jsonl import Sources, is_blank
 from loader.models import BatchProgress, InputIssue, LoadReport
 from loader.pipeline import Judged
-from loader.repair import is_blank
-from loader.repair import prepare_lines as judge_lines
+from loader.validate import prepare_at
 
 # A chunk is also cut when its lines reach this many bytes, so a file of huge
 # lines cannot grow one chunk beyond memory: 64 MiB of raw JSON.
@@ -155,6 +154,21 @@ def cut(lines: Iterable[tuple[int, bytes]], skip: int, chunk_size: int) -> Itera
             chunk, size = [], 0
     if chunk and not all(map(is_blank, chunk)):
         yield first, chunk
+
+
+def judge_lines(batch_id: str, lines: list[bytes], first: int, cancel: threading.Event) -> Judged:
+    """Judge consecutive lines, the first at position ``first``; blank lines are no
+    input but keep their number. Stops early once ``cancel`` is set: the load is
+    stopping and the result will not be stored, so it should not hold up the exit."""
+
+    def inputs() -> Iterator[tuple[int, bytes]]:
+        for position, line in enumerate(lines, first):
+            if cancel.is_set():
+                return
+            if not is_blank(line):
+                yield position, line
+
+    return prepare_at(batch_id, inputs())
 
 
 def _in_thread(work: Callable[[], T]) -> Future[T]:

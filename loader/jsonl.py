@@ -139,6 +139,11 @@ def countable(name: str) -> bool:
     return name != STDIN and Path(name).is_file()
 
 
+def is_blank(line: bytes) -> bool:
+    """A line holding nothing but whitespace: no input, but it keeps its number (position)."""
+    return not line.strip()
+
+
 def line_counts(name: str) -> tuple[int, int]:
     """(lines, blank lines) of a file: blank lines hold only whitespace, and are
     no input for `loader load` (a sparse export of rejects is mostly blank)."""

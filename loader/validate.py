@@ -348,8 +348,14 @@ class _Call:
 
 
 def prepare(batch_id: str, results: Iterable[Input], position_offset: int = 0) -> Prepared:
-    """Judge every input of one call. Never raises on bad data."""
+    """Judge every input of one call, numbered from ``position_offset``. Never raises on bad data."""
+    return prepare_at(batch_id, enumerate(results, position_offset))
+
+
+def prepare_at(batch_id: str, inputs: Iterable[tuple[int, Input]]) -> Prepared:
+    """prepare() for inputs that carry their own positions, in increasing order, gaps
+    allowed (the lines of a file where blank lines are no input but keep their number)."""
     call = _Call(batch_id)
-    for index, item in enumerate(results):
-        call.add(position_offset + index, item)
+    for pos, item in inputs:
+        call.add(pos, item)
     return call.prepared
