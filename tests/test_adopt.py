@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
+from checks import assert_totals_match_recount
 from click.testing import CliRunner, Result
 from oldapp import OldApp, OldImage, ProcessStatus, Shape, old_images
 from psycopg import sql
@@ -153,6 +154,10 @@ def test_each_recognised_shape_adopts_keeping_every_row(
             "failed_images": 1,
         },
     ]
+    # The totals are what a recount of the rows gives, as after any merge.
+    with psycopg.connect(dsn, autocommit=True) as db:
+        for batch in ("done", "running"):
+            assert_totals_match_recount(db, batch)
     # Identities continue past the old ids.
     with psycopg.connect(dsn) as conn:
         (new_id,) = conn.execute(
