@@ -104,8 +104,6 @@ class Isolated:
     rejects: list[Reject]
     #: Statements sent by the net (everything between CREATE and COMMIT).
     statements: int
-    #: Inputs the database refused, now stored as failed or rejected.
-    refused: int
 
 
 def store_isolating(
@@ -206,7 +204,6 @@ class _Net:
         self.images: list[Image] = []
         self.rejects: list[Reject] = []
         self.statements = 0
-        self.refused = 0
 
     def store(self, group: list[Unit]) -> BaseException | None:
         """Stage and merge ``group`` under a savepoint; the refusal, or None when stored."""
@@ -238,7 +235,6 @@ class _Net:
 
     def settle(self, unit: Unit, refusal: BaseException) -> None:
         """Store one refused input as failed, else as a reject; the server's error as reason."""
-        self.refused += 1
         reason = describe_refusal(refusal)
         log.warning(
             "batch %s: input %d was refused by the database although it passed validation: %s",
@@ -276,5 +272,4 @@ class _Net:
             self.images,
             self.rejects,
             self.statements,
-            self.refused,
         )

@@ -7,15 +7,16 @@ that already holds the schema, so tests may COPY, commit and use pools freely.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from loader import make_pool
-from loader.testing import TemplateDatabases, provision_server
+from loader.testing import TemplateDatabases, provision_server, with_dbname
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -47,6 +48,23 @@ def dsn(templates: TemplateDatabases) -> Iterator[str]:
     url = templates.create()
     yield url
     templates.drop(url)
+
+
+@pytest.fixture
+def new_database(templates: TemplateDatabases) -> Iterator[Callable[[], str]]:
+    """Makes empty databases (no loader schema: old versions, the application's own); all dropped after."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"{templates.prefix}_empty{len(made)}"
+        with psycopg.connect(templates.maintenance_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        made.append(with_dbname(templates.maintenance_dsn, name))
+        return made[-1]
+
+    yield make
+    for url in made:
+        templates.drop(url)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from loader.cli import cli
 from loader.datagen import make_batch
 from loader.errors import DirtyRowsError, UnknownShapeError
 from loader.schema_check import check, describe
-from loader.testing import TemplateDatabases, with_dbname
+from loader.testing import TemplateDatabases
 
 SHAPES = [
     Shape(ocr_status_enum=True, unique_indexes=True, task_name=True),
@@ -34,23 +34,6 @@ SHAPES = [
 
 def run(*args: str) -> Result:
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
-
-
-@pytest.fixture
-def new_database(templates: TemplateDatabases) -> Iterator[Callable[[], str]]:
-    """Creates empty databases (no loader schema); all dropped after the test."""
-    made: list[str] = []
-
-    def make() -> str:
-        name = f"{templates.prefix}_adopt{len(made)}"
-        with psycopg.connect(templates.maintenance_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        made.append(with_dbname(templates.maintenance_dsn, name))
-        return made[-1]
-
-    yield make
-    for url in made:
-        templates.drop(url)
 
 
 @pytest.fixture

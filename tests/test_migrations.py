@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,6 @@ import psycopg
 import pytest
 from checks import TABLES, assert_totals_match_recount, snapshot_by_column, stored_totals
 from click.testing import CliRunner, Result
-from psycopg import sql
 
 from loader import SCHEMA_VERSION, SchemaVersionError, apply_schema, queries, save_batch
 from loader.cli import cli
@@ -20,7 +19,6 @@ from loader.datagen import make_batch
 from loader.errors import LoaderError
 from loader.migrate import MigrationError, deployed_version, load, upgrade
 from loader.schema_check import describe_deployed
-from loader.testing import TemplateDatabases, with_dbname
 from loader.validate import chain_id_for
 
 # schema.sql as it was at version 1, before migration 0002 existed.
@@ -29,23 +27,6 @@ SCHEMA_V1 = Path(__file__).parent / "data" / "schema_v1.sql"
 
 def run(*args: str) -> Result:
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
-
-
-@pytest.fixture
-def new_database(templates: TemplateDatabases) -> Iterator[Callable[[], str]]:
-    """Creates empty databases (no loader schema); all dropped after the test."""
-    made: list[str] = []
-
-    def make() -> str:
-        name = f"{templates.prefix}_mig{len(made)}"
-        with psycopg.connect(templates.maintenance_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        made.append(with_dbname(templates.maintenance_dsn, name))
-        return made[-1]
-
-    yield make
-    for url in made:
-        templates.drop(url)
 
 
 def deploy_v1(dsn: str) -> None:

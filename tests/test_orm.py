@@ -678,3 +678,24 @@ def test_engine_url_keeps_the_password_and_refuses_what_asyncpg_would_drop() -> 
         engine_url("postgresql://app@db/ocr?application_name=api", "asyncpg")
     with pytest.raises(ConfigurationError, match="driver"):
         engine_url("postgresql://app@db/ocr", "psycopg2")
+
+
+def test_the_python_status_rule_is_the_schemas(db: Any) -> None:
+    """loader.orm.batch_status and schema.sql's loader_batch_status (the merge's rule) agree."""
+    cases = [
+        (declared, completed, failed, current)
+        for declared in (0, 1, 3)
+        for completed in (0, 1, 3)
+        for failed in (0, 1, 3)
+        for current in (ProcessStatus.PENDING, ProcessStatus.STARTED, ProcessStatus.SUCCESS)
+    ]
+    for declared, completed, failed, current in cases:
+        (in_sql,) = db.execute(
+            "SELECT loader_batch_status(%s, %s, %s, %s::process_status)::text",
+            [declared, completed, failed, current.value],
+        ).fetchone()
+        assert batch_status(declared, completed, failed, current).value == in_sql, (
+            declared,
+            completed,
+            failed,
+        )

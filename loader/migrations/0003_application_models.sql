@@ -60,6 +60,24 @@ CREATE INDEX task_logs_chain_execution_id_idx ON task_logs (chain_execution_id);
 COMMENT ON COLUMN task_logs.chain_execution_id IS
     'The chain the task belongs to (chain_executions.id, as the application''s TaskLog model links it); the Celery task log resolves a task''s chain_id header to it. NULL for stand-alone tasks.';
 
+-- The batch status rule, in one place for every statement that applies it.
+CREATE OR REPLACE FUNCTION loader_batch_status(
+    declared bigint, completed bigint, failed bigint, current process_status
+) RETURNS process_status
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE
+        -- Nothing received yet: PENDING, unless the application marked the
+        -- batch STARTED (BatchExecution.start_execution()).
+        WHEN completed + failed = 0 AND declared > 0 AND current = 'STARTED' THEN 'STARTED'
+        WHEN completed + failed = 0 AND declared > 0 THEN 'PENDING'
+        WHEN completed + failed < declared THEN 'STARTED'
+        WHEN completed = 0 AND failed > 0 THEN 'FAILURE'
+        ELSE 'SUCCESS'
+    END::process_status
+$$;
+COMMENT ON FUNCTION loader_batch_status(bigint, bigint, bigint, process_status) IS
+    'A batch''s status from its declared total, completed and failed images and its current status: the one rule of the merge, recount_batch and `loader schema adopt` (loader.orm.batch_status in Python).';
+
 -- The status rule now keeps a batch the application marked STARTED (before
 -- any image arrived) STARTED: only the comment changes.
 COMMENT ON COLUMN batch_executions.status IS
@@ -134,12 +152,7 @@ WHERE r.image_path = o.image_path AND c.batch_id = r.batch_id AND o.created_at >
 UPDATE batch_executions be
 SET completed_images = t.completed,
     failed_images = t.failed,
-    status = CASE
-        WHEN t.completed + t.failed = 0 AND be.total_images > 0 THEN 'PENDING'
-        WHEN t.completed + t.failed < be.total_images THEN 'STARTED'
-        WHEN t.completed = 0 AND t.failed > 0 THEN 'FAILURE'
-        ELSE 'SUCCESS'
-    END::process_status
+    status = loader_batch_status(be.total_images, t.completed, t.failed, be.status)
 FROM (
     SELECT b.batch_id,
            (SELECT count(*) FROM chain_executions c WHERE c.batch_id = b.batch_id AND c.status = 'SUCCESS') AS completed,

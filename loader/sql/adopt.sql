@@ -374,12 +374,7 @@ CROSS JOIN LATERAL (
            greatest(coalesce(o.total_images, 0), coalesce(c.completed, 0) + coalesce(c.failed, 0)) AS total_images
 ) AS n
 CROSS JOIN LATERAL (
-    SELECT CASE
-               WHEN n.completed + n.failed = 0 AND n.total_images > 0 THEN 'PENDING'
-               WHEN n.completed + n.failed < n.total_images THEN 'STARTED'
-               WHEN n.completed = 0 AND n.failed > 0 THEN 'FAILURE'
-               ELSE 'SUCCESS'
-           END::process_status AS status
+    SELECT loader_batch_status(n.total_images, n.completed, n.failed, o.status::text::process_status) AS status
 ) AS s
 ORDER BY o.id;
 

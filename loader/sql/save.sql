@@ -287,15 +287,7 @@ totals AS (
     -- batch was registered with): the total grows to match, so completed +
     -- failed never exceeds it and the percentage needs no cap.
     SELECT c.*, greatest(c.declared, c.completed + c.failed) AS total_images,
-           CASE
-               -- Nothing received yet: PENDING, unless the application marked
-               -- the batch STARTED (BatchExecution.start_execution()).
-               WHEN c.completed + c.failed = 0 AND c.declared > 0 AND c.current = 'STARTED' THEN 'STARTED'
-               WHEN c.completed + c.failed = 0 AND c.declared > 0 THEN 'PENDING'
-               WHEN c.completed + c.failed < c.declared THEN 'STARTED'
-               WHEN c.completed = 0 AND c.failed > 0 THEN 'FAILURE'
-               ELSE 'SUCCESS'
-           END::process_status AS status
+           loader_batch_status(c.declared, c.completed, c.failed, c.current) AS status
     FROM counted c
 ),
 batch AS (
@@ -352,13 +344,7 @@ WITH counted AS (
 totals AS (
     -- The same rules as the merge's.
     SELECT c.*, greatest(c.declared, c.completed + c.failed) AS total_images,
-           CASE
-               WHEN c.completed + c.failed = 0 AND c.declared > 0 AND c.current = 'STARTED' THEN 'STARTED'
-               WHEN c.completed + c.failed = 0 AND c.declared > 0 THEN 'PENDING'
-               WHEN c.completed + c.failed < c.declared THEN 'STARTED'
-               WHEN c.completed = 0 AND c.failed > 0 THEN 'FAILURE'
-               ELSE 'SUCCESS'
-           END::process_status AS status
+           loader_batch_status(c.declared, c.completed, c.failed, c.current) AS status
     FROM counted c
 ),
 batch AS (
