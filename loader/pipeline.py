@@ -3,7 +3,7 @@
 ``judge`` is the pure-Python half of save_batch (parsing and validating the
 inputs, no database); ``save_judged`` is the other half (one transaction).
 Running ``judge`` for chunk k+1 in a thread while ``save_judged`` stores chunk
-k overlaps the two, as `loader load` does through loader.chunks. The outcome,
+k overlaps the two (loader.chunks does the same for lines of a file). The outcome,
 errors and transaction are exactly those of save_batch on the same inputs.
 """
 
