@@ -1,5 +1,5 @@
 -- =============================================================================
--- loader schema, version 3
+-- loader schema, version 4
 --
 -- The contract between the loader and the DBA. Deploy with:
 --
@@ -7,13 +7,13 @@
 --
 -- * All or nothing: the whole file is one transaction; any error rolls it all back.
 -- * Safe to run twice: every object is created only when missing, so re-running
---   the file on a version-2 database changes nothing.
+--   the file on a version-4 database changes nothing.
 -- * Refuses to run on a database holding another schema version (it raises and
 --   rolls back). An older one is upgraded in place by the numbered migrations
 --   in loader/migrations/ (`loader schema upgrade`), never by this file; a
 --   database the OCR application's ORM created is converted by `loader schema adopt`.
--- * A fresh install is created at version 3 directly and records versions 1
---   to 3, exactly as a version-1 database upgraded by migrations 0002 and 0003.
+-- * A fresh install is created at version 4 directly and records versions 1
+--   to 4, exactly as a version-1 database upgraded by migrations 0002 to 0004.
 -- * The application's own SQLAlchemy models (loader.orm) read and write these
 --   tables; docs/application.md lists every difference from its original
 --   models and why none of them breaks what those models read and write.
@@ -48,11 +48,11 @@ DECLARE
     deployed integer;
 BEGIN
     SELECT max(version) INTO deployed FROM loader_schema_version;
-    IF deployed < 3 THEN
-        RAISE EXCEPTION 'loader schema.sql is version 3 but this database holds schema version %', deployed
+    IF deployed < 4 THEN
+        RAISE EXCEPTION 'loader schema.sql is version 4 but this database holds schema version %', deployed
             USING HINT = 'Upgrade it in place with `loader schema upgrade` (or apply loader/migrations/*.sql in order with psql); this file does not upgrade.';
-    ELSIF deployed > 3 THEN
-        RAISE EXCEPTION 'loader schema.sql is version 3 but this database holds the newer schema version %', deployed
+    ELSIF deployed > 4 THEN
+        RAISE EXCEPTION 'loader schema.sql is version 4 but this database holds the newer schema version %', deployed
             USING HINT = 'Use the schema.sql of the loader release that matches the database.';
     END IF;
 END
@@ -126,15 +126,23 @@ CREATE TABLE IF NOT EXISTS batch_executions (
     completed_images integer        NOT NULL DEFAULT 0 CHECK (completed_images >= 0),
     failed_images    integer        NOT NULL DEFAULT 0 CHECK (failed_images >= 0),
     created_at       timestamptz    NOT NULL DEFAULT now(),
-    updated_at       timestamptz    NOT NULL DEFAULT now()
+    updated_at       timestamptz    NOT NULL DEFAULT now(),
+    declared_images  integer        CHECK (declared_images >= 0),
+    totals_stale     boolean        NOT NULL DEFAULT false
 );
 COMMENT ON TABLE batch_executions IS 'One OCR batch: a set of images processed together.';
 COMMENT ON COLUMN batch_executions.batch_id IS 'The pipeline''s batch identifier (natural key; the API addresses batches by it).';
 COMMENT ON COLUMN batch_executions.status IS
     'PENDING until the first image arrives (or the application marks the batch STARTED); STARTED while images are outstanding; SUCCESS when all total_images are accounted for; FAILURE if every one of them failed.';
-COMMENT ON COLUMN batch_executions.total_images IS 'Images the batch is expected to hold (declared by register_batch, or the size of the first save).';
-COMMENT ON COLUMN batch_executions.completed_images IS 'Images stored with OCR status success. Recomputed by the loader''s merge, never incremented by clients.';
-COMMENT ON COLUMN batch_executions.failed_images IS 'Images stored with OCR status failed plus inputs rejected into load_rejects, so completed + failed = images received.';
+COMMENT ON COLUMN batch_executions.total_images IS
+    'Images the batch holds: declared_images, or more when more inputs were accounted for than declared (so completed + failed never exceeds it).';
+COMMENT ON COLUMN batch_executions.completed_images IS
+    'Images stored with OCR status success. Kept by the loader (each merge adds its own changes under the batch''s lock); a write by anyone else marks totals_stale and the next merge recounts.';
+COMMENT ON COLUMN batch_executions.failed_images IS 'Images stored with OCR status failed plus open rejects in load_rejects, so completed + failed = inputs accounted for.';
+COMMENT ON COLUMN batch_executions.declared_images IS
+    'Version 4: the total declared for the batch (register_batch, the first call, or a write of total_images by another writer); recount_batch brings total_images back to it.';
+COMMENT ON COLUMN batch_executions.totals_stale IS
+    'Version 4: true when a writer other than the loader changed the counters or the rows they count (trigger loader_note_outside_write); the next merge recounts the batch from its rows instead of adding to the stored counters, and clears it.';
 
 CREATE TABLE IF NOT EXISTS chain_executions (
     id              bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
@@ -146,11 +154,16 @@ CREATE TABLE IF NOT EXISTS chain_executions (
     completed_tasks integer        NOT NULL DEFAULT 0 CHECK (completed_tasks >= 0),
     failed_tasks    integer        NOT NULL DEFAULT 0 CHECK (failed_tasks >= 0),
     created_at      timestamptz    NOT NULL DEFAULT now(),
-    updated_at      timestamptz    NOT NULL DEFAULT now()
+    updated_at      timestamptz    NOT NULL DEFAULT now(),
+    position        integer        CHECK (position >= 0),
+    -- Version 4: one input per position of a batch (NULLs, positions unknown, never collide).
+    CONSTRAINT chain_executions_position_once UNIQUE (batch_id, position)
 );
 COMMENT ON TABLE chain_executions IS 'One Celery chain per image of a batch.';
 COMMENT ON COLUMN chain_executions.chain_id IS
     'Celery chain id. The loader derives it deterministically (UUIDv5 of batch_id and image_path) so a redelivered batch maps onto the same chains.';
+COMMENT ON COLUMN chain_executions.position IS
+    'Version 4: the position in the batch of the input that stored this image (a file''s line number, position_offset + index in a call): an input''s identity. NULL for chains other writers made, until an input of the loader at a free position claims the image.';
 COMMENT ON COLUMN chain_executions.total_tasks IS 'Tasks in the chain; the loader records the OCR task, so 1 for chains it creates.';
 
 CREATE TABLE IF NOT EXISTS task_logs (
@@ -182,12 +195,15 @@ CREATE TABLE IF NOT EXISTS ocr_executions (
     error       text,
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now(),
+    model_version text      CHECK (model_version <> '' AND length(model_version) <= 255),
     -- A failed image always says why; a successful one carries no error.
     CONSTRAINT ocr_executions_error_iff_failed CHECK ((status = 'failed') = (error IS NOT NULL))
 );
 COMMENT ON TABLE ocr_executions IS 'OCR result of one image.';
 COMMENT ON COLUMN ocr_executions.image_path IS 'Where the image was read from; unique across all batches (an image belongs to one batch).';
 COMMENT ON COLUMN ocr_executions.public_path IS 'Public URL/path of the image, if any; unique when present.';
+COMMENT ON COLUMN ocr_executions.model_version IS
+    'Version 4: which OCR model produced this result, when the input said so; a re-OCR (save_batch(replace=True)) replaces it with the result.';
 COMMENT ON COLUMN ocr_executions.error IS
     'Why the image failed: the upstream OCR error, or the loader''s validation message (e.g. confidence out of range). NULL on success.';
 
@@ -227,14 +243,29 @@ CREATE TABLE IF NOT EXISTS load_rejects (
     CONSTRAINT load_rejects_resolved_by_needs_resolved_at CHECK (resolved_by IS NULL OR resolved_at IS NOT NULL)
 );
 COMMENT ON TABLE load_rejects IS 'Inputs that could not be stored at all (no usable image_path, duplicates, paths owned by another batch, lines that are not JSON objects). Counted in batch_executions.failed_images.';
-COMMENT ON COLUMN load_rejects.position IS 'Position of the input in the call (0-based), or its line number offset when loaded from a file.';
+COMMENT ON COLUMN load_rejects.position IS
+    'Position of the input in its batch (0-based: a file''s line number, position_offset + index in a call), as chain_executions.position for stored images.';
 COMMENT ON COLUMN load_rejects.image_path IS 'The image_path the input claimed, when it had a usable one.';
 COMMENT ON COLUMN load_rejects.raw IS 'The input exactly as received (bytes of the JSONL line, or the JSON encoding of an in-memory object); NUL bytes included, hence bytea.';
 COMMENT ON COLUMN load_rejects.raw_sha256 IS 'SHA-256 of raw; part of the idempotency key.';
 COMMENT ON COLUMN load_rejects.resolved_at IS
-    'When a later input of the same batch stored this image (same image_path, or same position for a reject without one); NULL while the reject is open. Only open rejects count in failed_images; resolved ones stay for the audit trail.';
+    'When a repair call fixed this input (a line at the same position stored, or refused again and recorded as a newer reject); NULL while the reject is open. Only open rejects count in failed_images; resolved ones stay for the audit trail.';
 COMMENT ON COLUMN load_rejects.resolved_by IS
     'The ocr_executions row whose storing resolved this reject (NULL if that row was deleted since).';
+
+CREATE TABLE IF NOT EXISTS loader_calls (
+    batch_id       text        NOT NULL REFERENCES batch_executions (batch_id) ON DELETE CASCADE,
+    digest         bytea       NOT NULL CHECK (length(digest) = 32),
+    first_position integer     CHECK (first_position >= 0),
+    inputs         integer     NOT NULL CHECK (inputs >= 0),
+    committed_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (batch_id, digest)
+);
+COMMENT ON TABLE loader_calls IS
+    'Version 4: the calls each batch committed, so a redelivered call is recognised in one probe and changes nothing (at a fraction of a save''s cost). Deleted with the batch.';
+COMMENT ON COLUMN loader_calls.digest IS
+    'SHA-256 of the call: its kind (plain, repair, replace), and every input with its position, byte for byte.';
+COMMENT ON COLUMN loader_calls.first_position IS 'Position of the call''s first input (NULL for a call with none).';
 
 -- -----------------------------------------------------------------------------
 -- Triggers
@@ -292,6 +323,86 @@ CREATE OR REPLACE TRIGGER ocr_text_boxes_next_position BEFORE INSERT ON ocr_text
     FOR EACH ROW WHEN (NEW.position IS NULL)
     EXECUTE FUNCTION loader_box_next_position();
 
+-- Version 4: the batch counters are the loader's. Its own statements run with
+-- the transaction setting loader.keeping_totals = 'on' (set_config(..., true))
+-- and keep them exact from their changes; a write by anyone else (the
+-- application's models, a hand-written UPDATE) to the counters or to the rows
+-- they count only marks the batch totals_stale, and the next merge (or
+-- recount_batch) recounts it from its rows. The setting is a guard against
+-- accidents, not a privilege: any session may set it.
+CREATE OR REPLACE FUNCTION loader_note_batch_write() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        NEW.declared_images := coalesce(NEW.declared_images, NEW.total_images);
+        NEW.totals_stale := NEW.totals_stale OR NEW.completed_images <> 0 OR NEW.failed_images <> 0;
+    ELSE
+        -- Another writer setting total_images declares the batch's size.
+        IF NEW.total_images IS DISTINCT FROM OLD.total_images THEN
+            NEW.declared_images := NEW.total_images;
+        END IF;
+        IF (NEW.completed_images, NEW.failed_images) IS DISTINCT FROM (OLD.completed_images, OLD.failed_images) THEN
+            NEW.totals_stale := true;
+        END IF;
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE OR REPLACE TRIGGER batch_executions_written_outside BEFORE INSERT OR UPDATE ON batch_executions
+    FOR EACH ROW WHEN (current_setting('loader.keeping_totals', true) IS DISTINCT FROM 'on')
+    EXECUTE FUNCTION loader_note_batch_write();
+
+CREATE OR REPLACE FUNCTION loader_note_outside_write() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    touched text[];
+BEGIN
+    IF TG_TABLE_NAME = 'ocr_executions' THEN
+        -- An OCR row names its chain; the chain names the batch.
+        SELECT array_agg(c.batch_id) INTO touched
+        FROM chain_executions c
+        WHERE c.chain_id = ANY (CASE TG_OP WHEN 'INSERT' THEN ARRAY[NEW.chain_id]
+                                           WHEN 'DELETE' THEN ARRAY[OLD.chain_id]
+                                           ELSE ARRAY[OLD.chain_id, NEW.chain_id] END);
+    ELSE
+        touched := CASE TG_OP WHEN 'INSERT' THEN ARRAY[NEW.batch_id]
+                              WHEN 'DELETE' THEN ARRAY[OLD.batch_id]
+                              ELSE ARRAY[OLD.batch_id, NEW.batch_id] END;
+    END IF;
+    -- A batch being deleted in this statement is no longer visible: nothing to mark.
+    UPDATE batch_executions SET totals_stale = true
+    WHERE batch_id = ANY (touched) AND NOT totals_stale;
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE TRIGGER ocr_executions_written_outside
+    AFTER INSERT OR DELETE OR UPDATE OF status, chain_id ON ocr_executions
+    FOR EACH ROW WHEN (current_setting('loader.keeping_totals', true) IS DISTINCT FROM 'on')
+    EXECUTE FUNCTION loader_note_outside_write();
+CREATE OR REPLACE TRIGGER chain_executions_written_outside
+    AFTER INSERT OR DELETE OR UPDATE OF batch_id ON chain_executions
+    FOR EACH ROW WHEN (current_setting('loader.keeping_totals', true) IS DISTINCT FROM 'on')
+    EXECUTE FUNCTION loader_note_outside_write();
+CREATE OR REPLACE TRIGGER load_rejects_written_outside
+    AFTER INSERT OR DELETE OR UPDATE OF batch_id, resolved_at ON load_rejects
+    FOR EACH ROW WHEN (current_setting('loader.keeping_totals', true) IS DISTINCT FROM 'on')
+    EXECUTE FUNCTION loader_note_outside_write();
+
+-- The one recount of a batch from its rows (merge of a stale batch,
+-- recount_batch, adopt, migrations): images by OCR status, and open rejects.
+CREATE OR REPLACE FUNCTION loader_recount(batch text)
+RETURNS TABLE (completed bigint, failed bigint, rejected bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT count(*) FILTER (WHERE o.status = 'success'),
+           count(*) FILTER (WHERE o.status = 'failed'),
+           (SELECT count(*) FROM load_rejects r WHERE r.batch_id = batch AND r.resolved_at IS NULL)
+    FROM chain_executions c
+    JOIN ocr_executions o ON o.chain_id = c.chain_id
+    WHERE c.batch_id = batch
+$$;
+COMMENT ON FUNCTION loader_recount(text) IS
+    'A batch''s images counted from its rows: completed (OCR success), failed (OCR failed) and rejected (open rejects); failed_images = failed + rejected.';
+
 -- -----------------------------------------------------------------------------
 -- Indexes (UNIQUE constraints above already index batch_id, chain_id, task_id,
 -- image_path, public_path, ocr_executions.chain_id, boxes by (ocr_execution_id,
@@ -330,10 +441,10 @@ CREATE INDEX IF NOT EXISTS load_rejects_resolved_by_idx ON load_rejects (resolve
 --
 -- loader_writer is a NOLOGIN group role holding exactly what the loader needs:
 -- read and insert rows, update in place only the tables whose rows change
--- (batch totals, task log, and an image's OCR row and chain when a later success
--- replaces its failure) and, of a reject, only whether it was resolved; no
--- DELETE, no DDL, and TEMP on the database for its
--- staging tables. Grant it to the login role the workers use:
+-- (batch totals, task log, and an image's OCR row and chain when a re-OCR or a
+-- repair replaces its result) and, of a reject, only whether it was resolved;
+-- DELETE only of text boxes (a replaced result's), no DDL, and TEMP on the
+-- database for its staging tables. Grant it to the login role the workers use:
 --     CREATE ROLE ocr_worker LOGIN PASSWORD '...' IN ROLE loader_writer;
 -- -----------------------------------------------------------------------------
 
@@ -350,9 +461,28 @@ $$;
 
 GRANT SELECT ON loader_schema_version TO loader_writer;
 GRANT SELECT, INSERT ON batch_executions, chain_executions, task_logs,
-    ocr_executions, ocr_text_boxes, load_rejects TO loader_writer;
+    ocr_executions, ocr_text_boxes, load_rejects, loader_calls TO loader_writer;
 GRANT UPDATE ON batch_executions, chain_executions, task_logs, ocr_executions TO loader_writer;
 GRANT UPDATE (resolved_at, resolved_by) ON load_rejects TO loader_writer;
+-- Version 4: a re-OCR (replace=True) or a repaired failure replaces an image's
+-- boxes; the only rows the worker role may delete.
+GRANT DELETE ON ocr_text_boxes TO loader_writer;
+
+-- loader_admin: loader_writer plus deleting whole batches (`loader delete`,
+-- delete_batch, retention). Give it to operators, not to the workers:
+--     CREATE ROLE ocr_janitor LOGIN PASSWORD '...' IN ROLE loader_admin;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'loader_admin') THEN
+        CREATE ROLE loader_admin NOLOGIN;
+    END IF;
+EXCEPTION
+    WHEN duplicate_object THEN NULL;
+END
+$$;
+GRANT loader_writer TO loader_admin;
+GRANT DELETE ON batch_executions, chain_executions, task_logs, ocr_executions,
+    ocr_text_boxes, load_rejects, loader_calls TO loader_admin;
 
 DO $$
 BEGIN
@@ -368,7 +498,8 @@ $$;
 INSERT INTO loader_schema_version (version, description)
 VALUES (1, 'initial schema: batches, chains, task logs, OCR executions, text boxes, load rejects'),
        (2, 'index the unfinished batches (PENDING or STARTED) by age; loader_writer may not update text boxes or rejects'),
-       (3, 'fit the application''s models: task_logs.chain_execution_id, identities by default, defaults for writers without error/position; rejects resolved by later inputs')
+       (3, 'fit the application''s models: task_logs.chain_execution_id, identities by default, defaults for writers without error/position; rejects resolved by later inputs'),
+       (4, 'one identity per input (chain_executions.position), call ledger, model_version, counters kept by the loader (declared_images, totals_stale, loader_recount), loader_admin deletes batches')
 ON CONFLICT (version) DO NOTHING;
 
 COMMIT;

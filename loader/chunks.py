@@ -28,7 +28,7 @@ from typing import TypeVar
 from loader.jsonl import Sources, is_blank
 from loader.models import BatchProgress, InputIssue, LoadReport
 from loader.pipeline import Judged
-from loader.validate import prepare_at
+from loader.validate import call_digest, prepare_at
 
 # A chunk is also cut when its lines reach this many bytes, so a file of huge
 # lines cannot grow one chunk beyond memory: 64 MiB of raw JSON.
@@ -168,7 +168,10 @@ def judge_lines(batch_id: str, lines: list[bytes], first: int, cancel: threading
             if not is_blank(line):
                 yield position, line
 
-    return prepare_at(batch_id, inputs())
+    numbered = list(inputs())
+    judged = prepare_at(batch_id, numbered)
+    judged.digest = call_digest(numbered)
+    return judged
 
 
 def _in_thread(work: Callable[[], T]) -> Future[T]:
@@ -194,10 +197,14 @@ def load_chunks(
     *,
     chunk_size: int,
     skip: int = 0,
+    offset: int = 0,
     on_chunk: Callable[[Chunk, Totals], None] | None = None,
     stop: Callable[[], bool] = lambda: False,
 ) -> Outcome:
     """Judge and store ``sources`` chunk by chunk, from line ``skip`` on.
+
+    Line N of the sources is the input at position ``offset`` + N of the batch
+    (a file holding a later part of a batch passes the position of its first line).
 
     ``store`` saves one judged chunk (e.g. ``save_prepared`` with retries);
     ``on_chunk`` is called after each commit; ``stop`` is asked after each
@@ -214,7 +221,7 @@ def load_chunks(
         if item is None:
             return None
         first, lines = item
-        return _Judged(first, len(lines), judge_lines(batch_id, lines, first, cancel))
+        return _Judged(first, len(lines), judge_lines(batch_id, lines, offset + first, cancel))
 
     next_position, stopped = skip, False
     ahead = _in_thread(judge_next)

@@ -23,7 +23,7 @@ from loader.errors import (
 )
 
 #: The schema version this loader reads and writes (see schema.sql).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 Connectable = ConnectionPool | psycopg.Connection[Any]
 

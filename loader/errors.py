@@ -77,6 +77,19 @@ class BatchConflictError(ConfigurationError):
     """The call contradicts what the database already holds for the batch."""
 
 
+class PositionConflictError(BatchConflictError):
+    """Inputs of a call claim positions of the batch that already hold other inputs.
+
+    Nothing of the call was kept. Positions are an input's identity in its batch:
+    a caller numbering every call from 0 (instead of by each input's place in
+    the batch) sends this. ``positions`` lists the conflicting ones.
+    """
+
+    def __init__(self, message: str, positions: list[int]) -> None:
+        super().__init__(message)
+        self.positions = positions
+
+
 class BatchReferenceError(ConfigurationError):
     """A batch file reference that the worker cannot or may not read."""
 

@@ -22,7 +22,7 @@ from math import isfinite
 from typing import Any, TypeGuard
 
 from loader.copy import bbox_json
-from loader.models import MAX_BBOX_POINTS, MAX_COORDINATE, MAX_TEXT_CHARS
+from loader.models import MAX_BBOX_POINTS, MAX_COORDINATE, MAX_MODEL_VERSION_CHARS, MAX_TEXT_CHARS
 
 _STATUSES = ("success", "failed")
 
@@ -33,12 +33,20 @@ BoxRow = tuple[int, int, str, float, str]
 class Checked:
     """A certainly valid input, reduced to what is stored."""
 
-    __slots__ = ("boxes", "error", "public_path", "status")
+    __slots__ = ("boxes", "error", "model_version", "public_path", "status")
 
-    def __init__(self, public_path: str | None, status: str, error: str | None, boxes: list[BoxRow]) -> None:
+    def __init__(
+        self,
+        public_path: str | None,
+        status: str,
+        error: str | None,
+        boxes: list[BoxRow],
+        model_version: str | None = None,
+    ) -> None:
         self.public_path = public_path
         self.status = status
         self.error = error
+        self.model_version = model_version
         #: COPY rows of the boxes, in reading order (also for a failed result, whose boxes are not stored).
         self.boxes = boxes
 
@@ -107,7 +115,7 @@ def box_rows(boxes: object, pos: int) -> list[BoxRow] | None:
 
 
 def _header_ok(data: dict[str, Any], path_ok: Callable[[object], bool]) -> bool:
-    """The fields besides the boxes: public_path, status, error."""
+    """The fields besides the boxes: public_path, status, error, model_version."""
     public_path = data.get("public_path")
     if public_path is not None and (type(public_path) is not str or not path_ok(public_path)):
         return False
@@ -115,7 +123,10 @@ def _header_ok(data: dict[str, Any], path_ok: Callable[[object], bool]) -> bool:
     if type(status) is not str or status not in _STATUSES:
         return False
     error = data.get("error")
-    return error is None or type(error) is str
+    if error is not None and type(error) is not str:
+        return False
+    version = data.get("model_version")
+    return version is None or (_text_ok(version) and 0 < len(version) <= MAX_MODEL_VERSION_CHARS)
 
 
 def check(data: Any, path_ok: Callable[[object], bool], pos: int) -> Checked | None:
@@ -129,4 +140,10 @@ def check(data: Any, path_ok: Callable[[object], bool], pos: int) -> Checked | N
     rows = box_rows(data.get("text_boxes", []), pos)
     if rows is None:
         return None
-    return Checked(data.get("public_path"), data.get("status", "success"), data.get("error"), rows)
+    return Checked(
+        data.get("public_path"),
+        data.get("status", "success"),
+        data.get("error"),
+        rows,
+        data.get("model_version"),
+    )

@@ -26,10 +26,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn
 
 import psycopg
+from psycopg import sql
+from psycopg.rows import class_row
 
 from loader import queries
-from loader.copy import STAGE_BOXES, STAGE_IMAGES, copy_rows
+from loader.copy import STAGE_BOXES, STAGE_IMAGES, copy_rows, staging_names
 from loader.errors import DatabaseError, translate
+from loader.rows import MergeRow
 from loader.validate import Image, Reject, path_problem, raw_bytes, storable
 
 log = logging.getLogger("loader")
@@ -42,14 +45,14 @@ _DATA_CLASSES = ("22", "23")
 _DATA_STATES = frozenset({"54000"})
 
 _SAVEPOINT = "loader_isolate"
+_MERGE = sql.SQL(queries.get("merge")).format(**staging_names())
+_EMPTY_STAGING = sql.SQL(queries.get("empty_staging")).format(**staging_names())
 
 #: Reason kept for an input whose path another batch stored while the call was loading.
 CLAIMED_CONCURRENTLY = "image_path (or public_path) stored by another batch while this call was loading"
 
-#: The merge's parameters (batch_id, by_position), as the fast path sends them.
+#: The merge's parameters (batch_id, mode, the call's ledger entry), as the fast path sends them.
 MergeParams = dict[str, Any]
-# Columns of a merge result row: pos, outcome, resolved, then the batch's totals.
-_TOTALS_FROM = 3
 
 ImageRows = Callable[[list[Image], list[Reject]], Iterable[Sequence[Any]]]
 BoxRows = Callable[[list[Image]], Iterable[Sequence[Any]]]
@@ -99,7 +102,7 @@ class Isolated:
     """What the safety net stored, shaped as the fast path's merge result."""
 
     #: One row per input, as the merge returns them, with the final totals.
-    rows: list[tuple[Any, ...]]
+    rows: list[MergeRow]
     images: list[Image]
     rejects: list[Reject]
     #: Statements sent by the net (everything between CREATE and COMMIT).
@@ -141,9 +144,9 @@ def store_isolating(
 
 @dataclasses.dataclass
 class Resolved:
-    """The call's merge result once inputs lost to a concurrent batch are rejected."""
+    """The call's merge result once its lost inputs are rejected."""
 
-    rows: list[tuple[Any, ...]]
+    rows: list[MergeRow]
     images: list[Image]
     rejects: list[Reject]
     #: Statements sent to resolve them: TRUNCATE, COPY, merge.
@@ -153,7 +156,7 @@ class Resolved:
 def reject_lost(
     conn: psycopg.Connection[Any],
     params: MergeParams,
-    rows: list[tuple[Any, ...]],
+    rows: list[MergeRow],
     images: list[Image],
     rejects: list[Reject],
     image_rows: ImageRows,
@@ -167,27 +170,32 @@ def reject_lost(
     what a rerun of the whole call would end with, without its cost and
     without failing when batches keep racing for the same paths.
     """
-    lost = {row[0] for row in rows if row[1] == "lost"}
+    lost = {row.pos: row.reason for row in rows if row.outcome == "lost"}
     late = [
-        Reject(im.pos, im.image_path, CLAIMED_CONCURRENTLY, raw_bytes(im.source))
+        Reject(im.pos, im.image_path, lost[im.pos] or CLAIMED_CONCURRENTLY, raw_bytes(im.source))
         for im in images
         if im.pos in lost
     ]
-    conn.execute(queries.get("empty_staging"), prepare=False)
+    conn.execute(_EMPTY_STAGING, prepare=False)
     copy_rows(conn, STAGE_IMAGES, image_rows([], late))
-    again = conn.execute(queries.get("merge"), params, prepare=False).fetchall()
-    totals = tuple(again[0][_TOTALS_FROM:])
-    outcomes = [row[:_TOTALS_FROM] for row in rows if row[0] is not None and row[0] not in lost]
-    outcomes += [row[:_TOTALS_FROM] for row in again if row[0] is not None]
+    again = _merge(conn, params)
+    final = again[0]
+    outcomes = [row for row in rows if row.pos is not None and row.pos not in lost]
+    outcomes += [row for row in again if row.pos is not None]
     log.info(
-        "batch %s: %d paths were stored by another batch meanwhile; rejected", params["batch_id"], len(late)
+        "batch %s: %d inputs rejected after the merge, with their raw input", params["batch_id"], len(late)
     )
     return Resolved(
-        [(*outcome, *totals) for outcome in sorted(outcomes)] or [(None, None, False, *totals)],
+        sorted((row.with_totals_of(final) for row in outcomes), key=lambda r: r.pos or 0) or [final],
         [im for im in images if im.pos not in lost],
         [*rejects, *late],
         3,
     )
+
+
+def _merge(conn: psycopg.Connection[Any], params: MergeParams) -> list[MergeRow]:
+    with conn.cursor(row_factory=class_row(MergeRow)) as cur:
+        return cur.execute(_MERGE, params, prepare=False).fetchall()
 
 
 class _Net:
@@ -199,8 +207,8 @@ class _Net:
         self.batch_id: str = params["batch_id"]
         self.image_rows = image_rows
         self.box_rows = box_rows
-        self.outcomes: list[tuple[Any, ...]] = []
-        self.totals: tuple[Any, ...] | None = None
+        self.outcomes: list[MergeRow] = []
+        self.totals: MergeRow | None = None
         self.images: list[Image] = []
         self.rejects: list[Reject] = []
         self.statements = 0
@@ -218,17 +226,17 @@ class _Net:
                     self.statements += 1
                     copy_rows(self.conn, STAGE_BOXES, self.box_rows(images))
                 self.statements += 1
-                rows = self.conn.execute(queries.get("merge"), self.params, prepare=False).fetchall()
+                rows = _merge(self.conn, self.params)
                 self.statements += 1
-                self.conn.execute(queries.get("empty_staging"), prepare=False)
+                self.conn.execute(_EMPTY_STAGING, prepare=False)
         except Exception as exc:
             if not is_data_error(exc):
                 raise
             self.statements += 2  # ROLLBACK TO, RELEASE
             return exc
         self.statements += 1  # RELEASE
-        self.outcomes += [row[:_TOTALS_FROM] for row in rows if row[0] is not None]
-        self.totals = tuple(rows[0][_TOTALS_FROM:])
+        self.outcomes += [row for row in rows if row.pos is not None]
+        self.totals = rows[0]
         self.images += images
         self.rejects += rejects
         return None
@@ -266,9 +274,10 @@ class _Net:
 
     def result(self) -> Isolated:
         assert self.totals is not None, "at least one group was stored"
-        rows = [(*outcome, *self.totals) for outcome in sorted(self.outcomes)]
+        totals = self.totals
+        rows = [row.with_totals_of(totals) for row in sorted(self.outcomes, key=lambda r: r.pos or 0)]
         return Isolated(
-            rows or [(None, None, False, *self.totals)],
+            rows or [totals],
             self.images,
             self.rejects,
             self.statements,

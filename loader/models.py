@@ -26,6 +26,9 @@ MAX_COORDINATE = int(sys.float_info.max)
 # a longer path made the merge fail for the whole call (SQLSTATE 54000), and
 # 4096 characters of Hangul are 12 kB. 2048 bytes stays clear of that limit.
 MAX_PATH_BYTES = 2048
+# Longest model_version, in characters (schema.sql's CHECK): a model's name and
+# version, never free text.
+MAX_MODEL_VERSION_CHARS = 255
 # Longest upstream error message kept, in characters; longer ones are truncated
 # with a marker rather than rejected, because the reason must always be stored.
 MAX_ERROR_CHARS = 10_000
@@ -122,9 +125,13 @@ class OCRResult(BaseModel):
     status: Literal["success", "failed"] = "success"
     error: str | None = None
     text_boxes: list[TextBox] = Field(default_factory=list)
+    #: Which OCR model produced the result, when the stage says so (stored; a re-OCR replaces it).
+    model_version: Annotated[StorableText, Field(min_length=1, max_length=MAX_MODEL_VERSION_CHARS)] | None = (
+        None
+    )
 
 
-Outcome = Literal["stored", "failed", "rejected", "unchanged"]
+Outcome = Literal["stored", "failed", "rejected", "unchanged", "replaced", "refused"]
 
 
 class InputIssue(BaseModel):
@@ -147,7 +154,10 @@ class BatchProgress(BaseModel):
     status: ProcessStatus
     total_images: int
     completed_images: int
+    #: Failed images plus open rejects (as stored in batch_executions).
     failed_images: int
+    #: Of ``failed_images``: the open rejects (inputs that could not be stored at all).
+    rejected_images: int = 0
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -171,7 +181,7 @@ class BatchProgress(BaseModel):
 
 class LoadReport(BaseModel):
     """What one save_batch call did. Every input is counted in exactly one of
-    ``stored``, ``failed``, ``rejected`` or ``unchanged``."""
+    ``stored``, ``failed``, ``rejected``, ``unchanged``, ``replaced`` or ``refused``."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -182,7 +192,12 @@ class LoadReport(BaseModel):
     rejected: int = Field(description="new inputs recorded in load_rejects")
     unchanged: int = Field(description="inputs already stored or recorded by an earlier call")
     replaced: int = Field(
-        default=0, description="of ``stored``: images whose earlier stored failure a success replaced"
+        default=0,
+        description="stored results replaced in place (re-OCR with replace=True, or a repaired failure)",
+    )
+    refused: int = Field(
+        default=0,
+        description="inputs of a repair (or replace) call that fix nothing: not stored, not counted",
     )
     resolved: int = Field(
         default=0, description="open rejects of the batch that images this call stored resolved (repairs)"
@@ -192,6 +207,10 @@ class LoadReport(BaseModel):
     attempts: int = Field(default=1, description="transactions run (2 when the database refused some data)")
     duration_s: float
     progress: BatchProgress
+    replayed: bool = Field(
+        default=False,
+        description="the batch had committed this very call before (its ledger): nothing judged or written",
+    )
     issues: list[InputIssue] = Field(default_factory=list)
 
     def log_fields(self) -> dict[str, object]:
@@ -204,6 +223,7 @@ class LoadReport(BaseModel):
             "rejected": self.rejected,
             "unchanged": self.unchanged,
             "replaced": self.replaced,
+            "refused": self.refused,
             "resolved": self.resolved,
             "statements": self.statements,
             "duration_s": round(self.duration_s, 4),

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     FetchedValue,
@@ -156,10 +157,11 @@ class BatchExecution(_Timestamps, Base):
 
     The application creates it (``batch_id``, ``total_images``) or lets the loader do so;
     from then on the loader owns ``completed_images``, ``failed_images`` and ``status``:
-    every merge recomputes them from the stored rows and writes them only when they
-    differ. So the methods below never invent counts, and write only a status the
-    loader's rule (batch_status) agrees with — with one exception, stated at
-    start_execution().
+    every merge adds its changes to them under the batch's lock. A write of the
+    counters (or of the rows they count) by anyone else marks the batch
+    ``totals_stale``, and the next merge recounts it from its rows. So the methods
+    below never invent counts, and write only a status the loader's rule
+    (batch_status) agrees with — with one exception, stated at start_execution().
     """
 
     __tablename__ = "batch_executions"
@@ -194,20 +196,37 @@ class BatchExecution(_Timestamps, Base):
     )
     total_images: Mapped[int] = mapped_column(
         Integer,
-        comment="Images the batch is expected to hold "
-        "(declared by register_batch, or the size of the first save).",
+        comment="Images the batch holds: declared_images, or more when more inputs were accounted for "
+        "than declared (so completed + failed never exceeds it).",
     )
     completed_images: Mapped[int] = mapped_column(
         Integer,
         server_default=text("0"),
-        comment="Images stored with OCR status success. "
-        "Recomputed by the loader's merge, never incremented by clients.",
+        comment="Images stored with OCR status success. Kept by the loader (each merge adds its own "
+        "changes under the batch's lock); a write by anyone else marks totals_stale and the next "
+        "merge recounts.",
     )
     failed_images: Mapped[int] = mapped_column(
         Integer,
         server_default=text("0"),
-        comment="Images stored with OCR status failed plus inputs rejected into load_rejects, "
-        "so completed + failed = images received.",
+        comment="Images stored with OCR status failed plus open rejects in load_rejects, "
+        "so completed + failed = inputs accounted for.",
+    )
+    # Kept by the database (schema.sql's triggers): fetched back, never sent.
+    declared_images: Mapped[int | None] = mapped_column(
+        Integer,
+        server_default=FetchedValue(),
+        server_onupdate=FetchedValue(),
+        comment="Version 4: the total declared for the batch (register_batch, the first call, or a write "
+        "of total_images by another writer); recount_batch brings total_images back to it.",
+    )
+    totals_stale: Mapped[bool] = mapped_column(
+        Boolean,
+        server_default=text("false"),
+        server_onupdate=FetchedValue(),
+        comment="Version 4: true when a writer other than the loader changed the counters or the rows "
+        "they count (trigger loader_note_outside_write); the next merge recounts the batch from its "
+        "rows instead of adding to the stored counters, and clears it.",
     )
 
     chains: Mapped[list[ChainExecution]] = relationship(
@@ -276,6 +295,8 @@ class ChainExecution(_Timestamps, Base):
         CheckConstraint("completed_tasks >= 0", name="chain_executions_completed_tasks_check"),
         CheckConstraint("failed_tasks >= 0", name="chain_executions_failed_tasks_check"),
         Index("chain_executions_batch_id_status_idx", "batch_id", "status"),
+        CheckConstraint("position >= 0", name="chain_executions_position_check"),
+        UniqueConstraint("batch_id", "position", name="chain_executions_position_once"),
         {"comment": "One Celery chain per image of a batch."},
     )
 
@@ -295,6 +316,12 @@ class ChainExecution(_Timestamps, Base):
     )
     completed_tasks: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     failed_tasks: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    position: Mapped[int | None] = mapped_column(
+        Integer,
+        comment="Version 4: the position in the batch of the input that stored this image (a file's line "
+        "number, position_offset + index in a call): an input's identity. NULL for chains other "
+        "writers made, until an input of the loader at a free position claims the image.",
+    )
 
     batch: Mapped[BatchExecution] = relationship(back_populates="chains")
     ocr_execution: Mapped[OCRExecution | None] = relationship(
@@ -359,6 +386,9 @@ class OCRExecution(_Timestamps, Base):
         CheckConstraint("public_path <> ''", name="ocr_executions_public_path_check"),
         # A failed image always says why; a successful one carries no error.
         CheckConstraint("(status = 'failed') = (error IS NOT NULL)", name="ocr_executions_error_iff_failed"),
+        CheckConstraint(
+            "model_version <> '' AND length(model_version) <= 255", name="ocr_executions_model_version_check"
+        ),
         {"comment": "OCR result of one image."},
     )
 
@@ -383,6 +413,11 @@ class OCRExecution(_Timestamps, Base):
         server_onupdate=FetchedValue(),
         comment="Why the image failed: the upstream OCR error, or the loader's validation message "
         "(e.g. confidence out of range). NULL on success.",
+    )
+    model_version: Mapped[str | None] = mapped_column(
+        Text,
+        comment="Version 4: which OCR model produced this result, when the input said so; a re-OCR "
+        "(save_batch(replace=True)) replaces it with the result.",
     )
 
     chain: Mapped[ChainExecution] = relationship(back_populates="ocr_execution")
@@ -464,8 +499,8 @@ class LoadReject(_Timestamps, Base):
     batch_id: Mapped[str] = mapped_column(Text, ForeignKey(BatchExecution.batch_id, ondelete="CASCADE"))
     position: Mapped[int] = mapped_column(
         Integer,
-        comment="Position of the input in the call (0-based), "
-        "or its line number offset when loaded from a file.",
+        comment="Position of the input in its batch (0-based: a file's line number, position_offset + "
+        "index in a call), as chain_executions.position for stored images.",
     )
     image_path: Mapped[str | None] = mapped_column(
         Text, comment="The image_path the input claimed, when it had a usable one."
@@ -481,8 +516,8 @@ class LoadReject(_Timestamps, Base):
     )
     resolved_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True),
-        comment="When a later input of the same batch stored this image (same image_path, or same "
-        "position for a reject without one); NULL while the reject is open. Only open rejects "
+        comment="When a repair call fixed this input (a line at the same position stored, or refused "
+        "again and recorded as a newer reject); NULL while the reject is open. Only open rejects "
         "count in failed_images; resolved ones stay for the audit trail.",
     )
     resolved_by: Mapped[int | None] = mapped_column(
@@ -493,6 +528,36 @@ class LoadReject(_Timestamps, Base):
     )
 
     batch: Mapped[BatchExecution] = relationship(back_populates="rejects")
+
+
+class LoaderCall(Base):
+    """A call a batch committed (the loader's ledger): a redelivery of it changes nothing."""
+
+    __tablename__ = "loader_calls"
+    __table_args__ = (
+        CheckConstraint("length(digest) = 32", name="loader_calls_digest_check"),
+        CheckConstraint("first_position >= 0", name="loader_calls_first_position_check"),
+        CheckConstraint("inputs >= 0", name="loader_calls_inputs_check"),
+        {
+            "comment": "Version 4: the calls each batch committed, so a redelivered call is recognised in "
+            "one probe and changes nothing (at a fraction of a save's cost). Deleted with the batch."
+        },
+    )
+
+    batch_id: Mapped[str] = mapped_column(
+        Text, ForeignKey(BatchExecution.batch_id, ondelete="CASCADE"), primary_key=True
+    )
+    digest: Mapped[bytes] = mapped_column(
+        LargeBinary,
+        primary_key=True,
+        comment="SHA-256 of the call: its kind (plain, repair, replace), and every input with its "
+        "position, byte for byte.",
+    )
+    first_position: Mapped[int | None] = mapped_column(
+        Integer, comment="Position of the call's first input (NULL for a call with none)."
+    )
+    inputs: Mapped[int] = mapped_column(Integer)
+    committed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 # libpq options asyncpg understands, by their libpq names; any other option of

@@ -16,7 +16,7 @@ from loader.connection import Connectable
 from loader.errors import ConfigurationError
 from loader.models import LoadReport
 from loader.save import DEFAULT_SETTINGS, Settings, save_prepared
-from loader.validate import Input, Prepared, prepare
+from loader.validate import Input, Prepared, call_digest, prepare
 
 #: What ``judge`` returns: opaque, for ``save_judged`` with the same batch_id only.
 Judged: TypeAlias = Prepared
@@ -28,7 +28,10 @@ def judge(batch_id: str, results: Iterable[Input], position_offset: int = 0) -> 
         raise ConfigurationError("results must be an iterable of inputs, not a single str/bytes")
     if not isinstance(position_offset, int) or isinstance(position_offset, bool) or position_offset < 0:
         raise ConfigurationError(f"position_offset must be a non-negative integer, got {position_offset!r}")
-    return prepare(batch_id, results, position_offset)
+    inputs = list(results)
+    judged = prepare(batch_id, inputs, position_offset)
+    judged.digest = call_digest(enumerate(inputs, position_offset))
+    return judged
 
 
 def save_judged(
@@ -39,11 +42,18 @@ def save_judged(
     total_images: int | None = None,
     settings: Settings = DEFAULT_SETTINGS,
     repair: bool = False,
+    replace: bool = False,
 ) -> LoadReport:
     """Store what ``judge(batch_id, ...)`` returned, in one transaction; duration_s covers the storing.
 
-    ``repair``: as save_batch's (inputs put back at their positions resolve the open rejects there).
+    ``repair``, ``replace``: as save_batch's.
     """
     return save_prepared(
-        pool_or_conn, batch_id, judged, total_images=total_images, settings=settings, repair=repair
+        pool_or_conn,
+        batch_id,
+        judged,
+        total_images=total_images,
+        settings=settings,
+        repair=repair,
+        replace=replace,
     )

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import class_row
 
 from loader import queries
 from loader.connection import Connectable, connection
@@ -19,21 +20,18 @@ __all__ = ["BatchNotFoundError", "follow_progress", "get_progress", "recount_bat
 
 def get_progress(pool_or_conn: Connectable, batch_id: str) -> BatchProgress:
     """The batch's totals, status and percentage, as last committed."""
-    with connection(pool_or_conn) as conn, translating(f"reading batch {batch_id!r}"), conn.transaction():
-        row = conn.execute(queries.get("batch_progress"), {"batch_id": batch_id}).fetchone()
-    if row is None:
+    with (
+        connection(pool_or_conn) as conn,
+        translating(f"reading batch {batch_id[:80]!r}"),
+        conn.transaction(),
+        conn.cursor(row_factory=class_row(BatchProgress)) as cur,
+    ):
+        found = cur.execute(queries.get("batch_progress"), {"batch_id": batch_id}).fetchone()
+    if found is None:
         raise BatchNotFoundError(
-            f"no batch {batch_id!r} in this database; check the id, or list batches with `loader status`"
+            f"no batch {batch_id[:80]!r} in this database; check the id, or list batches with `loader status`"
         )
-    return BatchProgress(
-        batch_id=row[0],
-        status=ProcessStatus(row[1]),
-        total_images=row[2],
-        completed_images=row[3],
-        failed_images=row[4],
-        created_at=row[5],
-        updated_at=row[6],
-    )
+    return found
 
 
 #: The channel every merge that changes a batch's totals notifies, on commit.

@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import psycopg
+from psycopg import sql
+from psycopg.rows import class_row
 
 from loader import isolate, queries
 from loader.connection import SCHEMA_VERSION, Connectable, connection, mark_checked
-from loader.copy import STAGE_BOXES, STAGE_IMAGES, copy_rows
+from loader.copy import STAGE_BOXES, STAGE_IMAGES, StagedImage, copy_rows, staging_names
 from loader.errors import (
     BatchConflictError,
     ConfigurationError,
+    PositionConflictError,
     SchemaVersionError,
     translating,
 )
-from loader.models import BatchProgress, InputIssue, LoadReport, ProcessStatus
+from loader.models import BatchProgress, InputIssue, LoadReport
 from loader.progress import get_progress
-from loader.validate import Image, Input, Prepared, Reject, path_problem, prepare, raw_bytes
+from loader.rows import LockRow, MergeRow
+from loader.validate import Image, Input, Prepared, Reject, call_digest, path_problem, prepare
 
 log = logging.getLogger("loader")
 
@@ -49,11 +53,23 @@ DEFAULT_SETTINGS = Settings()
 MAX_ATTEMPTS = 2
 
 # Statements of one attempt, as the server counts them: BEGIN, lock_batch,
-# create_staging (two CREATEs), two COPYs, merge, COMMIT. Only a call whose data
-# the database refuses despite validation sends more (see loader/isolate.py).
+# the staging tables' two CREATEs, two COPYs, merge, COMMIT. Only a call whose
+# data the database refuses despite validation, or whose inputs must be
+# rejected with their raw bytes after the merge (loader/isolate.py), sends more.
 STATEMENTS_PER_ATTEMPT = 8
 # Of those, the ones before the first COPY: BEGIN, lock_batch, two CREATEs.
 _STATEMENTS_BEFORE_COPY = 4
+# A redelivered call the batch's ledger recognises: BEGIN, lock_batch, COMMIT.
+STATEMENTS_PER_REPLAY = 3
+
+#: What a call's inputs are: new inputs (plain), fixes of rejects and stored
+#: failures (repair), or new OCR results for stored images (replace).
+Mode = Literal["plain", "repair", "replace"]
+
+# The staging tables, from their one declaration (loader/copy.py); two
+# statements in one round trip.
+_CREATE_STAGING = sql.SQL("; ").join([STAGE_IMAGES.create(), STAGE_BOXES.create()])
+_MERGE = sql.SQL(queries.get("merge")).format(**staging_names())
 # Largest input position: the position columns are 4-byte integers.
 _MAX_POSITION = 2**31 - 1
 
@@ -79,52 +95,81 @@ def _check_total(total_images: object) -> int | None:
     return total_images
 
 
-def _total_conflict(
-    batch_id: str, declared: int | None, stored: int | None, accounted: int | None
-) -> str | None:
-    """Why a call's total_images contradicts the batch's, or None.
+def _total_conflict(batch_id: str, asked: int | None, declared: int | None) -> str | None:
+    """Why a call's total_images contradicts the total declared for the batch, or None.
 
-    The stored total may have grown past the one declared, when the batch
-    accounted for more inputs than that (the merge keeps completed + failed
-    within total_images); the message says so, since the caller then sees its
-    own total refused. A smaller total is still refused: nothing stored says
-    which total was declared, and accepting any smaller one would let a wrong
-    total through.
+    Compared with the declared total, not the stored one: that one grows when
+    more inputs are accounted for than were declared, and every call of the
+    batch still declares the batch's size.
     """
-    if declared is None or stored is None or declared == stored:
+    if asked is None or declared is None or asked == declared:
         return None
-    grown = (
-        f"; it grew past the declared total when the batch received more inputs than that, "
-        f"so pass total_images={stored} or none"
-        if declared < stored and accounted == stored
-        else "; pass the same total (or none) for every call of a batch"
-    )
     return (
-        f"batch {batch_id!r} was registered with total_images={stored}, but this call says {declared}{grown}"
+        f"batch {batch_id[:80]!r} was declared with total_images={declared}, but this call says {asked}; "
+        "pass the batch's total (not the chunk's), or none, with every call of a batch"
     )
 
 
-def _conflict_reason(kind: str, owner: str) -> str:
-    if kind == "image_path":
-        return f"image_path already stored by another batch ({owner!r})"
-    return f"public_path already used by another image (batch {owner!r})"
+def _mode(repair: bool, replace: bool) -> Mode:
+    if repair and replace:
+        raise ConfigurationError("a call is a repair or a replace, not both")
+    return "repair" if repair else "replace" if replace else "plain"
 
 
-def _image_rows(images: list[Image], rejects: list[Reject]) -> Iterable[tuple[Any, ...]]:
+@dataclass
+class _Call:
+    """One call of a batch: its inputs' digest, and how to judge them (once, and only if needed)."""
+
+    batch_id: str
+    mode: Mode
+    digest: bytes
+    received: int
+    first_position: int | None
+    judge: Callable[[], Prepared]
+    _prepared: Prepared | None = field(default=None, repr=False)
+
+    @property
+    def key(self) -> bytes:
+        """The ledger's key: the inputs' digest, and what kind of call they came in."""
+        return hashlib.sha256(self.mode.encode() + b"\0" + self.digest).digest()
+
+    def prepared(self) -> Prepared:
+        if self._prepared is None:
+            self._prepared = self.judge()
+        return self._prepared
+
+
+def _image_rows(images: list[Image], rejects: list[Reject]) -> Iterator[StagedImage]:
     for im in images:
-        yield (
-            im.pos,
-            im.chain_id,
-            im.image_path,
-            im.public_path,
-            im.status,
-            im.error,
-            None,
-            None,
-            None,
+        yield StagedImage(
+            pos=im.pos,
+            chain_id=im.chain_id,
+            image_path=im.image_path,
+            public_path=im.public_path,
+            status=im.status,
+            error=im.error,
+            model_version=im.model_version,
+            reject=None,
+            dup_of=None,
+            duplicate=None,
+            raw=None,
+            raw_sha256=None,
         )
     for rj in rejects:
-        yield (rj.pos, None, rj.image_path, None, None, None, rj.reason, rj.raw, rj.raw_sha256)
+        yield StagedImage(
+            pos=rj.pos,
+            chain_id=None,
+            image_path=rj.image_path,
+            public_path=None,
+            status=None,
+            error=None,
+            model_version=None,
+            reject=rj.reason,
+            dup_of=rj.dup_of,
+            duplicate=rj.duplicate,
+            raw=rj.raw,
+            raw_sha256=rj.raw_sha256,
+        )
 
 
 def _box_rows(images: list[Image]) -> Iterable[tuple[Any, ...]]:
@@ -134,89 +179,136 @@ def _box_rows(images: list[Image]) -> Iterable[tuple[Any, ...]]:
 
 @dataclass
 class _Attempt:
-    rows: list[tuple[Any, ...]]
+    rows: list[MergeRow]
     rejects: list[Reject]
     images: list[Image]
     statements: int = STATEMENTS_PER_ATTEMPT
     #: The batch's total_images before this call (None when the call created the batch).
     total_before: int | None = None
+    #: Set when the batch's ledger recognised the call: nothing was judged or written.
+    replayed: LockRow | None = None
 
 
-def _run_attempt(
-    conn: psycopg.Connection[Any],
-    batch_id: str,
-    total_images: int | None,
-    prepared: Prepared,
-    settings: Settings,
-    isolating: bool = False,
-    repair: bool = False,
-) -> _Attempt:
-    """One transaction. Raises isolate.DataRefused (rolled back) if the database refused
-    some input's data."""
-    images = prepared.images
-    with conn.transaction():
-        cur = conn.execute(
+def _lock(
+    conn: psycopg.Connection[Any], call: _Call, total_images: int | None, settings: Settings
+) -> LockRow:
+    with conn.cursor(row_factory=class_row(LockRow)) as cur:
+        head = cur.execute(
             queries.get("lock_batch"),
             {
-                "batch_id": batch_id,
-                "total_images": total_images if total_images is not None else prepared.received,
-                "image_paths": json.dumps([im.image_path for im in images]),
-                "public_paths": json.dumps([im.public_path for im in images]),
+                "batch_id": call.batch_id,
+                "total_images": total_images if total_images is not None else call.received,
+                "digest": call.key,
                 "work_mem": settings.work_mem,
                 "statement_timeout": settings.statement_timeout,
                 "lock_timeout": settings.lock_timeout,
                 "schema_version": SCHEMA_VERSION,
             },
             prepare=False,
-        )
-        stored_total, _created, accounted, ords, kinds, owners, deployed = cur.fetchone() or (None,) * 7
-        if deployed != SCHEMA_VERSION:
-            raise SchemaVersionError(SCHEMA_VERSION, deployed)
-        conflict = _total_conflict(batch_id, total_images, stored_total, accounted)
-        if conflict:
-            raise BatchConflictError(conflict)
+        ).fetchone()
+    assert head is not None, "lock_batch returns one row"
+    if head.schema_version != SCHEMA_VERSION:
+        raise SchemaVersionError(SCHEMA_VERSION, head.schema_version)
+    conflict = _total_conflict(call.batch_id, total_images, head.declared_images)
+    if conflict:
+        raise BatchConflictError(conflict)
+    return head
 
-        # Inputs whose paths other batches own become rejects, raw input kept.
-        rejects = list(prepared.rejects)
-        if ords:
-            lost: dict[int, str] = {}
-            for ordinal, kind, owner in zip(ords, kinds or [], owners or [], strict=True):
-                lost.setdefault(ordinal - 1, _conflict_reason(kind, owner))
-            keep = []
-            for index, im in enumerate(images):
-                if index in lost:
-                    rejects.append(Reject(im.pos, im.image_path, lost[index], raw_bytes(im.source)))
-                else:
-                    keep.append(im)
-            images = keep
 
-        conn.execute(queries.get("create_staging"), prepare=False)
+def _merge(conn: psycopg.Connection[Any], params: dict[str, Any]) -> list[MergeRow]:
+    with conn.cursor(row_factory=class_row(MergeRow)) as cur:
+        return cur.execute(_MERGE, params, prepare=False).fetchall()
+
+
+def _position_conflict(batch_id: str, rows: list[MergeRow], prepared: Prepared) -> PositionConflictError:
+    clashes = [row for row in rows if row.outcome == "conflict"]
+    first = clashes[0]
+    sent = {im.pos: im.image_path for im in prepared.images} | {
+        rj.pos: rj.image_path for rj in prepared.rejects
+    }
+    held = repr(first.reason[:80]) if first.reason else "a rejected input"
+    return PositionConflictError(
+        f"batch {batch_id[:80]!r}: {len(clashes)} input(s) of this call claim positions that already hold "
+        f"other inputs (position {first.pos} holds {held}, this call sends {sent.get(first.pos or 0)!r}); "
+        "nothing of the call was kept. A position is an input's identity in its batch: number each call's "
+        "inputs by their place in the batch (position_offset = the index of the call's first input), "
+        "use repair=True to fix rejects or failures, replace=True to re-run OCR, or a new batch",
+        [row.pos for row in clashes if row.pos is not None],
+    )
+
+
+def _run_attempt(
+    conn: psycopg.Connection[Any],
+    call: _Call,
+    total_images: int | None,
+    settings: Settings,
+    isolating: bool = False,
+) -> _Attempt:
+    """One transaction. Raises isolate.DataRefused (rolled back) if the database refused
+    some input's data, PositionConflictError (rolled back) if inputs claim taken positions."""
+    with conn.transaction():
+        head = _lock(conn, call, total_images, settings)
+        if head.replayed:
+            return _Attempt([], [], [], STATEMENTS_PER_REPLAY, head.total_images, head)
+        prepared = call.prepared()
+        images, rejects = prepared.images, list(prepared.rejects)
+        conn.execute(_CREATE_STAGING, prepare=False)
         statements = STATEMENTS_PER_ATTEMPT
-        merge_params = {"batch_id": batch_id, "by_position": repair}
+        merge_params = {
+            "batch_id": call.batch_id,
+            "mode": call.mode,
+            "digest": call.key,
+            "first_position": call.first_position,
+            "inputs": call.received,
+        }
         if isolating:
             net = isolate.store_isolating(conn, merge_params, images, rejects, _image_rows, _box_rows)
             rows, images, rejects = net.rows, net.images, net.rejects
             statements = _STATEMENTS_BEFORE_COPY + net.statements + 1
         else:
-            sent = _STATEMENTS_BEFORE_COPY
-            try:
-                sent += 1
-                copy_rows(conn, STAGE_IMAGES, _image_rows(images, rejects))
-                sent += 1
-                copy_rows(conn, STAGE_BOXES, _box_rows(images))
-                sent += 1
-                rows = conn.execute(queries.get("merge"), merge_params, prepare=False).fetchall()
-            except Exception as exc:
-                if not isolate.is_data_error(exc):
-                    raise
-                raise isolate.DataRefused(exc, sent + 1) from exc  # + ROLLBACK
-        if any(row[1] == "lost" for row in rows):
-            # Another batch stored some paths after lock_batch looked: reject
-            # those inputs in this same transaction instead of running it again.
+            rows, statements = _fast_path(conn, merge_params, images, rejects)
+        if any(row.outcome == "conflict" for row in rows):
+            raise _position_conflict(call.batch_id, rows, prepared)
+        if any(row.outcome == "lost" for row in rows):
+            # Inputs to record as rejects with their raw bytes (duplicates of
+            # images stored by earlier calls, paths other batches own or
+            # claimed meanwhile): in this same transaction, not a rerun.
             late = isolate.reject_lost(conn, merge_params, rows, images, rejects, _image_rows)
             rows, images, rejects = late.rows, late.images, late.rejects
             statements += late.statements
-    return _Attempt(rows, rejects, images, statements, None if _created else stored_total)
+    return _Attempt(rows, rejects, images, statements, None if head.created else head.total_images)
+
+
+def _fast_path(
+    conn: psycopg.Connection[Any], params: dict[str, Any], images: list[Image], rejects: list[Reject]
+) -> tuple[list[MergeRow], int]:
+    sent = _STATEMENTS_BEFORE_COPY
+    try:
+        sent += 1
+        copy_rows(conn, STAGE_IMAGES, _image_rows(images, rejects))
+        sent += 1
+        copy_rows(conn, STAGE_BOXES, _box_rows(images))
+        sent += 1
+        return _merge(conn, params), STATEMENTS_PER_ATTEMPT
+    except Exception as exc:
+        if not isolate.is_data_error(exc):
+            raise
+        raise isolate.DataRefused(exc, sent + 1) from exc  # + ROLLBACK
+
+
+def _check_offset(position_offset: object) -> int:
+    if not isinstance(position_offset, int) or isinstance(position_offset, bool) or position_offset < 0:
+        raise ConfigurationError(f"position_offset must be a non-negative integer, got {position_offset!r}")
+    return position_offset
+
+
+def _check_last_position(last: int) -> None:
+    if last > _MAX_POSITION:
+        # Binary COPY would wrap larger positions around silently, not fail.
+        raise ConfigurationError(
+            f"position {last} does not fit the position columns (at most {_MAX_POSITION}); "
+            "number the inputs from a smaller offset"
+        )
 
 
 def save_batch(
@@ -228,40 +320,46 @@ def save_batch(
     position_offset: int = 0,
     settings: Settings = DEFAULT_SETTINGS,
     repair: bool = False,
+    replace: bool = False,
 ) -> LoadReport:
     """Store one batch (or one chunk of it) in a single transaction.
 
     ``results`` are OCRResult objects, JSON-decoded dicts, or raw JSON lines
-    (str/bytes). Every input ends stored (success), stored as failed (with the
-    reason), rejected into load_rejects (with its raw input), or unchanged (an
-    earlier call already stored it). ``position_offset`` numbers the inputs, e.g.
-    by their line in a file, for load_rejects.position.
+    (str/bytes). An input's identity is its position in the batch:
+    ``position_offset`` + its index in ``results`` (a chunk of a batch passes the
+    index of its first input, and every call passes the batch's ``total_images``,
+    or none). Every input ends stored (success), stored as failed (with the
+    reason), rejected into load_rejects (with its raw input), or unchanged (its
+    position already received it: a redelivery changes nothing).
 
-    Every image this call newly stores resolves one open reject of the batch
-    claiming its image_path. ``repair=True`` says the inputs are fixed rejects
-    put back at their original positions (``loader rejects --export``): an
-    image stored at position P then resolves the open reject at P first, which
-    is how a line that was not JSON gets resolved. Leave it False when
-    positions are not unique within the batch (every call numbered from 0).
+    ``repair=True``: each input fixes the open reject at its position, or the
+    stored failure of its image; one that fixes nothing is refused, never added.
+    ``replace=True`` (re-OCR): each input replaces the stored result of its
+    image in this batch (status, error, boxes, public_path, model_version; the
+    row keeps its id); other inputs are stored as in a plain call.
 
-    Raises DatabaseError (TransientDatabaseError when a retry may succeed) if the
-    database fails; then nothing of the call was kept.
+    Raises PositionConflictError (nothing kept) when inputs claim positions that
+    hold other inputs, DatabaseError (TransientDatabaseError when a retry may
+    succeed) if the database fails; then nothing of the call was kept.
     """
     started = time.perf_counter()
     batch_id = _check_batch_id(batch_id)
     total_images = _check_total(total_images)
+    mode = _mode(repair, replace)
     if isinstance(results, str | bytes):
         raise ConfigurationError("results must be an iterable of inputs, not a single str/bytes")
-    if not isinstance(position_offset, int) or isinstance(position_offset, bool) or position_offset < 0:
-        raise ConfigurationError(f"position_offset must be a non-negative integer, got {position_offset!r}")
-    prepared = prepare(batch_id, results, position_offset)
-    if position_offset + prepared.received - 1 > _MAX_POSITION:
-        # Binary COPY would wrap larger positions around silently, not fail.
-        raise ConfigurationError(
-            f"positions {position_offset}..{position_offset + prepared.received - 1} do not fit "
-            f"load_rejects.position (at most {_MAX_POSITION}); number the inputs from a smaller offset"
-        )
-    return _store(pool_or_conn, batch_id, prepared, total_images, settings, started, repair)
+    offset = _check_offset(position_offset)
+    inputs = list(results)
+    _check_last_position(offset + len(inputs) - 1)
+    call = _Call(
+        batch_id,
+        mode,
+        call_digest(enumerate(inputs, offset)),
+        len(inputs),
+        offset if inputs else None,
+        lambda: prepare(batch_id, inputs, offset),
+    )
+    return _store(pool_or_conn, call, total_images, settings, started)
 
 
 def save_prepared(
@@ -272,44 +370,51 @@ def save_prepared(
     total_images: int | None = None,
     settings: Settings = DEFAULT_SETTINGS,
     repair: bool = False,
+    replace: bool = False,
 ) -> LoadReport:
-    """save_batch for inputs already judged by ``loader.validate.prepare(batch_id, results, offset)``.
+    """save_batch for inputs already judged by ``loader.pipeline.judge(batch_id, results, offset)``.
 
     Lets a caller judge the next chunk (pure Python) while this one is stored;
-    ``prepared`` must come from prepare() with the same batch_id. Same outcomes,
+    ``prepared`` must come from judge() with the same batch_id. Same outcomes,
     errors and transaction as save_batch; duration_s covers only the storing.
     """
     started = time.perf_counter()
     batch_id = _check_batch_id(batch_id)
     total_images = _check_total(total_images)
-    # prepare() appends both in input order: their last items hold the highest positions.
-    last = max([im.pos for im in prepared.images[-1:]] + [rj.pos for rj in prepared.rejects[-1:]], default=-1)
-    if last > _MAX_POSITION:
-        # Binary COPY would wrap larger positions around silently, not fail.
-        raise ConfigurationError(
-            f"position {last} does not fit load_rejects.position (at most {_MAX_POSITION}); "
-            "number the inputs from a smaller offset"
-        )
-    return _store(pool_or_conn, batch_id, prepared, total_images, settings, started, repair)
+    positions = [im.pos for im in prepared.images] + [rj.pos for rj in prepared.rejects]
+    _check_last_position(max(positions, default=-1))
+    if prepared.digest is None:
+        raise ConfigurationError("save_judged takes what loader.judge() returned")
+    call = _Call(
+        batch_id,
+        _mode(repair, replace),
+        prepared.digest,
+        prepared.received,
+        min(positions, default=None),
+        lambda: prepared,
+    )
+    return _store(pool_or_conn, call, total_images, settings, started)
 
 
 def _store(
     pool_or_conn: Connectable,
-    batch_id: str,
-    prepared: Prepared,
+    call: _Call,
     total_images: int | None,
     settings: Settings,
     started: float,
-    repair: bool = False,
 ) -> LoadReport:
     statements = 0
     attempt: _Attempt | None = None
+    batch_id = call.batch_id
     # The schema version is checked by lock_batch, inside the call's own transaction.
-    with connection(pool_or_conn, check_version=False) as conn, translating(f"saving batch {batch_id!r}"):
+    with (
+        connection(pool_or_conn, check_version=False) as conn,
+        translating(f"saving batch {batch_id[:80]!r}"),
+    ):
         for attempt_no in range(1, MAX_ATTEMPTS + 1):
             try:
                 isolating = attempt_no > 1  # the first attempt's data was refused
-                attempt = _run_attempt(conn, batch_id, total_images, prepared, settings, isolating, repair)
+                attempt = _run_attempt(conn, call, total_images, settings, isolating)
                 statements += attempt.statements
                 mark_checked(conn)
                 break
@@ -325,23 +430,82 @@ def _store(
                 raise SchemaVersionError(SCHEMA_VERSION, None) from exc
     # The isolating attempt never raises DataRefused: the loop ended in a break.
     assert attempt is not None
-
-    report = _report(batch_id, prepared, attempt, statements, attempt_no, time.perf_counter() - started)
+    duration = time.perf_counter() - started
+    if attempt.replayed is not None:
+        report = _replay_report(call, attempt.replayed, duration)
+    else:
+        report = _report(batch_id, call.prepared(), attempt, statements, attempt_no, duration)
     log.info("saved batch", extra=report.log_fields())
-    before = attempt.total_before
-    if before is not None and report.progress.total_images > before:
+    _warn_if_grown(batch_id, attempt.total_before, report.progress)
+    return report
+
+
+def _warn_if_grown(batch_id: str, before: int | None, progress: BatchProgress) -> None:
+    if before is not None and progress.total_images > before:
         log.warning(
             "batch %s now accounts for more inputs than its total_images: total raised from %d to %d",
             batch_id,
             before,
-            report.progress.total_images,
-            extra={
-                "batch_id": batch_id,
-                "total_before": before,
-                "total_images": report.progress.total_images,
-            },
+            progress.total_images,
+            extra={"batch_id": batch_id, "total_before": before, "total_images": progress.total_images},
         )
-    return report
+
+
+def _replay_report(call: _Call, head: LockRow, duration: float) -> LoadReport:
+    return LoadReport(
+        batch_id=call.batch_id,
+        received=call.received,
+        stored=0,
+        failed=0,
+        rejected=0,
+        unchanged=call.received,
+        boxes=0,
+        statements=STATEMENTS_PER_REPLAY,
+        duration_s=duration,
+        progress=head.progress(call.batch_id),
+        replayed=True,
+    )
+
+
+@dataclass
+class _Tally:
+    """The report's counts, input by input."""
+
+    stored: int = 0
+    failed: int = 0
+    rejected: int = 0
+    unchanged: int = 0
+    replaced: int = 0
+    refused: int = 0
+    boxes: int = 0
+    issues: list[InputIssue] = field(default_factory=list)
+
+    def issue(self, pos: int, path: str | None, outcome: Any, reason: str) -> None:
+        self.issues.append(InputIssue(position=pos, image_path=path, outcome=outcome, reason=reason))
+
+    def add(self, row: MergeRow, image: Image | None, reject: Reject | None) -> None:
+        pos = row.pos or 0
+        path = image.image_path if image else (reject.image_path if reject else None)
+        if row.outcome == "rejected":
+            self.rejected += 1
+            self.issue(pos, path, "rejected", row.reason or (reject.reason if reject else "rejected"))
+        elif row.outcome == "unchanged":
+            self.unchanged += 1
+            self.issue(pos, path, "unchanged", "this position of the batch already received this input")
+        elif row.outcome == "refused":
+            self.refused += 1
+            self.issue(pos, path, "refused", row.reason or "refused")
+        elif row.outcome == "replaced":
+            self.replaced += 1
+            self.boxes += len(image.boxes) if image else 0
+            now = f": now failed: {image.error}" if image and image.status == "failed" else ""
+            self.issue(pos, path, "replaced", f"replaced the result stored before{now}")
+        elif image and image.status == "failed":
+            self.failed += 1
+            self.issue(pos, path, "failed", image.error or "failed")
+        else:
+            self.stored += 1
+            self.boxes += len(image.boxes) if image else 0
 
 
 def _report(
@@ -352,64 +516,28 @@ def _report(
     attempts: int,
     duration: float,
 ) -> LoadReport:
-    first = attempt.rows[0]
-    progress = BatchProgress(
-        batch_id=batch_id,
-        total_images=first[3],
-        completed_images=first[4],
-        failed_images=first[5],
-        status=ProcessStatus(first[6]),
-        created_at=first[7],
-        updated_at=first[8],
-    )
-    outcomes = {row[0]: row[1] for row in attempt.rows if row[0] is not None}
-    resolved = sum(1 for row in attempt.rows if row[0] is not None and row[2])
     by_pos_image = {im.pos: im for im in attempt.images}
     by_pos_reject = {rj.pos: rj for rj in attempt.rejects}
-
-    stored = failed = rejected = unchanged = replaced = boxes = 0
-    issues: list[InputIssue] = []
-    for pos in sorted(outcomes):
-        outcome = outcomes[pos]
-        image = by_pos_image.get(pos)
-        reject = by_pos_reject.get(pos)
-        path = image.image_path if image else (reject.image_path if reject else None)
-        if outcome == "rejected" and reject:
-            rejected += 1
-            issues.append(InputIssue(position=pos, image_path=path, outcome="rejected", reason=reject.reason))
-        elif outcome == "unchanged":
-            unchanged += 1
-            why = (
-                f"already recorded as rejected: {reject.reason}"
-                if reject
-                else "already stored in this batch by an earlier call (first write kept)"
-            )
-            issues.append(InputIssue(position=pos, image_path=path, outcome="unchanged", reason=why))
-        elif image and image.status == "failed":
-            failed += 1
-            issues.append(
-                InputIssue(position=pos, image_path=path, outcome="failed", reason=image.error or "failed")
-            )
-        else:
-            # 'stored', or 'replaced': a success taking the place of a stored failure.
-            stored += 1
-            replaced += outcome == "replaced"
-            boxes += len(image.boxes) if image else 0
+    tally = _Tally()
+    for row in attempt.rows:
+        if row.pos is not None:
+            tally.add(row, by_pos_image.get(row.pos), by_pos_reject.get(row.pos))
     return LoadReport(
         batch_id=batch_id,
         received=prepared.received,
-        stored=stored,
-        failed=failed,
-        rejected=rejected,
-        unchanged=unchanged,
-        replaced=replaced,
-        resolved=resolved,
-        boxes=boxes,
+        stored=tally.stored,
+        failed=tally.failed,
+        rejected=tally.rejected,
+        unchanged=tally.unchanged,
+        replaced=tally.replaced,
+        refused=tally.refused,
+        resolved=sum(1 for row in attempt.rows if row.pos is not None and row.resolved),
+        boxes=tally.boxes,
         statements=statements,
         attempts=attempts,
         duration_s=duration,
-        progress=progress,
-        issues=issues,
+        progress=attempt.rows[0].progress(batch_id),
+        issues=sorted(tally.issues, key=lambda i: i.position),
     )
 
 

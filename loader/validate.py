@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
-from pydantic_core import from_json
+from pydantic_core import from_json, to_json
 
 from loader import fastcheck
 from loader.copy import bbox_json
 from loader.fastcheck import BoxRow
-from loader.models import MAX_ERROR_CHARS, MAX_PATH_BYTES, OCRResult
+from loader.models import MAX_ERROR_CHARS, MAX_MODEL_VERSION_CHARS, MAX_PATH_BYTES, OCRResult
 
 # Namespace of the chain ids the loader derives (UUIDv5), fixed forever: changing
 # it would make redelivered batches create new chains.
@@ -54,6 +54,7 @@ class Image:
     error: str | None
     boxes: list[BoxRow]  # COPY rows for the box staging table
     source: Input
+    model_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,10 @@ class Reject:
     image_path: str | None
     reason: str
     raw: bytes
+    #: A duplicate within the call ('image_path' or 'public_path'): the merge words
+    #: its reason, naming the image's first position in the batch (``dup_of`` in the call).
+    duplicate: str | None = None
+    dup_of: int | None = None
 
     @property
     def raw_sha256(self) -> bytes:
@@ -76,6 +81,8 @@ class Prepared:
 
     received: int
     images: list[Image] = field(default_factory=list)
+    #: SHA-256 of the inputs with their positions (call_digest), when judge() computed it.
+    digest: bytes | None = None
     rejects: list[Reject] = field(default_factory=list)
     # Inputs stored as failed because the loader found them invalid, by position.
     invalid: dict[int, str] = field(default_factory=dict)
@@ -132,6 +139,33 @@ def raw_bytes(item: Input) -> bytes:
             return repr(item).encode("utf-8", "surrogatepass")
         except RecursionError:
             return _QUOTER.repr(item).encode("utf-8", "surrogatepass")
+
+
+def _canonical(item: Input) -> bytes:
+    """The bytes a call's digest takes for one input: a line as received, an object as JSON."""
+    if isinstance(item, str | bytes):
+        return raw_bytes(item)
+    try:
+        if isinstance(item, OCRResult):
+            return item.model_dump_json().encode("utf-8")
+        return to_json(item)
+    except (ValueError, TypeError, RecursionError):  # pydantic-core refused it: the slow, total path
+        return raw_bytes(item)
+
+
+def call_digest(inputs: Iterable[tuple[int, Input]]) -> bytes:
+    """SHA-256 of a call's inputs with their positions: what the batch's ledger remembers.
+
+    The same inputs at the same positions give the same digest however they
+    arrive (lines, dicts or OCRResult objects hash by their JSON), so a
+    redelivered call is recognised before anything is judged.
+    """
+    digest = hashlib.sha256()
+    for pos, item in inputs:
+        data = _canonical(item)
+        digest.update(pos.to_bytes(8, "little") + len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.digest()
 
 
 def _quote(value: Any) -> str:
@@ -236,16 +270,20 @@ class _Verdict:
     boxes: list[BoxRow]
     #: True when the loader found the input invalid (stored as failed with ``error``).
     invalid: bool = False
+    model_version: str | None = None
 
 
 _NO_UPSTREAM_ERROR = "upstream OCR failure (no error message given)"
 
 
-def _outcome(public_path: str | None, status: str, error: str | None, boxes: list[BoxRow]) -> _Verdict:
+def _outcome(
+    public_path: str | None, status: str, error: str | None, boxes: list[BoxRow], model_version: str | None
+) -> _Verdict:
     if status == "failed":
         # A failed result's boxes are not stored; its reason always is.
-        return _Verdict(public_path, "failed", storable(error or "") or _NO_UPSTREAM_ERROR, [])
-    return _Verdict(public_path, "success", None, boxes)
+        reason = storable(error or "") or _NO_UPSTREAM_ERROR
+        return _Verdict(public_path, "failed", reason, [], model_version=model_version)
+    return _Verdict(public_path, "success", None, boxes, model_version=model_version)
 
 
 def _invalid(error: str, public_path: object) -> _Verdict:
@@ -261,12 +299,17 @@ def _judge_model(result: OCRResult, pos: int) -> _Verdict:
     problem = None if public_path is None else path_problem(public_path, "public_path")
     if problem:
         return _invalid(f"invalid OCR result: {problem}", None)
+    version = result.model_version
+    if version is not None and (not version or len(version) > MAX_MODEL_VERSION_CHARS):
+        return _invalid(
+            f"invalid OCR result: model_version is empty or longer than {MAX_MODEL_VERSION_CHARS}", None
+        )
     if result.status == "failed":
-        return _outcome(public_path, "failed", result.error, [])
+        return _outcome(public_path, "failed", result.error, [], version)
     rows = [
         (pos, n, box.text, box.confidence, bbox_json(box.bbox)) for n, box in enumerate(result.text_boxes)
     ]
-    return _outcome(public_path, "success", result.error, rows)
+    return _outcome(public_path, "success", result.error, rows, version)
 
 
 def _judge(data: OCRResult | Mapping[str, Any], pos: int) -> _Verdict:
@@ -275,7 +318,7 @@ def _judge(data: OCRResult | Mapping[str, Any], pos: int) -> _Verdict:
         return _judge_model(data, pos)
     quick = fastcheck.check(data, _path_ok, pos)
     if quick is not None:
-        return _outcome(quick.public_path, quick.status, quick.error, quick.boxes)
+        return _outcome(quick.public_path, quick.status, quick.error, quick.boxes, quick.model_version)
     try:
         result = OCRResult.model_validate(data)
     except ValidationError as exc:
@@ -292,8 +335,11 @@ class _Call:
         self.seen_public: dict[str, int] = {}
         self.chain_id_of = chain_ids(batch_id)
 
-    def reject(self, pos: int, item: Input, reason: str, image_path: str | None = None) -> None:
-        self.prepared.rejects.append(Reject(pos, image_path, reason, raw_bytes(item)))
+    def reject(
+        self, pos: int, item: Input, reason: str, image_path: str | None = None, duplicate: str | None = None
+    ) -> None:
+        first = self.seen_paths[image_path or ""] if duplicate == "image_path" else None
+        self.prepared.rejects.append(Reject(pos, image_path, reason, raw_bytes(item), duplicate, first))
 
     def add(self, pos: int, item: Input) -> None:
         self.prepared.received += 1
@@ -311,17 +357,13 @@ class _Call:
         assert isinstance(image_path, str)
         if image_path in self.seen_paths:
             first = self.seen_paths[image_path]
-            self.reject(
-                pos, item, f"duplicate image_path within this call (first at position {first})", image_path
-            )
+            reason = f"duplicate image_path (first at position {first})"
+            self.reject(pos, item, reason, image_path, duplicate="image_path")
             return
         verdict = _judge(data, pos)
         public_path = verdict.public_path
         if public_path is not None and public_path in self.seen_public:
-            first = self.seen_public[public_path]
-            self.reject(
-                pos, item, f"duplicate public_path within this call (first at position {first})", image_path
-            )
+            self.reject(pos, item, "public_path already used by another image", image_path, "public_path")
             return
         self.keep(pos, item, image_path, verdict)
 
@@ -343,6 +385,7 @@ class _Call:
                 error,
                 verdict.boxes,
                 item,
+                verdict.model_version,
             )
         )
 

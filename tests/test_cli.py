@@ -396,7 +396,7 @@ def test_status_shows_totals_timing_and_failure_reasons_grouped(dsn: str, demo_f
     assert "failure reasons (6 kinds, most frequent first):" in out
     assert "  3  failed    OCR engine timeout after 30s" in out
     assert "2  failed    invalid OCR result: text_boxes[0].bbox: Input should be a valid list" in out
-    assert "1  rejected  duplicate image_path within this call (first at position 997)" in out
+    assert "1  rejected  duplicate image_path (first at position 997)" in out
 
 
 def test_status_json_groups_reasons_with_counts_that_add_up(
@@ -480,7 +480,7 @@ def test_rejects_lists_positions_and_reasons_in_pages(dsn: str, demo_file: Path)
 
     assert first.exit_code == 0
     assert "2 rejects in batch B1 (2 open, 0 resolved); showing 1:" in first.stdout
-    assert "998" in first.stdout and "duplicate image_path within this call" in first.stdout
+    assert "998" in first.stdout and "duplicate image_path (first at position 997)" in first.stdout
     assert "more: loader rejects B1 --after 998" in first.stdout
     assert "999" in second.stdout and "not valid JSON" in second.stdout
     assert [(r["position"], r["line"]) for r in as_json] == [(998, 999), (999, 1000)]

@@ -154,7 +154,7 @@ def test_register_batch_is_idempotent_and_refuses_another_total(
     assert register_batch(conn, "reg", 10).total_images == 10
     with pytest.raises(BatchConflictError, match="total_images=10"):
         register_batch(conn, "reg", 11)
-    with pytest.raises(BatchConflictError, match="registered with total_images=10"):
+    with pytest.raises(BatchConflictError, match="declared with total_images=10"):
         save_batch(conn, "reg", make_batch(2), total_images=12)
 
 
@@ -232,7 +232,7 @@ def test_unstorable_inputs_are_rejected_with_raw_input_kept(
     assert "not a JSON object" in reasons[2]
     assert "image_path is missing" in reasons[3]
     assert "whitespace" in reasons[4]
-    assert "duplicate image_path within this call (first at position 0)" in reasons[5]
+    assert "duplicate image_path (first at position 0)" in reasons[5]
     assert "NUL" in reasons[6]
     assert stored_totals(db, "rejects") == (8, 1, 7, "SUCCESS")
     assert_totals_match_recount(db, "rejects")

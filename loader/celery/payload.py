@@ -167,21 +167,24 @@ def load_file(
     total_images: int | None,
     chunk_images: int,
     settings: Settings,
+    position_offset: int = 0,
+    replace: bool = False,
 ) -> LoadReport:
     """Load a JSONL batch file, ``chunk_images`` lines per transaction (loader.chunks).
 
     Without ``total_images``, a new batch's total is the file's non-blank line
-    count; an existing batch keeps its own.
+    count; an existing batch keeps its own. Line N is the input at position
+    ``position_offset`` + N of the batch.
     """
     started = time.perf_counter()
 
     def store(judged: Judged) -> LoadReport:
-        return save_judged(pool, batch_id, judged, total_images=total, settings=settings)
+        return save_judged(pool, batch_id, judged, total_images=total, settings=settings, replace=replace)
 
     try:
         total = _total_for(pool, batch_id, path, total_images)
         sources = jsonl.Sources([str(path)], check_text=False)
-        outcome = load_chunks(batch_id, sources, store, chunk_size=chunk_images)
+        outcome = load_chunks(batch_id, sources, store, chunk_size=chunk_images, offset=position_offset)
     except InputFileError as exc:
         raise BatchReferenceError(
             f"batch file {path} is unreadable: {exc}; the lines before it may be stored (each chunk "

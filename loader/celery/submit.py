@@ -39,6 +39,8 @@ def submit_batch(
     results: Iterable[Input],
     *,
     total_images: int | None = None,
+    position_offset: int = 0,
+    replace: bool = False,
     app: Celery | None = None,
     queue: str | None = None,
     inline_max_bytes: int | None = None,
@@ -54,6 +56,11 @@ def submit_batch(
     and the message carries its file:// URL. ``results`` may be a generator: it
     is read once, and past the limit streamed to the file rather than kept.
     ``options`` go to Celery's ``send_task`` (e.g. ``countdown``, ``task_id``).
+
+    A batch sent in chunks: each chunk passes ``position_offset`` (the position
+    in the batch of its first result) and the batch's ``total_images``, so the
+    chunks may be sent in any order, any number of times. ``replace=True``
+    re-runs OCR: the results replace the batch's stored ones (save_batch).
     """
     cfg = config()
     limit = cfg.inline_max_bytes if inline_max_bytes is None else inline_max_bytes
@@ -90,7 +97,7 @@ def submit_batch(
     result = app.send_task(
         TASK_NAME,
         args=(batch_id, payload),
-        kwargs={"total_images": total_images},
+        kwargs={"total_images": total_images, "position_offset": position_offset, "replace": replace},
         queue=queue or _routed_queue(app) or cfg.queue,
         **options,
     )

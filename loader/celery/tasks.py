@@ -39,8 +39,18 @@ def retry_delay(retries: int, cfg: CeleryConfig) -> float:
     return step / 2 + random.uniform(0, step / 2)  # noqa: S311  (spreading retries, not a secret)
 
 
-def load_payload(batch_id: str, results: Any, total_images: int | None = None) -> LoadReport:
-    """What the task does, callable without Celery: inline results or a file reference."""
+def load_payload(
+    batch_id: str,
+    results: Any,
+    total_images: int | None = None,
+    position_offset: int = 0,
+    replace: bool = False,
+) -> LoadReport:
+    """What the task does, callable without Celery: inline results or a file reference.
+
+    ``position_offset`` is the position in the batch of the call's first input,
+    ``total_images`` the batch's total (not the chunk's).
+    """
     cfg = config()
     pool = worker_pool()
     if isinstance(results, str):
@@ -52,9 +62,19 @@ def load_payload(batch_id: str, results: Any, total_images: int | None = None) -
             total_images=total_images,
             chunk_images=cfg.chunk_images,
             settings=cfg.save_settings,
+            position_offset=position_offset,
+            replace=replace,
         )
     if isinstance(results, list):
-        return save_batch(pool, batch_id, results, total_images=total_images, settings=cfg.save_settings)
+        return save_batch(
+            pool,
+            batch_id,
+            results,
+            total_images=total_images,
+            position_offset=position_offset,
+            settings=cfg.save_settings,
+            replace=replace,
+        )
     raise ConfigurationError(
         f"results must be a list of OCR results or a batch file reference (file:// URL), "
         f"got {type(results).__name__}"
@@ -71,12 +91,18 @@ def load_payload(batch_id: str, results: Any, total_images: int | None = None) -
     task_log=True,
 )
 def save_ocr_batch(
-    self: Task[Any, Any], batch_id: str, results: Any, total_images: int | None = None
+    self: Task[Any, Any],
+    batch_id: str,
+    results: Any,
+    total_images: int | None = None,
+    position_offset: int = 0,
+    replace: bool = False,
 ) -> dict[str, Any]:
-    """Save one batch; returns the LoadReport as JSON. Retries transient database errors only."""
+    """Save one batch, or one chunk of it starting at ``position_offset``; returns the
+    LoadReport as JSON. Retries transient database errors only."""
     cfg = config()
     try:
-        report = load_payload(batch_id, results, total_images)
+        report = load_payload(batch_id, results, total_images, position_offset, replace)
     except Exception as exc:
         if not is_retryable(exc):
             raise

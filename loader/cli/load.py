@@ -132,7 +132,12 @@ def _without_password(dsn: str) -> tuple[str, bool]:
 
 
 def resume_command(
-    files: tuple[str, ...], batch_id: str, chunk_size: int, skip: int, session: Session | None = None
+    files: tuple[str, ...],
+    batch_id: str,
+    chunk_size: int,
+    skip: int,
+    session: Session | None = None,
+    extra: tuple[str, ...] = (),
 ) -> str:
     """The command that continues a load from line ``skip``, reaching the same database.
 
@@ -143,6 +148,7 @@ def resume_command(
     parts = ["loader", "load", *files, "--batch-id", batch_id]
     if chunk_size != DEFAULT_CHUNK_SIZE:
         parts += ["--chunk-size", str(chunk_size)]
+    parts += extra
     had_password = False
     if session is not None and session.dsn_typed and session.dsn:
         dsn, had_password = _without_password(session.dsn)
@@ -185,17 +191,17 @@ def open_batch(conn: psycopg.Connection[Any], request: LoadRequest, size: InputS
     non-blank lines); None when the input is empty."""
     batch_id, total = request.batch_id, request.total
     existing = _existing(conn, batch_id)
-    if request.repair and existing is None:
-        raise CliError(
-            f"--repair puts fixed rejects back into an existing batch, and there is no batch {batch_id!r}"
-        )
+    if (request.repair or request.replace) and existing is None:
+        flag = "--repair" if request.repair else "--replace"
+        raise CliError(f"{flag} changes an existing batch, and there is no batch {batch_id[:80]!r}")
     if existing is not None:
-        if total is not None and total != existing.total_images:
-            raise CliError(
-                f"batch {batch_id!r} exists with total_images={existing.total_images}, not --total {total}; "
-                "drop --total to load into it as it is"
-            )
+        # A --total that contradicts the declared one is refused by the save path.
         return existing
+    if request.offset and total is None:
+        raise click.UsageError(
+            f"batch {batch_id[:80]!r} does not exist yet and this file starts at --offset {request.offset}: "
+            "pass --total N, the number of images in the whole batch"
+        )
     declared = total if total is not None else size.inputs
     if declared is None:
         raise click.UsageError(
@@ -210,22 +216,33 @@ def open_batch(conn: psycopg.Connection[Any], request: LoadRequest, size: InputS
 class RetryingStore:
     """Stores a judged chunk; after a transient failure reconnects and tries again, a few times."""
 
-    def __init__(self, session: Session, batch_id: str, retries: int, *, repair: bool = False) -> None:
+    def __init__(self, session: Session, request: LoadRequest) -> None:
         self.session = session
-        self.batch_id = batch_id
-        self.retries = retries
-        self.repair = repair
+        self.batch_id = request.batch_id
+        self.retries = request.retries
+        self.request = request
         self.conn = session.connect()
+
+    def _save(self, judged: Judged) -> LoadReport:
+        request = self.request
+        return save_judged(
+            self.conn,
+            self.batch_id,
+            judged,
+            total_images=request.total,
+            repair=request.repair,
+            replace=request.replace,
+        )
 
     def __call__(self, judged: Judged) -> LoadReport:
         for attempt in range(self.retries):
             try:
-                return save_judged(self.conn, self.batch_id, judged, repair=self.repair)
+                return self._save(judged)
             except DatabaseError as exc:
                 if not exc.transient:
                     raise
                 self._wait_and_reconnect(attempt, exc)
-        return save_judged(self.conn, self.batch_id, judged, repair=self.repair)
+        return self._save(judged)
 
     def _wait_and_reconnect(self, attempt: int, exc: DatabaseError) -> None:
         wait = 2.0**attempt
@@ -269,16 +286,24 @@ class LoadRequest:
     retries: int = DEFAULT_RETRIES
     #: The input is a fixed sparse export of the batch's rejects (`loader rejects --export`).
     repair: bool = False
+    #: The input re-runs OCR: each line replaces its image's stored result.
+    replace: bool = False
+    #: The position in the batch of the input's first line.
+    offset: int = 0
 
     def resume(self, skip: int, session: Session) -> str:
-        return resume_command(self.files, self.batch_id, self.chunk_size, skip, session)
+        extra = ["--offset", str(self.offset)] if self.offset else []
+        extra += ["--repair"] if self.repair else ["--replace"] if self.replace else []
+        if self.total is not None:
+            extra += ["--total", str(self.total)]
+        return resume_command(self.files, self.batch_id, self.chunk_size, skip, session, tuple(extra))
 
 
 def run_load(session: Session, request: LoadRequest) -> LoadOutcome:
     """Stream the files into the batch, chunk by chunk; stops early on Ctrl-C / SIGTERM."""
     started = time.monotonic()
     sources = Sources(request.files)  # refuses unreadable or binary input before a batch exists
-    store = RetryingStore(session, request.batch_id, request.retries, repair=request.repair)
+    store = RetryingStore(session, request)
     committed = Committed(request.skip)
     stop = StopRequest()
     try:
@@ -309,7 +334,8 @@ def _load(
     progress = open_batch(store.conn, request, size)
     if progress is None:
         return LoadOutcome(Totals(batch_id), request.skip, total_lines, time.monotonic() - started)
-    if size.inputs is not None and size.inputs > progress.total_images and not request.repair:
+    beyond = (size.inputs or 0) + request.offset > progress.total_images
+    if size.inputs is not None and beyond and not (request.repair or request.replace):
         log.warning(
             "the input holds more lines than the batch expects images",
             extra={"batch_id": batch_id, "lines": size.inputs, "total_images": progress.total_images},
@@ -321,6 +347,7 @@ def _load(
             store,
             chunk_size=request.chunk_size,
             skip=request.skip,
+            offset=request.offset,
             on_chunk=committed.on_chunk(display),
             stop=lambda: stop.requested,
         )
@@ -427,14 +454,17 @@ Examples:
   zcat results.jsonl.gz | loader load - --batch-id B1 --total 250000
   loader load results.jsonl --batch-id B1 --skip 45000     # resume after Ctrl-C
   loader load fixme.jsonl --batch-id B1 --repair           # fixed rejects, back in place
+  loader load part2.jsonl -b B1 --offset 50000 --total 100000   # the second half of a batch
+  loader load rerun.jsonl --batch-id B1 --replace          # re-OCR: replace stored results
 
 \b
 Every line of every file is one input (an OCRResult JSON object); gzip is
 detected by its magic bytes. Lines are numbered across the files in order,
-from 0: the first line of the second file continues after the last line of
-the first. That number is the input's position (load_rejects.position), so
-re-running the same command, with the same files in the same order and the
-same --chunk-size, recognises what is already stored and changes nothing.
+from 0 (or from --offset): the first line of the second file continues after
+the last line of the first. That number is the input's position in the batch,
+its identity: loading the same lines again, in any chunks, changes nothing,
+and a line at a position that holds another input is refused (exit 1, nothing
+of that chunk kept).
 A blank line (only whitespace) is no input: it is skipped, but it keeps its
 number, so the lines after it keep theirs. Any other line that is not a JSON
 object is rejected with its raw bytes; an invalid result is stored as failed
@@ -444,8 +474,11 @@ bytes, mostly invalid UTF-8) is refused before anything is written.
 \b
 --repair loads the file `loader rejects B --export` wrote, once fixed: line N
 goes back to position N-1, and an image stored there resolves the batch's open
-reject at that position (a line that was not JSON included). Any stored image
-also resolves an open reject of the batch claiming its image_path.
+reject at that position (a line that was not JSON included); a line for an
+image the batch stored as failed replaces that failure. A line that fixes
+nothing is refused, never added; one still bad takes its reject's place.
+--replace re-runs OCR: each line replaces the stored result of its image in
+the batch (status, error, boxes, public_path, model_version).
 
 \b
 A new batch is registered with as many images as the input has non-blank lines
@@ -500,6 +533,18 @@ the command to resume is printed (exit status 130).
     is_flag=True,
     help="FILE is a fixed export of the batch's rejects: put each line back at its position.",
 )
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Re-OCR: each line replaces the stored result of its image in the batch.",
+)
+@click.option(
+    "--offset",
+    metavar="N",
+    type=click.IntRange(min=0, max=2**31 - 1),
+    default=0,
+    help="Position in the batch of the input's first line (a file holding a later part of a batch).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the LoadReport (all chunks summed) as JSON.")
 @common_options
 def load_command(
@@ -511,6 +556,8 @@ def load_command(
     mode: str,
     retries: int,
     repair: bool,
+    replace: bool,
+    offset: int,
     as_json: bool,
     session: Session,
 ) -> None:
@@ -520,7 +567,9 @@ def load_command(
     """
     if mode == "auto":
         mode = "bar" if sys.stderr.isatty() else "plain"
-    request = LoadRequest(files, batch_id, chunk_size, total, skip, mode, retries, repair)
+    if repair and replace:
+        raise click.UsageError("--repair and --replace do not go together: a call is one or the other")
+    request = LoadRequest(files, batch_id, chunk_size, total, skip, mode, retries, repair, replace, offset)
     outcome = run_load(session, request)
     print_load(outcome, batch_id, as_json)
     if outcome.interrupted:

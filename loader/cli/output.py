@@ -22,9 +22,9 @@ def n(value: int) -> str:
     return f"{value:,}"
 
 
-def count(value: int, word: str) -> str:
-    """``1 line``, ``2,000 lines``."""
-    return f"{value:,} {word}{'' if value == 1 else 's'}"
+def count(value: int, word: str, plural: str | None = None) -> str:
+    """``1 line``, ``2,000 lines`` (``plural`` for words that take more than an s)."""
+    return f"{value:,} {word if value == 1 else plural or word + 's'}"
 
 
 def when(value: datetime | None) -> str:

@@ -5,4 +5,4 @@
 -- Empty both staging tables inside the transaction, so the next group's merge sees only its own rows.
 -- TRUNCATE rather than DELETE: one statement for both tables, and undone by a
 -- rollback to the group's savepoint like any other change.
-TRUNCATE loader_stage_images_v1, loader_stage_boxes_v1;
+TRUNCATE {stage_images}, {stage_boxes};

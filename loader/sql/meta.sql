@@ -6,20 +6,41 @@ SELECT max(version) AS version FROM loader_schema_version;
 
 -- name: register_batch
 -- Declare a batch that will arrive in chunks; a no-op when it exists with the same total.
+-- The total compared is the declared one: the stored total grows past it when
+-- more inputs than declared were accounted for.
 WITH created AS (
-    INSERT INTO batch_executions (batch_id, total_images)
-    VALUES (%(batch_id)s, %(total_images)s)
+    INSERT INTO batch_executions (batch_id, total_images, declared_images)
+    VALUES (%(batch_id)s, %(total_images)s, %(total_images)s)
     ON CONFLICT (batch_id) DO NOTHING
-    RETURNING total_images
+    RETURNING declared_images
 )
-SELECT total_images, true AS created FROM created
+SELECT declared_images, true AS created FROM created
 UNION ALL
-SELECT total_images, false FROM batch_executions
+SELECT coalesce(declared_images, total_images), false FROM batch_executions
 WHERE batch_id = %(batch_id)s AND NOT EXISTS (SELECT FROM created);
 
 -- name: batch_progress
--- The stored totals of one batch.
-SELECT batch_id, status::text AS status, total_images, completed_images, failed_images,
+-- One batch's totals: as stored, or as a recount of its rows gives them while another writer left them stale.
+-- A stale batch (schema.sql, totals_stale) reads as its next merge or
+-- recount_batch will store it, so the figures read are always the rows'.
+WITH be AS (
+    SELECT b.*, coalesce(b.declared_images, b.total_images) AS declared,
+           (SELECT count(*) FROM load_rejects r
+            WHERE r.batch_id = b.batch_id AND r.resolved_at IS NULL) AS rejected_images
+    FROM batch_executions b
+    WHERE b.batch_id = %(batch_id)s
+),
+figures AS (
+    SELECT be.*,
+           CASE WHEN be.totals_stale THEN rc.completed ELSE be.completed_images END AS completed,
+           CASE WHEN be.totals_stale THEN rc.failed + rc.rejected ELSE be.failed_images END AS failed
+    FROM be
+    LEFT JOIN LATERAL loader_recount(be.batch_id) rc ON be.totals_stale
+)
+SELECT batch_id,
+       (CASE WHEN totals_stale THEN loader_batch_status(declared, completed, failed, status)
+             ELSE status END)::text AS status,
+       CASE WHEN totals_stale THEN greatest(declared, completed + failed) ELSE total_images END AS total_images,
+       completed AS completed_images, failed AS failed_images, rejected_images,
        created_at, updated_at
-FROM batch_executions
-WHERE batch_id = %(batch_id)s;
+FROM figures;

@@ -1,23 +1,27 @@
 -- The save path: one call of save_batch() runs, in one transaction,
--- lock_batch, create_staging, two COPYs into the staging tables, then merge.
+-- lock_batch, the staging tables' CREATE (loader/copy.py), two COPYs into them,
+-- then merge. {stage_images} / {stage_boxes} are the staging tables' names,
+-- filled in from their declaration in loader/copy.py.
 
 -- name: lock_batch
--- Check the schema version, serialise calls for one batch, create it if unknown, tune this transaction, and say which of the call's paths other batches own.
+-- Check the schema version, serialise calls for one batch, create it if unknown, tune this transaction, and say whether this very call was committed before.
 -- The schema version is checked here, in the call's first statement, rather than
 -- in a statement of its own, so a call costs the same on a fresh connection.
 -- The advisory lock is transaction-scoped: a concurrent call for the same batch
 -- waits here until this one commits, so its merge sees this call's rows.
--- Paths owned by other batches are reported here, before COPY, so the client can
--- keep their raw input in load_rejects. A path claimed by another batch after
--- this point is caught by the merge (ON CONFLICT) and the call is retried.
+-- A call whose digest the batch's ledger (loader_calls) holds is a redelivery:
+-- the client then commits at once, without judging, staging or merging.
 WITH tuned AS (
     -- Statistics of the fresh staging tables are unknown; without this the
     -- planner overestimates them and spends a fifth of the merge compiling JIT.
+    -- loader.keeping_totals: the batch counters are written by the loader in
+    -- this transaction (schema.sql, "the batch counters are the loader's").
     SELECT set_config('jit', 'off', true),
            set_config('work_mem', %(work_mem)s, true),
            set_config('statement_timeout', %(statement_timeout)s, true),
            set_config('lock_timeout', %(lock_timeout)s, true),
-           set_config('client_min_messages', 'warning', true)
+           set_config('client_min_messages', 'warning', true),
+           set_config('loader.keeping_totals', 'on', true)
 ),
 locked AS (
     -- Read from tuned so the settings are in force before the wait: then
@@ -30,278 +34,340 @@ deployed AS (
     SELECT max(version) AS version FROM loader_schema_version
 ),
 created AS (
-    INSERT INTO batch_executions (batch_id, total_images)
-    SELECT %(batch_id)s, %(total_images)s
+    INSERT INTO batch_executions (batch_id, total_images, declared_images)
+    SELECT %(batch_id)s, %(total_images)s, %(total_images)s
     FROM locked, tuned, deployed
     WHERE deployed.version = %(schema_version)s
     ON CONFLICT (batch_id) DO NOTHING
-    RETURNING total_images
+    RETURNING batch_id, total_images, declared_images, completed_images, failed_images, status,
+              created_at, updated_at
 ),
-owned AS (
-    -- 1-based ordinals into the arrays the client sent. They come as JSON text,
-    -- not text[]: psycopg encodes a list as an array element by element in
-    -- Python (25 ms for a 10,000-image call), json.dumps in C (5 ms).
-    SELECT array_agg(p.ord ORDER BY p.ord) AS ords,
-           array_agg(p.kind ORDER BY p.ord) AS kinds,
-           array_agg(c.batch_id ORDER BY p.ord) AS owners
-    FROM (
-        -- An image_path stored by another batch.
-        SELECT i.ord, 'image_path' AS kind, o.chain_id
-        FROM json_array_elements_text(%(image_paths)s::json) WITH ORDINALITY AS i (path, ord)
-        JOIN ocr_executions o ON o.image_path = i.path
-        UNION ALL
-        -- A public_path stored for a different image (in any batch), unless
-        -- this batch already stored the image itself: then it is a replay and
-        -- the merge keeps the first write.
-        SELECT u.ord, 'public_path', o.chain_id
-        FROM ROWS FROM (json_array_elements_text(%(image_paths)s::json),
-                        json_array_elements_text(%(public_paths)s::json))
-             WITH ORDINALITY AS u (image_path, path, ord)
-        JOIN ocr_executions o ON o.public_path = u.path AND o.image_path <> u.image_path
-        WHERE NOT EXISTS (
-            SELECT FROM ocr_executions mine
-            JOIN chain_executions mc ON mc.chain_id = mine.chain_id
-            WHERE mine.image_path = u.image_path AND mc.batch_id = %(batch_id)s
-        )
-    ) AS p
-    JOIN chain_executions c ON c.chain_id = p.chain_id
-    WHERE p.kind = 'public_path' OR c.batch_id <> %(batch_id)s
+batch AS (
+    SELECT * FROM created
+    UNION ALL
+    SELECT be.batch_id, be.total_images, coalesce(be.declared_images, be.total_images), be.completed_images,
+           be.failed_images, be.status, be.created_at, be.updated_at
+    FROM batch_executions be, locked
+    WHERE be.batch_id = %(batch_id)s AND NOT EXISTS (SELECT FROM created)
 )
-SELECT coalesce((SELECT total_images FROM created),
-                (SELECT total_images FROM batch_executions WHERE batch_id = %(batch_id)s)) AS total_images,
+SELECT deployed.version AS schema_version,
        EXISTS (SELECT FROM created) AS created,
-       -- Inputs accounted for so far: a batch whose total grew past the one
-       -- declared (see merge) is full, and still takes calls that declare it.
-       coalesce((SELECT completed_images + failed_images FROM batch_executions
-                 WHERE batch_id = %(batch_id)s), 0) AS accounted,
-       owned.ords, owned.kinds, owned.owners,
-       deployed.version AS schema_version
-FROM owned, locked, tuned, deployed;
-
--- name: create_staging
--- Create the session's staging tables once; emptied at every commit or rollback.
--- Session-lived rather than per-transaction so busy workers do not churn the
--- system catalogs. Suffixed with the schema version so a layout change never
--- meets an old table. Two statements in one round trip.
-CREATE TEMP TABLE IF NOT EXISTS loader_stage_images_v1 (
-    pos          integer NOT NULL,
-    chain_id     text,
-    image_path   text,
-    public_path  text,
-    status       text,
-    error        text,
-    reject       text,
-    raw          bytea,
-    raw_sha256   bytea
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS loader_stage_boxes_v1 (
-    pos          integer NOT NULL,
-    box          integer NOT NULL,
-    text         text    NOT NULL,
-    confidence   double precision NOT NULL,
-    bbox         text    NOT NULL
-) ON COMMIT DELETE ROWS;
+       b.total_images, b.declared_images, b.completed_images, b.failed_images,
+       b.status::text AS status, b.created_at, b.updated_at,
+       (SELECT count(*) FROM load_rejects r
+        WHERE r.batch_id = %(batch_id)s AND r.resolved_at IS NULL) AS rejected_images,
+       EXISTS (SELECT FROM loader_calls l, locked
+               WHERE l.batch_id = %(batch_id)s AND l.digest = %(digest)s) AS replayed
+FROM deployed, tuned
+LEFT JOIN batch b ON true;
 
 -- name: merge
--- Move the staged call into the final tables, resolve the rejects it repairs, update the batch's totals from this call's changes and announce them; returns one row per staged input.
+-- Move the staged call into the final tables by the identity rule, update the batch's totals from this call's changes and announce them; returns one row per staged input.
 -- Everything is one statement, so it sees one snapshot taken after lock_batch
 -- got the batch's lock: rows of earlier calls for this batch are visible, and
 -- so are the batch's totals they left. Foreign keys are checked at the end of
 -- the statement, which is why an OCR row may be inserted before the chain it
 -- points to: the chain is only created for OCR rows that actually went in.
--- Parameters: batch_id, and by_position (a repair call: an image stored at
--- position P also resolves the batch's open reject at position P).
+-- The identity rule (README, "Guarantees"): an input is its position in the
+-- batch. Parameters: batch_id, mode ('plain', 'repair' or 'replace'), and the
+-- call's digest, first_position and inputs for the ledger.
 WITH
+flags AS (
+    SELECT EXISTS (SELECT FROM load_rejects
+                   WHERE batch_id = %(batch_id)s AND resolved_at IS NULL) AS any_open_reject
+),
 stage AS (
-    -- Already stored by this batch: probed per staged path through the unique
-    -- index on image_path (LATERAL + LIMIT keeps it a probe). Joining the
-    -- batch's stored images instead read all of them on every call: 59,000
-    -- rows, 120 ms, for the 60th chunk of a 1,000-image-chunk load. Probed for
-    -- rejects too: a reject of an image the batch already stored is recorded
-    -- as resolved by it.
+    -- Each probe is an index lookup per staged input (LATERAL + LIMIT keeps it
+    -- one): what the batch holds at this position (a stored image, or an open
+    -- reject), where this image_path is stored (any batch), and who else uses
+    -- this public_path.
     SELECT s.*,
-           mine.id IS NOT NULL AS already_stored,
-           mine.id AS stored_id,
-           -- A failed image that arrives again as a success (re-run OCR, or a
-           -- fixed input) replaces its failure; a success is never replaced.
-           coalesce(s.reject IS NULL AND mine.status = 'failed' AND s.status = 'success', false) AS upgrade
-    FROM loader_stage_images_v1 s
+           here.id AS here_id, here.image_path AS here_path, here.status AS here_status,
+           hrej.id AS hrej_id, hrej.image_path AS hrej_path,
+           mine.id AS mine_id, mine.status AS mine_status, mine.batch_id AS mine_batch,
+           mine.position AS mine_pos, mine.chain_pk AS mine_chain,
+           pub.batch_id AS pub_batch
+    FROM {stage_images} s
     LEFT JOIN LATERAL (
-        SELECT o.id, o.status
+        SELECT o.id, o.image_path, o.status
+        FROM chain_executions c
+        JOIN ocr_executions o ON o.chain_id = c.chain_id
+        WHERE c.batch_id = %(batch_id)s AND c.position = s.pos
+        LIMIT 1
+    ) AS here ON true
+    LEFT JOIN LATERAL (
+        SELECT r.id, r.image_path
+        FROM load_rejects r
+        WHERE r.batch_id = %(batch_id)s AND r.position = s.pos AND r.resolved_at IS NULL
+        ORDER BY r.id
+        LIMIT 1
+    ) AS hrej ON (SELECT any_open_reject FROM flags)
+    LEFT JOIN LATERAL (
+        SELECT o.id, o.status, c.batch_id, c.position, c.id AS chain_pk
         FROM ocr_executions o
         JOIN chain_executions c ON c.chain_id = o.chain_id
-        WHERE o.image_path = s.image_path AND c.batch_id = %(batch_id)s
+        WHERE o.image_path = s.image_path
         LIMIT 1
     ) AS mine ON true
+    LEFT JOIN LATERAL (
+        SELECT c.batch_id
+        FROM ocr_executions o
+        JOIN chain_executions c ON c.chain_id = o.chain_id
+        WHERE o.public_path = s.public_path AND o.image_path IS DISTINCT FROM s.image_path
+        LIMIT 1
+    ) AS pub ON s.public_path IS NOT NULL
+),
+seen AS (
+    -- This position received this very input before: the image it stores, or
+    -- a reject (open, or resolved by a repair) of the same bytes or image_path.
+    SELECT st.*,
+           (st.here_path IS NOT DISTINCT FROM st.image_path AND st.here_id IS NOT NULL)
+           OR EXISTS (
+               SELECT FROM load_rejects r
+               WHERE r.batch_id = %(batch_id)s AND r.position = st.pos
+                 AND (r.raw_sha256 = st.raw_sha256 OR r.image_path = st.image_path)
+           ) AS seen_here
+    FROM stage st
+),
+judged AS (
+    SELECT st.*,
+           CASE
+               -- Re-OCR: a result for an image this batch stores replaces it.
+               WHEN %(mode)s = 'replace' AND st.reject IS NULL AND st.mine_batch = %(batch_id)s THEN
+                   CASE WHEN st.pub_batch IS NULL THEN 'replace' ELSE 'refused' END
+               -- A repair says what each input fixes; it never adds an input.
+               WHEN %(mode)s = 'repair' THEN
+                   CASE
+                       WHEN st.reject IS NULL AND st.here_path = st.image_path AND st.here_status = 'failed'
+                           THEN 'replace'
+                       WHEN st.seen_here THEN 'unchanged'
+                       WHEN st.hrej_id IS NOT NULL AND st.reject IS NOT NULL THEN 'supersede'
+                       WHEN st.hrej_id IS NOT NULL AND (st.mine_id IS NOT NULL OR st.pub_batch IS NOT NULL)
+                           THEN 'elsewhere'
+                       WHEN st.hrej_id IS NOT NULL THEN 'fix'
+                       WHEN st.reject IS NULL AND st.mine_batch = %(batch_id)s AND st.mine_status = 'failed'
+                           THEN 'replace'
+                       ELSE 'refused'
+                   END
+               WHEN st.seen_here THEN 'unchanged'
+               WHEN st.here_id IS NOT NULL OR st.hrej_id IS NOT NULL THEN 'conflict'
+               WHEN st.reject IS NOT NULL THEN 'reject'
+               -- Stored in this batch by another writer, at no position: this input claims it.
+               WHEN st.mine_batch = %(batch_id)s AND st.mine_pos IS NULL THEN 'claim'
+               WHEN st.mine_id IS NOT NULL OR st.pub_batch IS NOT NULL THEN 'elsewhere'
+               ELSE 'new'
+           END AS verdict,
+           -- The reason of a reject the merge words itself, so it reads the
+           -- same wherever the chunk boundaries fell.
+           CASE
+               WHEN st.duplicate = 'image_path' AND st.mine_batch IS DISTINCT FROM %(batch_id)s
+                    AND st.mine_batch IS NOT NULL
+                   THEN format('image_path already stored by another batch (%%L)', st.mine_batch)
+               WHEN st.duplicate = 'image_path'
+                   THEN format('duplicate image_path (first at position %%s)',
+                               coalesce(st.mine_pos, st.dup_of))
+               WHEN st.duplicate = 'public_path'
+                   THEN format('public_path already used by another image (batch %%L)',
+                               coalesce(st.pub_batch, %(batch_id)s))
+               WHEN st.reject IS NOT NULL THEN st.reject
+               WHEN st.mine_batch = %(batch_id)s AND st.mine_pos IS NOT NULL
+                   THEN format('duplicate image_path (first at position %%s)', st.mine_pos)
+               WHEN st.mine_batch IS NOT NULL AND st.mine_batch <> %(batch_id)s
+                   THEN format('image_path already stored by another batch (%%L)', st.mine_batch)
+               WHEN st.pub_batch IS NOT NULL
+                   THEN format('public_path already used by another image (batch %%L)', st.pub_batch)
+           END AS reason
+    FROM seen st
 ),
 new_ocr AS (
     -- Inserted in image_path order so that concurrent calls of different
     -- batches touching the same paths take their index locks in one order and
     -- cannot deadlock. ON CONFLICT: a path claimed by another batch since
-    -- lock_batch looked is skipped here and reported as lost below.
-    INSERT INTO ocr_executions (chain_id, image_path, public_path, status, error)
-    SELECT chain_id, image_path, public_path, status::ocr_status, error
-    FROM stage
-    WHERE reject IS NULL AND NOT already_stored
+    -- this statement's snapshot is skipped here and reported as lost below.
+    INSERT INTO ocr_executions (chain_id, image_path, public_path, status, error, model_version)
+    SELECT chain_id, image_path, public_path, status::ocr_status, error, model_version
+    FROM judged
+    WHERE verdict IN ('new', 'fix')
     ORDER BY image_path
     ON CONFLICT DO NOTHING
     RETURNING id, chain_id, image_path, status
 ),
 new_chains AS (
-    INSERT INTO chain_executions (chain_id, batch_id, status, total_tasks, completed_tasks, failed_tasks)
-    SELECT chain_id, %(batch_id)s,
-           CASE status WHEN 'success' THEN 'SUCCESS' ELSE 'FAILURE' END::process_status,
+    INSERT INTO chain_executions (chain_id, batch_id, status, total_tasks, completed_tasks, failed_tasks, position)
+    SELECT n.chain_id, %(batch_id)s,
+           CASE n.status WHEN 'success' THEN 'SUCCESS' ELSE 'FAILURE' END::process_status,
            1,
-           (status = 'success')::integer,
-           (status = 'failed')::integer
-    FROM new_ocr
+           (n.status = 'success')::integer,
+           (n.status = 'failed')::integer,
+           j.pos
+    FROM new_ocr n
+    JOIN judged j ON j.chain_id = n.chain_id AND j.verdict IN ('new', 'fix')
     RETURNING chain_id
 ),
-upgraded_ocr AS (
-    UPDATE ocr_executions o
-    SET status = 'success', error = NULL
-    FROM stage s
-    WHERE s.upgrade AND o.id = s.stored_id
-    RETURNING o.id, o.chain_id
-),
-upgraded_chains AS (
+claimed AS (
     UPDATE chain_executions c
-    SET status = 'SUCCESS', completed_tasks = 1, failed_tasks = 0
-    FROM upgraded_ocr u
-    WHERE c.chain_id = u.chain_id AND c.status = 'FAILURE'
-    RETURNING c.chain_id
+    SET position = j.pos
+    FROM judged j
+    WHERE j.verdict = 'claim' AND c.id = j.mine_chain
+    RETURNING c.id
+),
+replaced_ocr AS (
+    -- The OCR row keeps its id; everything the result says is replaced.
+    UPDATE ocr_executions o
+    SET status = j.status::ocr_status, error = j.error, public_path = j.public_path,
+        model_version = j.model_version
+    FROM judged j
+    WHERE j.verdict = 'replace' AND o.id = j.mine_id
+    RETURNING o.id, o.chain_id, j.pos, j.mine_status::text AS old_status, o.status::text AS new_status
+),
+replaced_chains AS (
+    UPDATE chain_executions c
+    SET status = CASE r.new_status WHEN 'success' THEN 'SUCCESS' ELSE 'FAILURE' END::process_status,
+        completed_tasks = (r.new_status = 'success')::integer,
+        failed_tasks = (r.new_status = 'failed')::integer
+    FROM replaced_ocr r
+    WHERE c.chain_id = r.chain_id
+    RETURNING c.id
+),
+dropped_boxes AS (
+    -- Whatever boxes a replaced row held (another writer may have given a
+    -- failed row some) go; the new result's boxes take their places.
+    DELETE FROM ocr_text_boxes b
+    USING replaced_ocr r
+    WHERE b.ocr_execution_id = r.id
+    RETURNING b.id
 ),
 new_boxes AS (
-    -- Stored failures never have boxes, so an upgraded image takes its boxes
-    -- without meeting old ones.
+    -- Reads dropped_boxes' count, so the old boxes are gone before the new
+    -- ones take their (ocr_execution_id, position) keys.
     INSERT INTO ocr_text_boxes (ocr_execution_id, position, text, confidence, bbox)
     SELECT o.id, b.box, b.text, b.confidence, b.bbox::jsonb
     FROM (
-        SELECT n.id, s.pos FROM new_ocr n JOIN stage s ON s.chain_id = n.chain_id
+        SELECT n.id, j.pos FROM new_ocr n JOIN judged j ON j.chain_id = n.chain_id AND j.verdict IN ('new', 'fix')
         UNION ALL
-        SELECT u.id, s.pos FROM upgraded_ocr u JOIN stage s ON s.upgrade AND s.stored_id = u.id
+        SELECT r.id, r.pos FROM replaced_ocr r
     ) AS o
-    JOIN loader_stage_boxes_v1 b ON b.pos = o.pos
+    JOIN {stage_boxes} b ON b.pos = o.pos
+    WHERE (SELECT count(*) FROM dropped_boxes) >= 0
     ORDER BY o.id, b.box
     RETURNING 1
 ),
--- Repairs. An image this call newly stored takes the place of one open reject
--- of the batch: the one at its position (repair calls only), else one claiming
--- its image_path. One each way, so the batch's count of inputs never drops:
--- the image counts where the reject did. A replaced failure resolves nothing:
--- it adds no input, and the only open rejects naming a stored image are
--- duplicates within the call that stored it, which stay open.
-claims AS (
-    SELECT r.id AS reject_id, n.id AS ocr_id, 0 AS preference
-    FROM new_ocr n
-    JOIN stage s ON s.chain_id = n.chain_id
-    JOIN load_rejects r ON r.batch_id = %(batch_id)s AND r.position = s.pos AND r.resolved_at IS NULL
-    WHERE %(by_position)s
-      -- Evaluated once: a batch without open rejects skips the probes.
-      AND EXISTS (SELECT FROM load_rejects WHERE batch_id = %(batch_id)s AND resolved_at IS NULL)
-    UNION ALL
-    SELECT r.id, n.id, 1
-    FROM new_ocr n
-    JOIN load_rejects r ON r.batch_id = %(batch_id)s AND r.image_path = n.image_path AND r.resolved_at IS NULL
-    WHERE EXISTS (SELECT FROM load_rejects WHERE batch_id = %(batch_id)s AND resolved_at IS NULL)
-),
-matched AS (
-    SELECT DISTINCT ON (ocr_id) reject_id, ocr_id
-    FROM (
-        SELECT DISTINCT ON (reject_id) reject_id, ocr_id, preference
-        FROM claims
-        ORDER BY reject_id, preference, ocr_id
-    ) AS per_reject
-    ORDER BY ocr_id, preference, reject_id
-),
 resolved AS (
+    -- A repair line stored at a rejected position resolves that reject.
     UPDATE load_rejects r
-    SET resolved_at = now(), resolved_by = m.ocr_id
-    FROM matched m
-    WHERE r.id = m.reject_id
-    RETURNING r.id, m.ocr_id
+    SET resolved_at = now(), resolved_by = n.id
+    FROM judged j
+    JOIN new_ocr n ON n.chain_id = j.chain_id
+    WHERE j.verdict = 'fix' AND r.id = j.hrej_id
+    RETURNING r.id, n.id AS ocr_id
 ),
 new_rejects AS (
-    -- A reject of an image this batch stored before this call (say the
-    -- original bad input redelivered after its fix) is resolved from the start.
-    INSERT INTO load_rejects (batch_id, position, image_path, reason, raw, raw_sha256, resolved_at, resolved_by)
-    SELECT %(batch_id)s, pos, image_path, reject, raw, raw_sha256,
-           CASE WHEN stored_id IS NOT NULL THEN now() END, stored_id
-    FROM stage
-    WHERE reject IS NOT NULL
+    INSERT INTO load_rejects (batch_id, position, image_path, reason, raw, raw_sha256)
+    SELECT %(batch_id)s, pos, image_path, reason, raw, raw_sha256
+    FROM judged
+    WHERE verdict IN ('reject', 'supersede')
     ORDER BY pos
     ON CONFLICT (batch_id, position, raw_sha256) DO NOTHING
-    RETURNING position, raw_sha256, resolved_at
+    RETURNING position, raw_sha256
 ),
 superseded AS (
     -- A repair line refused again takes the place of the open reject it was
     -- meant to fix (resolved, by no OCR row), so the position counts once.
     UPDATE load_rejects r
     SET resolved_at = now()
-    FROM new_rejects n
-    WHERE %(by_position)s AND n.resolved_at IS NULL
-      AND r.batch_id = %(batch_id)s AND r.position = n.position AND r.resolved_at IS NULL
-      AND r.id NOT IN (SELECT reject_id FROM matched)
+    FROM judged j
+    WHERE j.verdict = 'supersede' AND r.id = j.hrej_id
     RETURNING r.id
 ),
+ledger AS (
+    INSERT INTO loader_calls (batch_id, digest, first_position, inputs)
+    VALUES (%(batch_id)s, %(digest)s, %(first_position)s, %(inputs)s)
+    ON CONFLICT (batch_id, digest) DO NOTHING
+    RETURNING 1
+),
 outcome AS (
-    SELECT s.pos,
+    SELECT j.pos,
            CASE
-               WHEN s.reject IS NOT NULL AND r.position IS NOT NULL THEN 'rejected'
-               WHEN s.reject IS NOT NULL THEN 'unchanged'
-               WHEN u.id IS NOT NULL THEN 'replaced'
-               WHEN s.already_stored THEN 'unchanged'
-               WHEN n.chain_id IS NOT NULL THEN 'stored'
-               ELSE 'lost'
+               WHEN j.verdict IN ('new', 'fix') AND n.chain_id IS NOT NULL THEN 'stored'
+               WHEN j.verdict IN ('new', 'fix') THEN 'lost'
+               WHEN j.verdict = 'replace' THEN 'replaced'
+               WHEN j.verdict IN ('unchanged', 'claim') THEN 'unchanged'
+               WHEN j.verdict IN ('reject', 'supersede') AND r.position IS NOT NULL THEN 'rejected'
+               WHEN j.verdict IN ('reject', 'supersede') THEN 'unchanged'
+               WHEN j.verdict = 'elsewhere' THEN 'lost'
+               ELSE j.verdict
            END AS outcome,
+           CASE
+               WHEN j.verdict = 'conflict' THEN coalesce(j.here_path, j.hrej_path)
+               WHEN j.verdict = 'refused' AND j.reason IS NOT NULL THEN j.reason
+               WHEN j.verdict = 'refused' AND %(mode)s = 'repair'
+                   THEN 'fixes nothing: this position holds no open reject, and the image is not a failure stored by this batch'
+               WHEN j.verdict = 'elsewhere' THEN j.reason
+           END AS reason,
            x.id IS NOT NULL AS resolved
-    FROM stage s
-    LEFT JOIN new_ocr n ON n.chain_id = s.chain_id AND s.reject IS NULL
-    LEFT JOIN upgraded_ocr u ON u.id = s.stored_id AND s.upgrade
-    LEFT JOIN new_rejects r ON r.position = s.pos AND r.raw_sha256 = s.raw_sha256
+    FROM judged j
+    LEFT JOIN new_ocr n ON n.chain_id = j.chain_id AND j.verdict IN ('new', 'fix')
+    LEFT JOIN new_rejects r ON r.position = j.pos AND r.raw_sha256 = j.raw_sha256
     LEFT JOIN resolved x ON x.ocr_id = n.id
 ),
 -- Totals: the batch's stored totals (kept exact by every call under the
--- batch's lock) plus what this call changed, never a recount of the batch:
--- that read every chain and reject of the batch, 7 ms a call at 59,000 images
--- and growing. OCR statuses are counted, as tests/checks.py::recount does.
--- MATERIALIZED: evaluated once, not once per mention in the CASE below.
+-- batch's lock) plus what this call changed, never a recount of the batch
+-- (that grows with the batch) unless another writer made them stale.
+-- MATERIALIZED: evaluated once, not once per mention below.
 delta AS MATERIALIZED (
     SELECT (SELECT count(*) FROM new_ocr WHERE status = 'success')
-           + (SELECT count(*) FROM upgraded_ocr) AS completed,
+           + (SELECT count(*) FROM replaced_ocr WHERE new_status = 'success' AND old_status = 'failed')
+           - (SELECT count(*) FROM replaced_ocr WHERE new_status = 'failed' AND old_status = 'success')
+           AS completed,
            (SELECT count(*) FROM new_ocr WHERE status = 'failed')
-           - (SELECT count(*) FROM upgraded_ocr)
-           + (SELECT count(*) FROM new_rejects WHERE resolved_at IS NULL)
+           - (SELECT count(*) FROM replaced_ocr WHERE new_status = 'success' AND old_status = 'failed')
+           + (SELECT count(*) FROM replaced_ocr WHERE new_status = 'failed' AND old_status = 'success')
+           AS failed,
+           (SELECT count(*) FROM new_rejects)
            - (SELECT count(*) FROM resolved)
-           - (SELECT count(*) FROM superseded) AS failed
+           - (SELECT count(*) FROM superseded) AS rejected,
+           (SELECT count(*) FROM ledger) AS recorded
 ),
-counted AS (
-    SELECT be.total_images AS declared, be.created_at, be.updated_at, be.status AS current,
-           be.completed_images + d.completed AS completed,
-           be.failed_images + d.failed AS failed
-    FROM batch_executions be, delta d
+base AS (
+    -- A batch another writer touched (totals_stale) is recounted from its rows,
+    -- once: the statement's snapshot holds them as they were before this call.
+    SELECT be.batch_id, coalesce(be.declared_images, be.total_images) AS declared, be.created_at,
+           be.updated_at, be.status AS current,
+           CASE WHEN be.totals_stale THEN (SELECT rc.completed FROM loader_recount(be.batch_id) rc)
+                ELSE be.completed_images END AS completed,
+           CASE WHEN be.totals_stale THEN (SELECT rc.failed FROM loader_recount(be.batch_id) rc)
+                ELSE be.failed_images - (SELECT count(*) FROM load_rejects r
+                                         WHERE r.batch_id = be.batch_id AND r.resolved_at IS NULL)
+           END AS failed,
+           (SELECT count(*) FROM load_rejects r
+            WHERE r.batch_id = be.batch_id AND r.resolved_at IS NULL) AS rejected
+    FROM batch_executions be
     WHERE be.batch_id = %(batch_id)s
 ),
+counted AS (
+    SELECT b.declared, b.created_at, b.updated_at, b.current,
+           b.completed + d.completed AS completed,
+           b.failed + d.failed + b.rejected + d.rejected AS failed,
+           b.rejected + d.rejected AS rejected
+    FROM base b, delta d
+),
 totals AS (
-    -- More inputs accounted for than declared (more distinct images than the
-    -- batch was registered with): the total grows to match, so completed +
-    -- failed never exceeds it and the percentage needs no cap.
+    -- More inputs accounted for than declared: the total grows to match, so
+    -- completed + failed never exceeds it and the percentage needs no cap.
     SELECT c.*, greatest(c.declared, c.completed + c.failed) AS total_images,
            loader_batch_status(c.declared, c.completed, c.failed, c.current) AS status
     FROM counted c
 ),
 batch AS (
-    -- Written even when some input was lost to a concurrent batch: what this
-    -- statement stored is counted now, and reject_lost adds the rest in the
-    -- same transaction. A replay changes nothing, so the row (and its
-    -- updated_at) stays as is and nothing is announced.
+    -- A replay changes nothing, so the row (and its updated_at) stays as is
+    -- and nothing is announced.
     UPDATE batch_executions AS be
     SET total_images = t.total_images, completed_images = t.completed, failed_images = t.failed,
-        status = t.status
+        status = t.status, totals_stale = false
     FROM totals t
     WHERE be.batch_id = %(batch_id)s
-      AND (be.total_images, be.completed_images, be.failed_images, be.status) IS DISTINCT FROM
-          (t.total_images, t.completed, t.failed, t.status)
+      AND (be.total_images, be.completed_images, be.failed_images, be.status, be.totals_stale)
+          IS DISTINCT FROM (t.total_images, t.completed, t.failed, t.status, false)
     RETURNING be.batch_id, be.total_images, be.completed_images, be.failed_images, be.status, be.updated_at
 ),
 announced AS (
@@ -314,10 +380,12 @@ announced AS (
     FROM batch b
 )
 -- One row per staged input; at least one row (pos NULL) so the totals always come back.
-SELECT o.pos, o.outcome, o.resolved,
-       t.total_images, t.completed, t.failed, t.status::text AS status,
+SELECT o.pos, o.outcome, o.reason, coalesce(o.resolved, false) AS resolved,
+       t.total_images, t.completed AS completed_images, t.failed AS failed_images,
+       t.rejected AS rejected_images, t.status::text AS status,
        t.created_at, coalesce((SELECT updated_at FROM batch), t.updated_at) AS updated_at,
-       (SELECT count(*) FROM announced) AS announced
+       (SELECT count(*) FROM announced) AS announced,
+       (SELECT recorded FROM delta) AS recorded
 FROM totals t
 LEFT JOIN outcome o ON true
 ORDER BY o.pos;
@@ -328,17 +396,16 @@ SELECT pg_advisory_xact_lock(hashtextextended('loader.batch:' || %(batch_id)s, 0
 
 -- name: recount_batch
 -- Recount a batch's totals from its stored rows and store them (announced like a merge's); run after batch_lock, in its transaction.
--- For batches whose totals no merge kept: written by the application's old
--- save path or by other writers. The merge itself never recounts.
-WITH counted AS (
-    SELECT be.batch_id, be.total_images AS declared, be.status AS current,
-           (SELECT count(*) FROM ocr_executions o JOIN chain_executions c ON c.chain_id = o.chain_id
-            WHERE c.batch_id = be.batch_id AND o.status = 'success') AS completed,
-           (SELECT count(*) FROM ocr_executions o JOIN chain_executions c ON c.chain_id = o.chain_id
-            WHERE c.batch_id = be.batch_id AND o.status = 'failed')
-           + (SELECT count(*) FROM load_rejects r
-              WHERE r.batch_id = be.batch_id AND r.resolved_at IS NULL) AS failed
-    FROM batch_executions be
+-- For batches whose totals another writer touched (the merge itself recounts
+-- only those, marked totals_stale). The total goes back to the declared one
+-- unless more inputs than that are accounted for.
+WITH keeping AS (
+    SELECT set_config('loader.keeping_totals', 'on', true)
+),
+counted AS (
+    SELECT be.batch_id, coalesce(be.declared_images, be.total_images) AS declared, be.status AS current,
+           rc.completed, rc.failed + rc.rejected AS failed
+    FROM batch_executions be, keeping, loader_recount(be.batch_id) rc
     WHERE be.batch_id = %(batch_id)s
 ),
 totals AS (
@@ -350,11 +417,11 @@ totals AS (
 batch AS (
     UPDATE batch_executions AS be
     SET total_images = t.total_images, completed_images = t.completed, failed_images = t.failed,
-        status = t.status
+        status = t.status, totals_stale = false
     FROM totals t
     WHERE be.batch_id = t.batch_id
-      AND (be.total_images, be.completed_images, be.failed_images, be.status) IS DISTINCT FROM
-          (t.total_images, t.completed, t.failed, t.status)
+      AND (be.total_images, be.completed_images, be.failed_images, be.status, be.totals_stale)
+          IS DISTINCT FROM (t.total_images, t.completed, t.failed, t.status, false)
     RETURNING be.batch_id, be.total_images, be.completed_images, be.failed_images, be.status
 ),
 announced AS (
@@ -364,3 +431,63 @@ announced AS (
     FROM batch b
 )
 SELECT (SELECT count(*) FROM batch) AS changed, (SELECT count(*) FROM announced) AS announced;
+
+-- name: delete_batch
+-- Delete a batch and everything under it (chains, OCR rows, boxes, task logs, rejects, ledger), children first; run after batch_lock.
+-- One statement, children first, so no cascade runs row by row; what is
+-- left for the foreign keys to check is already gone. Nothing outside the
+-- batch is touched: an OCR row belongs to the batch of its chain.
+WITH keeping AS (
+    SELECT set_config('loader.keeping_totals', 'on', true)
+),
+chains AS (
+    SELECT c.id, c.chain_id FROM chain_executions c, keeping WHERE c.batch_id = %(batch_id)s
+),
+ocr AS (
+    SELECT o.id FROM ocr_executions o JOIN chains c ON c.chain_id = o.chain_id
+),
+boxes AS (
+    DELETE FROM ocr_text_boxes b USING ocr o WHERE b.ocr_execution_id = o.id RETURNING 1
+),
+rejects AS (
+    DELETE FROM load_rejects r USING keeping WHERE r.batch_id = %(batch_id)s RETURNING 1
+),
+unresolved AS (
+    -- Another batch's reject resolved by one of these rows loses its link, as ON DELETE SET NULL would.
+    UPDATE load_rejects r SET resolved_by = NULL
+    FROM ocr o WHERE r.resolved_by = o.id AND r.batch_id <> %(batch_id)s
+    RETURNING 1
+),
+logs AS (
+    DELETE FROM task_logs t USING chains c WHERE t.chain_execution_id = c.id RETURNING 1
+),
+ocr_rows AS (
+    DELETE FROM ocr_executions o USING ocr x
+    WHERE o.id = x.id AND (SELECT count(*) FROM boxes) >= 0 AND (SELECT count(*) FROM unresolved) >= 0
+    RETURNING 1
+),
+chain_rows AS (
+    DELETE FROM chain_executions c USING chains x
+    WHERE c.id = x.id AND (SELECT count(*) FROM ocr_rows) >= 0 AND (SELECT count(*) FROM logs) >= 0
+    RETURNING 1
+),
+calls AS (
+    DELETE FROM loader_calls l USING keeping WHERE l.batch_id = %(batch_id)s RETURNING 1
+),
+batch AS (
+    DELETE FROM batch_executions be
+    WHERE be.batch_id = %(batch_id)s AND (SELECT count(*) FROM chain_rows) >= 0
+      AND (SELECT count(*) FROM rejects) >= 0 AND (SELECT count(*) FROM calls) >= 0
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM batch) AS batches, (SELECT count(*) FROM chain_rows) AS chains,
+       (SELECT count(*) FROM ocr_rows) AS images, (SELECT count(*) FROM boxes) AS boxes,
+       (SELECT count(*) FROM logs) AS task_logs, (SELECT count(*) FROM rejects) AS rejects;
+
+-- name: finished_batches_before
+-- Batches finished (SUCCESS or FAILURE) and last changed before a time, oldest first: candidates for retention.
+SELECT batch_id, status::text AS status, total_images, updated_at
+FROM batch_executions
+WHERE status IN ('SUCCESS', 'FAILURE') AND updated_at < %(before)s
+ORDER BY updated_at, id
+LIMIT %(limit)s;

@@ -1,0 +1,73 @@
+"""The save path's result rows, read by name (psycopg's class_row), and the progress they carry."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import NamedTuple
+
+from loader.models import BatchProgress, ProcessStatus
+
+
+class LockRow(NamedTuple):
+    """What lock_batch says about the batch before a call writes anything."""
+
+    schema_version: int | None
+    created: bool
+    total_images: int | None
+    declared_images: int | None
+    completed_images: int | None
+    failed_images: int | None
+    status: str | None
+    created_at: datetime | None
+    updated_at: datetime | None
+    rejected_images: int
+    #: The batch's ledger holds this call's digest: a redelivery, nothing to do.
+    replayed: bool
+
+    def progress(self, batch_id: str) -> BatchProgress:
+        assert self.status is not None, "lock_batch returns the batch it locked"
+        return BatchProgress(
+            batch_id=batch_id,
+            status=ProcessStatus(self.status),
+            total_images=self.total_images or 0,
+            completed_images=self.completed_images or 0,
+            failed_images=self.failed_images or 0,
+            rejected_images=self.rejected_images,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+        )
+
+
+class MergeRow(NamedTuple):
+    """One staged input's outcome, and the batch's totals (``pos`` None: a call without inputs)."""
+
+    pos: int | None
+    outcome: str | None
+    #: The merge's words for a reject, a refusal, an input to reject in a second pass, or a conflict's holder.
+    reason: str | None
+    resolved: bool
+    total_images: int
+    completed_images: int
+    failed_images: int
+    rejected_images: int
+    status: str
+    created_at: datetime | None
+    updated_at: datetime | None
+    announced: int
+    recorded: int
+
+    def progress(self, batch_id: str) -> BatchProgress:
+        return BatchProgress(
+            batch_id=batch_id,
+            status=ProcessStatus(self.status),
+            total_images=self.total_images,
+            completed_images=self.completed_images,
+            failed_images=self.failed_images,
+            rejected_images=self.rejected_images,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+        )
+
+    def with_totals_of(self, other: MergeRow) -> MergeRow:
+        """This input's outcome with the totals of a later merge of the same call."""
+        return other._replace(pos=self.pos, outcome=self.outcome, reason=self.reason, resolved=self.resolved)
