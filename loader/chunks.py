@@ -58,6 +58,7 @@ class Totals:
     rejected: int = 0
     unchanged: int = 0
     replaced: int = 0
+    refused: int = 0
     resolved: int = 0
     boxes: int = 0
     statements: int = 0
@@ -74,6 +75,7 @@ class Totals:
         self.rejected += report.rejected
         self.unchanged += report.unchanged
         self.replaced += report.replaced
+        self.refused += report.refused
         self.resolved += report.resolved
         self.boxes += report.boxes
         self.statements += report.statements
@@ -95,6 +97,7 @@ class Totals:
             rejected=self.rejected,
             unchanged=self.unchanged,
             replaced=self.replaced,
+            refused=self.refused,
             resolved=self.resolved,
             boxes=self.boxes,
             statements=self.statements,

@@ -170,6 +170,7 @@ class BatchExecution(_Timestamps, Base):
         CheckConstraint("total_images >= 0", name="batch_executions_total_images_check"),
         CheckConstraint("completed_images >= 0", name="batch_executions_completed_images_check"),
         CheckConstraint("failed_images >= 0", name="batch_executions_failed_images_check"),
+        CheckConstraint("declared_images >= 0", name="batch_executions_declared_images_check"),
         Index("batch_executions_created_at_idx", "created_at"),
         # The predicate is the one of `loader status --unfinished` (loader/sql/cli.sql).
         Index(

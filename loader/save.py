@@ -14,7 +14,7 @@ from psycopg import sql
 from psycopg.rows import class_row
 
 from loader import isolate, queries
-from loader.connection import SCHEMA_VERSION, Connectable, connection, mark_checked
+from loader.connection import SCHEMA_VERSION, Connectable, check_schema_version, connection, mark_checked
 from loader.copy import STAGE_BOXES, STAGE_IMAGES, StagedImage, copy_rows, staging_names
 from loader.errors import (
     BatchConflictError,
@@ -426,7 +426,9 @@ def _store(
                     batch_id,
                     refused,
                 )
-            except psycopg.errors.UndefinedTable as exc:
+            except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
+                # An older (or no) schema: the statement failed before its version check.
+                check_schema_version(conn)
                 raise SchemaVersionError(SCHEMA_VERSION, None) from exc
     # The isolating attempt never raises DataRefused: the loop ended in a break.
     assert attempt is not None

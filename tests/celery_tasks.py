@@ -28,9 +28,14 @@ def echo_unlogged(value: int) -> int:
 
 
 @app.task(name="tests.ocr_stage", bind=True, acks_late=True)
-def ocr_stage(self: Any, batch_id: str, images: int) -> dict[str, Any]:
-    """A pipeline stage that saves its own results (the docs/celery.md example)."""
-    results = make_batch(images, prefix=batch_id)  # stands in for running the OCR
-    report = save_with_worker_pool(batch_id, results, total_images=images)
+def ocr_stage(
+    self: Any, batch_id: str, images: int, first: int = 0, batch_size: int | None = None
+) -> dict[str, Any]:
+    """A pipeline stage that saves its own results: images first .. first + images - 1 of a
+    batch of batch_size (the docs/celery.md example)."""
+    results = make_batch(first + images, prefix=batch_id)[first:]  # stands in for running the OCR
+    report = save_with_worker_pool(
+        batch_id, results, position_offset=first, total_images=batch_size or images
+    )
     pool = worker_pool()
     return {"report": report.model_dump(mode="json"), "pid": os.getpid(), "pool": pool.name}

@@ -6,6 +6,11 @@ from typing import Any
 
 import psycopg
 
+from loader.copy import STAGE_IMAGES
+
+#: What the merge's text (as pg_stat_activity shows it) holds: it is the statement that reads staging.
+MERGE_MARK = f'FROM "{STAGE_IMAGES.table}"'
+
 TABLES = (
     "batch_executions",
     "chain_executions",

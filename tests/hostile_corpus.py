@@ -330,7 +330,7 @@ def corpus(prefix: str) -> list[Case]:
             "public_path duplicate",
             {"image_path": path("pub dup"), "public_path": shared_public},
             "rejected",
-            "duplicate public_path",
+            "public_path already used by another image",
         ),
         Case(
             "public_path empty", {"image_path": path("pub empty"), "public_path": ""}, "failed", "public_path"

@@ -34,7 +34,8 @@ def result(path: str, *, ok: bool = True, boxes: int = 2, model: str | None = No
 def ocr_row(db: psycopg.Connection[Any], path: str) -> tuple[Any, ...]:
     row = db.execute(
         "SELECT o.id, o.status::text, o.error, o.model_version, c.status::text,"
-        " (SELECT array_agg(b.text ORDER BY b.position) FROM ocr_text_boxes b WHERE b.ocr_execution_id = o.id)"
+        " (SELECT array_agg(b.text ORDER BY b.position) FROM ocr_text_boxes b"
+        "  WHERE b.ocr_execution_id = o.id)"
         " FROM ocr_executions o JOIN chain_executions c USING (chain_id) WHERE o.image_path = %s",
         [path],
     ).fetchone()
@@ -99,7 +100,8 @@ def test_a_failure_the_application_wrote_with_boxes_is_replaced_cleanly(
     db.execute("INSERT INTO batch_executions (batch_id, total_images) VALUES ('app', 2)")
     db.execute("INSERT INTO chain_executions (chain_id, batch_id, status) VALUES ('c-f', 'app', 'FAILURE')")
     oid = db.execute(
-        "INSERT INTO ocr_executions (chain_id, image_path, status) VALUES ('c-f', '/app/f', 'failed') RETURNING id"
+        "INSERT INTO ocr_executions (chain_id, image_path, status)"
+        " VALUES ('c-f', '/app/f', 'failed') RETURNING id"
     ).fetchone()[0]  # type: ignore[index]
     db.execute(
         "INSERT INTO ocr_text_boxes (ocr_execution_id, position, text, confidence, bbox)"
@@ -146,7 +148,8 @@ def test_a_fix_still_bad_supersedes_exactly_the_input_it_was_for(
     assert report.rejected == 1
     assert stored_totals(db, "bad") == (4, 1, 3, "SUCCESS")
     opened = db.execute(
-        "SELECT position, raw FROM load_rejects WHERE batch_id = 'bad' AND resolved_at IS NULL ORDER BY position"
+        "SELECT position, raw FROM load_rejects"
+        " WHERE batch_id = 'bad' AND resolved_at IS NULL ORDER BY position"
     ).fetchall()
     assert opened == [(0, b"junk one"), (1, b"still junk"), (3, b"junk three")]
     fixed = save_batch(conn, "bad", [result("/b/a"), result("/b/b")], repair=True)

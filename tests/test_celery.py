@@ -126,6 +126,14 @@ def test_pipeline_stage_saves_with_its_worker_process_pool(
     # One pool per worker process, made in that (forked) process and reused by its tasks.
     assert a["pid"] == b["pid"] != main_pid
     assert a["pool"] == f"loader-celery-{a['pid']}"
+    # The docs' stage in chunks: each knows its place and the batch's size, any order.
+    chunks = [
+        client.send_task("tests.ocr_stage", args=("stage-c", 30, f, 90), queue=worker.queue)
+        for f in (60, 0, 30)
+    ]
+    for chunk in chunks:
+        chunk.get(timeout=RESULT_TIMEOUT_S)
+    assert stored_totals(db, "stage-c") == (90, 90, 0, "SUCCESS")
     worker.stop()
     log = worker.log_tail(500)
     assert f"process {a['pid']}: connection pool closed" in log

@@ -93,10 +93,10 @@ def test_a_celery_batch_file_sums_replaced_failures_like_save_batch(
     fixed = write(tmp_path / "fixed.jsonl", 12)
     load_file(pool, "C", failed, total_images=None, chunk_images=5, settings=Settings())
 
-    report = load_file(pool, "C", fixed, total_images=None, chunk_images=5, settings=Settings())
+    report = load_file(pool, "C", fixed, total_images=None, chunk_images=5, settings=Settings(), replace=True)
     replay = load_file(pool, "C", failed, total_images=None, chunk_images=5, settings=Settings())
 
-    assert (report.stored, report.replaced, report.statements, report.received) == (12, 12, 24, 12)
+    assert (report.stored, report.replaced, report.statements, report.received) == (0, 12, 24, 12)
     assert (replay.unchanged, replay.replaced) == (12, 0)
     assert report.progress.completed_images == 12 and report.progress.failed_images == 0
 

@@ -85,7 +85,7 @@ def test_load_help_explains_positions_across_files_and_resuming() -> None:
     text = run("load", "--help").stdout
 
     assert f"[default: {DEFAULT_CHUNK_SIZE}" in text
-    assert "continues after the last line of" in text
+    assert "continues after" in text and "its identity" in text and "--offset" in text
     assert "--skip" in text and "resume" in text
     assert "stdin" in text and "--total" in text
 
@@ -328,7 +328,7 @@ def test_a_total_contradicting_the_batch_is_refused(
     result = run("load", str(demo_file), "-b", "B1", "--total", "1000", "--dsn", dsn)
 
     assert result.exit_code == 1
-    assert "exists with total_images=5, not --total 1000" in result.stderr
+    assert "declared with total_images=5, but this call says 1000" in result.stderr
     assert row_counts(db)["ocr_executions"] == 0
 
 
@@ -505,7 +505,9 @@ def test_exported_rejects_are_byte_exact_and_load_again_once_fixed(
     fixed["image_path"] = fixed["image_path"].replace("0000997", "0000999")
     fixed["public_path"] = fixed["public_path"].replace("0000997", "0000999")
     export.write_text(json.dumps(fixed) + "\n")
-    reload = run("load", str(export), "-b", "B1", "--dsn", dsn)
+    # A new image for the batch: placed after its last line (the fix of the reject
+    # itself, at its own position, is --repair's: tests/test_repair.py).
+    reload = run("load", str(export), "-b", "B1", "--offset", "1000", "--dsn", dsn)
     assert reload.exit_code == 0, reload.stderr
     assert "stored 1 · failed 0 · rejected 0" in reload.stdout
     assert db.execute(
@@ -560,7 +562,7 @@ def test_schema_check_matches_a_fresh_deployment(dsn: str) -> None:
 
     assert result.exit_code == 0
     assert result.stdout.startswith("schema 'public' matches the package")
-    assert "7 tables" in result.stdout
+    assert "8 tables" in result.stdout
 
 
 def test_schema_check_prints_the_drift_and_exits_3(dsn: str, db: psycopg.Connection[Any]) -> None:

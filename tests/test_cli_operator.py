@@ -97,32 +97,32 @@ def test_a_json_file_with_a_few_binary_lines_still_loads_and_rejects_them(
     assert "stored 18 · failed 0 · rejected 2" in result.stdout
 
 
-def test_resending_stored_failures_as_successes_is_reported_as_replaced(dsn: str, tmp_path: Path) -> None:
+def test_rerunning_ocr_on_stored_failures_is_reported_as_replaced(dsn: str, tmp_path: Path) -> None:
     failed, fixed = tmp_path / "failed.jsonl", tmp_path / "fixed.jsonl"
     failed.write_bytes(jsonl(5, status="failed"))
     fixed.write_bytes(jsonl(5))
     assert run("load", str(failed), "-b", "R", "--dsn", dsn).exit_code == 0
 
-    as_json = run("load", str(fixed), "-b", "R", "--json", "--chunk-size", "2", "--dsn", dsn)
+    as_json = run("load", str(fixed), "-b", "R", "--json", "--chunk-size", "2", "--replace", "--dsn", dsn)
     again = run("load", str(failed), "-b", "R", "--dsn", dsn)
 
     report = json.loads(as_json.stdout)
-    assert (report["stored"], report["replaced"], report["chunks"]) == (5, 5, 3)
+    assert (report["stored"], report["replaced"], report["chunks"]) == (0, 5, 3)
     assert report["progress"]["completed_images"] == 5 and report["progress"]["failed_images"] == 0
-    # A success is never replaced: the failures sent again change nothing.
+    # Without --replace the first write is kept: the failures sent again change nothing.
     assert "unchanged 5" in again.stdout and "replaced" not in again.stdout
 
 
-def test_the_text_summary_says_how_many_failures_were_replaced(dsn: str, tmp_path: Path) -> None:
+def test_the_text_summary_says_how_many_results_were_replaced(dsn: str, tmp_path: Path) -> None:
     failed, fixed = tmp_path / "failed.jsonl", tmp_path / "fixed.jsonl"
     failed.write_bytes(jsonl(4, status="failed"))
     fixed.write_bytes(jsonl(4))
     run("load", str(failed), "-b", "R", "--dsn", dsn)
 
-    text = run("load", str(fixed), "-b", "R", "--dsn", dsn).stdout
+    text = run("load", str(fixed), "-b", "R", "--repair", "--dsn", dsn).stdout
 
-    assert "stored 4 · failed 0" in text
-    assert "of the stored, 4 replaced a failure stored earlier" in text
+    assert "stored 0 · failed 0" in text
+    assert "replaced 4 stored result(s) in place" in text
 
 
 def test_the_resume_hint_repeats_a_typed_dsn_but_never_its_password() -> None:

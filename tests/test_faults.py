@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from checks import assert_totals_match_recount, snapshot, stored_totals
+from checks import MERGE_MARK, assert_totals_match_recount, snapshot, stored_totals
 from psycopg.conninfo import make_conninfo
 from tcp_proxy import TcpProxy, upstream_of
 
@@ -153,7 +153,7 @@ def batch_row_lock(dsn: str) -> Iterator[Callable[[], psycopg.Connection[Any]]]:
 
 def _merge_parked(db: psycopg.Connection[Any], pid: int) -> None:
     # The merge is the statement that reads the staging tables.
-    _wait_backend(db, pid, "FROM loader_stage_images_v1", "Lock")
+    _wait_backend(db, pid, MERGE_MARK, "Lock")
 
 
 def test_backend_terminated_during_copy(
@@ -328,7 +328,7 @@ def _merging_backend(db: psycopg.Connection[Any]) -> int:
         row = db.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND state = 'active'"
             " AND query LIKE %s AND pid <> pg_backend_pid()",
-            ["%FROM loader_stage_images_v1%"],
+            [f"%{MERGE_MARK}%"],
         ).fetchone()
         if row:
             found.append(row[0])

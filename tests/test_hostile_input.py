@@ -193,10 +193,11 @@ def test_paths_differing_only_by_normalisation_or_trailing_space_are_distinct_im
     second = [{"image_path": "/n/cafe\u0301"}, {"image_path": "/n/x "}, {"image_path": "/n/x"}]
     save_batch(conn, "normalised", first, total_images=4)
     report = save_batch(conn, "normalised", second, position_offset=2, total_images=4)
-    assert (report.stored, report.unchanged) == (2, 1)
+    # "/n/x" again at another position: a duplicate of position 1, counted.
+    assert (report.stored, report.rejected) == (2, 1)
     paths = {r[0] for r in db.execute("SELECT image_path FROM ocr_executions")}
     assert paths == {"/n/caf\u00e9", "/n/cafe\u0301", "/n/x", "/n/x "}
-    assert stored_totals(db, "normalised") == (4, 4, 0, "SUCCESS")
+    assert stored_totals(db, "normalised") == (5, 4, 1, "SUCCESS")
 
 
 @pytest.mark.parametrize(

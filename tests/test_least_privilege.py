@@ -1,6 +1,6 @@
 """Least privilege: the whole save path works connected as a login role that
-holds only loader_writer's grants (no DDL, no DELETE, no superuser), which
-cannot drop, alter, truncate or delete anything; and the password of its DSN
+holds only loader_writer's grants (no DDL, no DELETE but of text boxes, no superuser), which
+cannot drop, alter, truncate or delete batches; and the password of its DSN
 appears in no error, log record or report.
 
 The role connects over TCP (through a local proxy, so that the embedded server,
@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from checks import assert_totals_match_recount, snapshot, stored_totals
+from checks import MERGE_MARK, assert_totals_match_recount, snapshot, stored_totals
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from tcp_proxy import TcpProxy, upstream_of
@@ -54,10 +54,12 @@ class Role:
 _MINIMAL_GRANTS = [
     "GRANT SELECT ON loader_schema_version TO {role}",
     "GRANT SELECT, INSERT ON batch_executions, chain_executions, ocr_executions,"
-    " ocr_text_boxes, load_rejects TO {role}",
+    " ocr_text_boxes, load_rejects, loader_calls TO {role}",
     "GRANT UPDATE ON batch_executions, chain_executions, ocr_executions TO {role}",
     # The merge resolves rejects that later inputs repair.
     "GRANT UPDATE (resolved_at, resolved_by) ON load_rejects TO {role}",
+    # The merge replaces a re-OCRed or repaired result's boxes (checked for every merge).
+    "GRANT DELETE ON ocr_text_boxes TO {role}",
 ]
 
 
@@ -263,7 +265,8 @@ def _cut_once_merging(db: psycopg.Connection[Any], proxy: TcpProxy, call: Any) -
         while time.monotonic() < deadline:
             row = db.execute(
                 "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND state = 'active'"
-                " AND wait_event_type = 'Lock' AND query LIKE '%%FROM loader_stage_images_v1%%'"
+                " AND wait_event_type = 'Lock' AND query LIKE %s",
+                [f"%{MERGE_MARK}%"],
             ).fetchone()
             if row:
                 proxy.cut()

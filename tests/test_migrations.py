@@ -116,6 +116,7 @@ def test_v1_database_with_data_upgrades_to_exactly_a_fresh_install_and_keeps_its
     assert upgraded.exit_code == 0, upgraded.stderr
     assert "applied 0002_unfinished_batches_index.sql" in upgraded.stdout
     assert "applied 0003_application_models.sql" in upgraded.stdout
+    assert "applied 0004_input_identity.sql" in upgraded.stdout
     assert f"schema upgraded from version 1 to {SCHEMA_VERSION}" in upgraded.stdout
     assert run("schema", "check", "--dsn", old).exit_code == 0
     assert describe_deployed(old) == describe_deployed(fresh)
@@ -124,6 +125,14 @@ def test_v1_database_with_data_upgrades_to_exactly_a_fresh_install_and_keeps_its
         # Version 3: the reject (a line that was not JSON) is still open ...
         for reject in after["load_rejects"]:
             assert reject.pop("resolved_at") is None and reject.pop("resolved_by") is None
+        # Version 4: every batch declared at its total and marked for a recount (version 3
+        # cannot tell whether another writer touched it); no position known; no model said.
+        for batch in after["batch_executions"]:
+            assert batch.pop("declared_images") == batch["total_images"] and batch.pop("totals_stale") is True
+        for chain in after["chain_executions"]:
+            assert chain.pop("position") is None
+        for ocr in after["ocr_executions"]:
+            assert ocr.pop("model_version") is None
         # ... and the task log links its chain by id instead of chain_id.
         (log_after,), (log_before,) = after["task_logs"], before["task_logs"]
         chain = log_before.pop("chain_id")

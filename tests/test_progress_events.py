@@ -15,7 +15,7 @@ from typing import Any
 import click
 import psycopg
 import pytest
-from checks import hold_image_path
+from checks import MERGE_MARK, hold_image_path
 from click.testing import CliRunner
 
 from loader import register_batch, save_batch
@@ -105,7 +105,7 @@ def test_no_event_for_a_call_killed_after_its_merge_or_during_it(
     try:
         with psycopg.connect(dsn) as victim, ThreadPoolExecutor(max_workers=1) as worker:
             call = worker.submit(save_batch, victim, "killed", data)
-            _wait_for(db, victim.info.backend_pid, "loader_stage_images_v1")
+            _wait_for(db, victim.info.backend_pid, MERGE_MARK)
             db.execute("SELECT pg_terminate_backend(%s)", [victim.info.backend_pid])
             with pytest.raises(DatabaseError):
                 call.result(timeout=30)

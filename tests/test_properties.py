@@ -1,24 +1,24 @@
-"""Property-based tests: random sequences of chunked calls, replays, and good,
-failed, invalid, unparseable and path-less inputs, by two batches competing for
-the same paths, against a real database and a model of what must happen.
+"""Property-based tests of the identity rule, against a real database.
 
-After every call the loader's report matches the model, and the batch's
-stored totals (kept from each call's changes, never recounted) equal a recount
-of its rows; after every sequence each batch's completed + failed equals the
-distinct inputs it was sent (images by path, open rejects by position and raw
-bytes: a reject of an image the batch stored before is recorded resolved);
-and a replayed call changes nothing at all.
+A batch is a list of inputs, each at its position: successes, upstream
+failures, invalid results, lines that are not JSON or have no path, and
+repeats of the same image at any distance. However that list is cut into
+calls, in whatever order the calls arrive, however often each is sent, as
+lines or as dicts, the batch ends with the counts of a single call holding
+all of it (and, when the calls arrive in order, exactly its rows); and with
+re-OCR and repair calls mixed in, after every call the stored totals equal a
+recount of the rows and, once every position arrived, completed + failed
+equals the batch's total.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from checks import recount, snapshot, stored_totals
+from checks import recount, stored_totals
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,31 +27,20 @@ from loader import save_batch
 # Examples share the test's database: each gets its own batch ids and paths.
 _example = itertools.count()
 
-Item = tuple[str, int, str]  # (kind, index, variant)
+VARIANTS = ("good", "good", "upstream", "invalid")
 
 
-@dataclass(frozen=True)
-class Save:
-    batch: str
-    items: list[Item]
-    offset: int
-    as_lines: bool
-
-
-@dataclass(frozen=True)
-class Replay:
-    which: int
-
-
-def _input(ns: str, item: Item, as_lines: bool) -> Any:
-    """The input an item stands for; the same item always gives the same raw bytes."""
-    kind, index, variant = item
+def _input(ns: str, item: tuple[str, int], as_lines: bool, variant: str | None = None) -> Any:
+    """The input an item stands for; the same item always gives the same bytes (so a repeated
+    image is the same input wherever it stands)."""
+    kind, index = item
     if kind == "junk":
-        return [b"not json", b'{"image_path": "/trunc', b"[1, 2]", b""][index]
+        return [b"not json", b'{"image_path": "/trunc', b"[1, 2]"][index % 3]
     if kind == "nopath":
-        data: dict[str, Any] = [{"text_boxes": []}, {"image_path": None}, {"image_path": "  "}][index]
+        data: dict[str, Any] = [{"text_boxes": []}, {"image_path": None}, {"image_path": "  "}][index % 3]
     else:
         path = f"/prop/{ns}/{index}.jpg"
+        variant = variant or VARIANTS[index % len(VARIANTS)]
         if variant == "good":
             box = {"text": f"text {index}", "confidence": 0.5, "bbox": [[0, 0], [1, 1]]}
             data = {"image_path": path, "public_path": f"{path}.pub", "text_boxes": [box, box]}
@@ -62,127 +51,129 @@ def _input(ns: str, item: Item, as_lines: bool) -> Any:
     return json.dumps(data).encode() if as_lines else data
 
 
-def _raw(value: Any) -> bytes:
-    return value if isinstance(value, bytes) else json.dumps(value, ensure_ascii=False).encode()
+def _rows(db: psycopg.Connection[Any], batch_id: str) -> tuple[list[Any], list[Any]]:
+    images = db.execute(
+        "SELECT c.position, o.image_path, o.status::text, o.error FROM chain_executions c"
+        " JOIN ocr_executions o USING (chain_id) WHERE c.batch_id = %s ORDER BY c.position",
+        [batch_id],
+    ).fetchall()
+    rejects = db.execute(
+        "SELECT position, reason, raw FROM load_rejects WHERE batch_id = %s AND resolved_at IS NULL"
+        " ORDER BY position",
+        [batch_id],
+    ).fetchall()
+    return images, rejects
 
 
-@dataclass
-class Model:
-    """What the database must hold, kept by the rules the loader promises."""
+def _strip(rows: list[Any], ns: str) -> list[tuple[str, ...]]:
+    """Rows with the namespaces of the two batches' paths taken out."""
+    return [tuple(str(v).replace(f"{ns}w", "").replace(f"{ns}c", "") for v in r) for r in rows]
 
-    owner: dict[str, str] = field(default_factory=dict)  # path -> batch that stored it
-    succeeded: dict[str, bool] = field(default_factory=dict)  # path -> stored as success
-    rejects: set[tuple[str, int, bytes]] = field(default_factory=set)
-    # Rejects recorded already resolved: their image was stored by an earlier call.
-    resolved: set[tuple[str, int, bytes]] = field(default_factory=set)
 
-    def call(self, ns: str, batch: str, items: list[Item], offset: int, as_lines: bool) -> tuple[int, ...]:
-        stored = failed = rejected = unchanged = 0
-        seen: set[str] = set()
-        stored_here: set[str] = set()
-
-        def reject(pos: int, value: Any, path: str | None = None) -> None:
-            nonlocal rejected, unchanged
-            key = (batch, pos, _raw(value))
-            if key in self.rejects:
-                unchanged += 1
-            else:
-                self.rejects.add(key)
-                rejected += 1
-                if path is not None and self.owner.get(path) == batch and path not in stored_here:
-                    self.resolved.add(key)
-
-        for n, item in enumerate(items):
-            pos, value = offset + n, _input(ns, item, as_lines)
-            kind, index, variant = item
-            if kind != "image":
-                reject(pos, value)
-                continue
-            path = f"/prop/{ns}/{index}.jpg"
-            if path in seen:  # duplicate within the call
-                reject(pos, value, path)
-                continue
-            seen.add(path)
-            if self.owner.get(path) == batch:
-                if variant == "good" and not self.succeeded[path]:
-                    self.succeeded[path] = True  # a later success replaces a failure
-                    stored += 1
-                else:
-                    unchanged += 1
-            elif path in self.owner:  # another batch's image
-                reject(pos, value)
-            else:
-                self.owner[path] = batch
-                stored_here.add(path)
-                self.succeeded[path] = variant == "good"
-                if variant == "good":
-                    stored += 1
-                else:
-                    failed += 1
-        return stored, failed, rejected, unchanged
-
-    def totals(self, batch: str) -> tuple[int, int]:
-        mine = [p for p, b in self.owner.items() if b == batch]
-        completed = sum(1 for p in mine if self.succeeded[p])
-        rejects = sum(1 for key in self.rejects - self.resolved if key[0] == batch)
-        return completed, len(mine) - completed + rejects
+def _assert_exact(db: psycopg.Connection[Any], batch_id: str) -> tuple[int, int, int, str]:
+    totals = stored_totals(db, batch_id)
+    assert totals[1:3] == recount(db, batch_id)
+    assert totals[1] + totals[2] <= totals[0]
+    return totals
 
 
 items_st = st.lists(
     st.one_of(
-        st.tuples(st.just("image"), st.integers(0, 7), st.sampled_from(["good", "upstream", "invalid"])),
-        st.tuples(st.just("junk"), st.integers(0, 3), st.just("")),
-        st.tuples(st.just("nopath"), st.integers(0, 2), st.just("")),
-    ),
-    max_size=12,
-)
-ops_st = st.lists(
-    st.one_of(
-        st.builds(Save, st.sampled_from(["A", "B"]), items_st, st.integers(0, 16), st.booleans()),
-        st.builds(Replay, st.integers(0, 20)),
+        st.tuples(st.just("image"), st.integers(0, 6)),
+        st.tuples(st.just("junk"), st.integers(0, 2)),
+        st.tuples(st.just("nopath"), st.integers(0, 2)),
     ),
     min_size=1,
-    max_size=8,
+    max_size=14,
 )
+
+
+@st.composite
+def cuts_st(draw: st.DrawFn) -> tuple[list[tuple[str, int]], list[tuple[int, int, bool]]]:
+    """A batch, and calls covering it: (start, end, as_lines), in any order, some sent twice."""
+    items = draw(items_st)
+    bounds = sorted(set(draw(st.lists(st.integers(1, len(items) - 1), max_size=5)) if len(items) > 1 else []))
+    spans = list(itertools.pairwise([0, *bounds, len(items)]))
+    calls = [(a, b, draw(st.booleans())) for a, b in spans]
+    calls += draw(st.lists(st.sampled_from(calls), max_size=3))  # replays, possibly as the other form
+    calls = draw(st.permutations(calls))
+    return items, calls
 
 
 @settings(
-    max_examples=150,
+    max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(ops=ops_st)
-def test_random_call_sequences_keep_every_invariant(
-    conn: psycopg.Connection[Any], db: psycopg.Connection[Any], ops: list[Any]
+@given(case=cuts_st())
+def test_any_cut_in_any_order_ends_with_the_counts_of_one_call(
+    conn: psycopg.Connection[Any], db: psycopg.Connection[Any], case: Any
 ) -> None:
-    ns = f"e{next(_example)}"
-    model = Model()
-    done: list[Save] = []
-    for op in ops:
-        if isinstance(op, Replay):
-            if not done:
-                continue
-            call = done[op.which % len(done)]
-            before = snapshot(db)
+    items, calls = case
+    ns = f"c{next(_example)}"
+    whole, cut = f"{ns}-whole", f"{ns}-cut"
+    save_batch(conn, whole, [_input(f"{ns}w", item, True) for item in items])
+    for start, end, as_lines in calls:
+        chunk = [_input(f"{ns}c", item, as_lines) for item in items[start:end]]
+        save_batch(conn, cut, chunk, position_offset=start, total_images=len(items))
+        _assert_exact(db, cut)
+    reference, got = _assert_exact(db, whole), _assert_exact(db, cut)
+    assert got == reference
+    assert got[0] == got[1] + got[2] == len(items)
+    ordered = [c[0] for c in calls] == sorted(c[0] for c in calls)
+    if ordered:  # the same rows, position by position (paths differ only by namespace)
+        assert [_strip(r, ns) for r in _rows(db, cut)] == [_strip(r, ns) for r in _rows(db, whole)]
+
+
+@st.composite
+def life_st(draw: st.DrawFn) -> tuple[list[tuple[str, int]], list[tuple[str, Any]]]:
+    """A batch, and a life: chunks of it, re-OCR calls of some of its images, repairs of positions."""
+    items = draw(items_st)
+    ops: list[tuple[str, Any]] = []
+    for _ in range(draw(st.integers(1, 6))):
+        kind = draw(st.sampled_from(["send", "send", "replace", "repair"]))
+        start = draw(st.integers(0, len(items) - 1))
+        end = draw(st.integers(start + 1, len(items)))
+        if kind == "send":
+            ops.append(("send", (start, end, draw(st.booleans()))))
+        elif kind == "replace":
+            ops.append(("replace", (start, end, draw(st.sampled_from(["good", "upstream", "invalid"])))))
         else:
-            call, before = op, None
-        batch_id = f"{ns}-{call.batch}"
-        inputs = [_input(ns, item, call.as_lines) for item in call.items]
+            ops.append(("repair", (start, draw(st.sampled_from(["good", "junk"])))))
+    return items, ops
 
-        report = save_batch(conn, batch_id, inputs, position_offset=call.offset)
 
-        expected = model.call(ns, batch_id, call.items, call.offset, call.as_lines)
-        assert (report.stored, report.failed, report.rejected, report.unchanged) == expected, call
-        assert report.received == len(inputs)
-        if before is not None:  # a replay is a no-op
-            assert expected == (0, 0, 0, len(inputs))
-            assert snapshot(db) == before
-        assert stored_totals(db, batch_id)[1:3] == recount(db, batch_id), call
-        done.append(call)
-
-    for batch_id in {f"{ns}-{c.batch}" for c in done}:
-        _total, completed, failed, _status = stored_totals(db, batch_id)
-        assert (completed, failed) == model.totals(batch_id) == recount(db, batch_id)
-        distinct_images = sum(1 for b in model.owner.values() if b == batch_id)
-        distinct_rejects = sum(1 for key in model.rejects - model.resolved if key[0] == batch_id)
-        assert completed + failed == distinct_images + distinct_rejects
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(case=life_st())
+def test_cuts_replays_repairs_and_reocr_keep_totals_equal_to_a_recount(
+    conn: psycopg.Connection[Any], db: psycopg.Connection[Any], case: Any
+) -> None:
+    items, ops = case
+    ns = f"l{next(_example)}"
+    batch = f"{ns}-life"
+    total = len(items)
+    for op, args in ops:
+        if op == "send":
+            start, end, as_lines = args
+            chunk = [_input(ns, item, as_lines) for item in items[start:end]]
+            save_batch(conn, batch, chunk, position_offset=start, total_images=total)
+        elif op == "replace":
+            start, end, variant = args
+            # Each input at its own position: the images rerun, the rest as sent before.
+            rerun = [
+                _input(ns, item, False, variant if item[0] == "image" else None) for item in items[start:end]
+            ]
+            save_batch(conn, batch, rerun, position_offset=start, total_images=total, replace=True)
+        else:
+            position, fix = args
+            line = b"still junk" if fix == "junk" else _input(ns, ("image", 100 + position), True, "good")
+            save_batch(conn, batch, [line], position_offset=position, total_images=total, repair=True)
+        _assert_exact(db, batch)
+    save_batch(conn, batch, [_input(ns, item, True) for item in items], total_images=total)  # all arrived
+    total_images, completed, failed, status = _assert_exact(db, batch)
+    assert completed + failed == total_images == total
+    assert status == ("FAILURE" if completed == 0 else "SUCCESS")

@@ -9,7 +9,7 @@ from loader.errors import LoaderError
 
 
 def test_every_shipped_query_has_a_description_and_sql() -> None:
-    assert {"lock_batch", "create_staging", "merge", "schema_version"} <= set(queries.QUERIES)
+    assert {"lock_batch", "merge", "delete_batch", "schema_version"} <= set(queries.QUERIES)
     for query in queries.QUERIES.values():
         assert query.description and query.sql.strip()
         assert query.origin.startswith("loader/sql/")

@@ -15,7 +15,7 @@ import pytest
 from checks import assert_totals_match_recount, recount, snapshot, stored_totals
 from click.testing import CliRunner, Result
 
-from loader import BatchConflictError, register_batch, save_batch
+from loader import BatchConflictError, PositionConflictError, register_batch, save_batch
 from loader.cli import cli
 from loader.datagen import make_batch, make_result
 from loader.progress import recount_batch
@@ -72,22 +72,26 @@ def test_a_fixed_line_put_back_at_its_position_resolves_the_reject_there(
     assert_accounted_within_total(db, "pos")
 
 
-def test_without_repair_a_new_image_at_a_rejects_position_resolves_nothing(
+def test_without_repair_another_input_at_a_rejects_position_is_refused_whole(
     conn: psycopg.Connection[Any], db: psycopg.Connection[Any]
 ) -> None:
-    # Calls numbered from 0 each (the Celery task): positions repeat across calls.
+    # Calls numbered from 0 each: the second claims positions the first filled.
     register_batch(conn, "calls", 4)
     save_batch(conn, "calls", [b"not json", json.dumps(make_result(1, random.Random(1))).encode()])
+    before = snapshot(db)
 
-    report = save_batch(conn, "calls", lines(make_batch(2, prefix="calls-b")))
+    with pytest.raises(PositionConflictError, match="position 0 holds a rejected input"):
+        save_batch(conn, "calls", lines(make_batch(2, prefix="calls-b")))
 
+    assert snapshot(db) == before
+    report = save_batch(conn, "calls", lines(make_batch(2, prefix="calls-b")), position_offset=2)
     assert (report.stored, report.resolved) == (2, 0)
     assert open_rejects(db, "calls") == [(0, None)]
     assert stored_totals(db, "calls") == (4, 3, 1, "SUCCESS")
     assert_accounted_within_total(db, "calls")
 
 
-def test_an_image_stored_later_resolves_the_reject_claiming_its_path(
+def test_a_reject_is_resolved_only_by_a_repair_at_its_position(
     conn: psycopg.Connection[Any], db: psycopg.Connection[Any]
 ) -> None:
     save_batch(conn, "other", [{"image_path": "/o/1.jpg", "public_path": "/pub/shared.jpg"}])
@@ -100,10 +104,8 @@ def test_an_image_stored_later_resolves_the_reject_claiming_its_path(
     assert (first.stored, first.rejected) == (1, 1)
     assert open_rejects(db, "mine") == [(0, "/m/1.jpg")]
 
-    # Sent again with its own public_path, in another call at another position.
-    report = save_batch(
-        conn, "mine", [{"image_path": "/m/1.jpg", "public_path": "/pub/m1.jpg"}], position_offset=7
-    )
+    # Sent again with its own public_path, as the fix of position 0.
+    report = save_batch(conn, "mine", [{"image_path": "/m/1.jpg", "public_path": "/pub/m1.jpg"}], repair=True)
 
     assert (report.stored, report.resolved) == (1, 1)
     assert open_rejects(db, "mine") == []
@@ -111,23 +113,23 @@ def test_an_image_stored_later_resolves_the_reject_claiming_its_path(
     assert_accounted_within_total(db, "mine")
 
 
-def test_a_duplicate_within_one_call_stays_open(
+def test_a_duplicate_stays_open_when_a_repair_fixes_its_first_occurrence(
     conn: psycopg.Connection[Any], db: psycopg.Connection[Any]
 ) -> None:
     one = {"image_path": "/d/1.jpg", "status": "failed", "error": "engine crashed"}
     report = save_batch(conn, "dup", [one, one])
     assert (report.failed, report.rejected) == (1, 1)
 
-    # A success replacing the failure adds no input: it resolves nothing.
-    again = save_batch(conn, "dup", [{"image_path": "/d/1.jpg"}], position_offset=5)
+    # The failure fixed by its image: replaced in place, no input added or resolved.
+    again = save_batch(conn, "dup", [{"image_path": "/d/1.jpg"}], position_offset=5, repair=True)
 
-    assert (again.stored, again.replaced, again.resolved) == (1, 1, 0)
+    assert (again.stored, again.replaced, again.resolved) == (0, 1, 0)
     assert open_rejects(db, "dup") == [(1, "/d/1.jpg")]
     assert stored_totals(db, "dup") == (2, 1, 1, "SUCCESS")
     assert_accounted_within_total(db, "dup")
 
 
-def test_a_duplicate_of_an_image_an_earlier_call_stored_is_recorded_resolved(
+def test_a_duplicate_of_an_image_an_earlier_call_stored_is_rejected_and_counted(
     conn: psycopg.Connection[Any], db: psycopg.Connection[Any]
 ) -> None:
     save_batch(conn, "later", [{"image_path": "/l/1.jpg"}], total_images=1)
@@ -135,12 +137,9 @@ def test_a_duplicate_of_an_image_an_earlier_call_stored_is_recorded_resolved(
     report = save_batch(conn, "later", [{"image_path": "/l/1.jpg"}, {"image_path": "/l/1.jpg"}])
 
     assert (report.unchanged, report.rejected) == (1, 1)
-    row = db.execute(
-        "SELECT r.resolved_at IS NOT NULL, o.image_path FROM load_rejects r"
-        " JOIN ocr_executions o ON o.id = r.resolved_by WHERE r.batch_id = 'later'"
-    ).fetchone()
-    assert row == (True, "/l/1.jpg")
-    assert stored_totals(db, "later") == (1, 1, 0, "SUCCESS")
+    assert report.issues[-1].reason == "duplicate image_path (first at position 0)"
+    assert open_rejects(db, "later") == [(1, "/l/1.jpg")]
+    assert stored_totals(db, "later") == (2, 1, 1, "SUCCESS")
     assert_accounted_within_total(db, "later")
 
 
@@ -162,7 +161,7 @@ def test_replaying_a_repair_or_the_original_after_it_changes_nothing(
     assert stored_totals(db, "replay") == (6, 6, 0, "SUCCESS")
 
 
-def test_more_inputs_than_declared_raise_the_total_and_a_later_call_declaring_it_is_told_why(
+def test_more_inputs_than_declared_raise_the_total_and_later_calls_may_still_declare_it(
     conn: psycopg.Connection[Any], db: psycopg.Connection[Any]
 ) -> None:
     register_batch(conn, "over", 3)
@@ -170,11 +169,11 @@ def test_more_inputs_than_declared_raise_the_total_and_a_later_call_declaring_it
 
     assert report.progress.total_images == 5 and report.progress.percentage == 100.0
     assert stored_totals(db, "over") == (5, 5, 0, "SUCCESS")
-    # The declared total is now refused, saying why; without a total a replay changes nothing.
-    with pytest.raises(BatchConflictError, match="grew past the declared total"):
-        save_batch(conn, "over", make_batch(5, prefix="over"), total_images=3)
-    again = save_batch(conn, "over", make_batch(5, prefix="over"))
+    # The declared total is what calls are held to: a replay declaring it changes nothing.
+    again = save_batch(conn, "over", make_batch(5, prefix="over"), total_images=3)
     assert again.unchanged == 5
+    with pytest.raises(BatchConflictError, match="declared with total_images=3"):
+        save_batch(conn, "over", make_batch(5, prefix="over"), total_images=5)
     assert_accounted_within_total(db, "over")
 
 
@@ -378,8 +377,8 @@ def test_the_safety_net_resolves_by_position_too_and_keeps_totals_exact(
     report = save_batch(conn, "net", [data[1], {}, {}, data[4]], position_offset=1, repair=True)
 
     assert report.attempts == 2  # the net isolated the refused input
-    assert (report.stored, report.failed, report.resolved) == (1, 1, 2)
-    assert open_rejects(db, "net") == [(2, None), (3, None)]  # the two {} of this call
+    assert (report.stored, report.failed, report.resolved, report.refused) == (1, 1, 2, 2)
+    assert open_rejects(db, "net") == []  # the two {} of this call fix nothing: refused, not added
     assert_accounted_within_total(db, "net")
 
 

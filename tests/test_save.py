@@ -360,7 +360,7 @@ def test_backend_killed_mid_merge_rolls_back_everything(dsn: str, db: psycopg.Co
     def call() -> None:
         try:
             with psycopg.connect(dsn) as c:
-                save_batch(c, "killed", results)
+                save_batch(c, "killed", results, position_offset=300)
         except BaseException as exc:
             errors.append(exc)
 
@@ -378,7 +378,7 @@ def test_backend_killed_mid_merge_rolls_back_everything(dsn: str, db: psycopg.Co
 
     # The retry completes the batch exactly.
     with psycopg.connect(dsn) as c:
-        report = save_batch(c, "killed", results)
+        report = save_batch(c, "killed", results, position_offset=300)
     assert report.stored == 300
     assert stored_totals(db, "killed") == (600, 600, 0, "SUCCESS")
 
@@ -424,18 +424,18 @@ def test_concurrent_calls_for_one_batch_serialize(pool: Any, db: psycopg.Connect
     results = make_batch(600, prefix="same")
     register_batch(pool, "same", 600)
     # Overlapping chunks, several times each, all at once.
-    chunks = [results[0:300], results[200:500], results[400:600], results[0:600], results[100:200]]
+    spans = [(0, 300), (200, 500), (400, 600), (0, 600), (100, 200)]
     errors: list[BaseException] = []
-    barrier = threading.Barrier(len(chunks))
+    barrier = threading.Barrier(len(spans))
 
-    def run(chunk: list[Any]) -> None:
+    def run(start: int, end: int) -> None:
         try:
             barrier.wait()
-            save_batch(pool, "same", chunk)
+            save_batch(pool, "same", results[start:end], position_offset=start)
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(c,)) for c in chunks]
+    threads = [threading.Thread(target=run, args=span) for span in spans]
     for t in threads:
         t.start()
     for t in threads:
@@ -468,7 +468,7 @@ def test_replay_with_a_public_path_now_taken_stays_unchanged(
     assert stored_totals(db, "first") == (1, 1, 0, "SUCCESS")
 
 
-def test_a_later_success_replaces_a_stored_failure_and_never_the_reverse(
+def test_a_repair_replaces_stored_failures_and_a_redelivery_never_reverts_it(
     conn: psycopg.Connection[Any], db: psycopg.Connection[Any]
 ) -> None:
     good = make_batch(3, prefix="rerun")
@@ -479,10 +479,10 @@ def test_a_later_success_replaces_a_stored_failure_and_never_the_reverse(
     assert (first.stored, first.failed) == (1, 2)
     ids_before = db.execute("SELECT id, chain_id FROM ocr_executions ORDER BY id").fetchall()
 
-    # OCR re-run (or the input fixed): both failures become successes, same rows.
-    second = save_batch(conn, "rerun", good)
+    # The inputs fixed, sent as a repair: both failures become successes, same rows.
+    second = save_batch(conn, "rerun", good, repair=True)
 
-    assert (second.stored, second.replaced, second.failed, second.unchanged) == (2, 2, 0, 1)
+    assert (second.stored, second.replaced, second.failed, second.unchanged) == (0, 2, 0, 1)
     assert db.execute("SELECT id, chain_id FROM ocr_executions ORDER BY id").fetchall() == ids_before
     assert db.execute(
         "SELECT count(*) FILTER (WHERE o.status = 'success' AND o.error IS NULL AND c.status = 'SUCCESS'"

@@ -414,9 +414,10 @@ def _print_text(outcome: LoadOutcome, batch_id: str) -> None:
     )
     if totals.replaced:
         out.echo(
-            f"  of the stored, {out.n(totals.replaced)} replaced a failure stored earlier "
-            "(a success for an image this batch had stored as failed)"
+            f"  replaced {out.n(totals.replaced)} stored result(s) in place (re-OCR, or a repaired failure)"
         )
+    if totals.refused:
+        out.echo(f"  refused {out.n(totals.refused)} line(s) that fix nothing (not stored, not counted)")
     if totals.resolved:
         out.echo(f"  resolved {out.count(totals.resolved, 'reject')} of the batch (kept, marked resolved)")
     out.echo(f"  {out.batch_line(report.progress)}")
@@ -427,7 +428,10 @@ def _print_issues(totals: Totals, batch_id: str) -> None:
     shown = [i for i in totals.issues if i.outcome != "unchanged"][:ISSUES_SHOWN]
     if not shown:
         return
-    out.echo(f"first {len(shown)} of {out.n(totals.failed + totals.rejected)} failed or rejected lines:")
+    out.echo(
+        f"first {len(shown)} of {out.n(totals.failed + totals.rejected + totals.refused)} "
+        "failed, rejected or refused lines:"
+    )
     out.table([(f"line {i.position + 1}", i.outcome.ljust(8), i.reason) for i in shown], indent="  ")
     out.echo(
         f"  (all reasons: loader status {shlex.quote(batch_id)}; "

@@ -119,13 +119,15 @@ stage AS (
 ),
 seen AS (
     -- This position received this very input before: the image it stores, or
-    -- a reject (open, or resolved by a repair) of the same bytes or image_path.
+    -- a reject (open, or resolved by a repair) of the same bytes (seen_bytes)
+    -- or, for a plain call, of the same image_path. A repair line for the image
+    -- an open reject claims is that reject's fix, not a replay.
     SELECT st.*,
            (st.here_path IS NOT DISTINCT FROM st.image_path AND st.here_id IS NOT NULL)
            OR EXISTS (
                SELECT FROM load_rejects r
                WHERE r.batch_id = %(batch_id)s AND r.position = st.pos
-                 AND (r.raw_sha256 = st.raw_sha256 OR r.image_path = st.image_path)
+                 AND (r.raw_sha256 = st.raw_sha256 OR (r.image_path = st.image_path AND %(mode)s <> 'repair'))
            ) AS seen_here
     FROM stage st
 ),
@@ -302,7 +304,7 @@ outcome AS (
                WHEN j.verdict = 'refused' AND j.reason IS NOT NULL THEN j.reason
                WHEN j.verdict = 'refused' AND %(mode)s = 'repair'
                    THEN 'fixes nothing: this position holds no open reject, and the image is not a failure stored by this batch'
-               WHEN j.verdict = 'elsewhere' THEN j.reason
+               WHEN j.verdict IN ('elsewhere', 'reject', 'supersede') THEN j.reason
            END AS reason,
            x.id IS NOT NULL AS resolved
     FROM judged j
