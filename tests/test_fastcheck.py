@@ -23,7 +23,6 @@ from loader.datagen import break_some, make_batch
 from loader.models import MAX_BBOX_POINTS, MAX_COORDINATE, MAX_TEXT_CHARS, OCRResult
 from loader.validate import CHAIN_NAMESPACE, Prepared, _path_ok, chain_id_for, prepare
 
-
 # Every field of the model but these is a field of fastcheck.Checked, compared one by one:
 # a field added to OCRResult and not to the fast path fails here.
 _NOT_COMPARED = {"image_path", "text_boxes"}
