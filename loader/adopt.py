@@ -50,6 +50,9 @@ EXAMPLES_PER_RULE = 3
 OLD_PREFIX = "loader_adopt_old_"
 # Seconds adopt waits for its exclusive locks before giving up (see _lock).
 LOCK_TIMEOUT_S = 10
+# Seconds between two attempts at the locks: the application's transactions holding
+# a table get to finish instead of meeting adopt's next request at once.
+LOCK_PAUSE_S = 0.05
 # PostgreSQL truncates identifiers longer than this many bytes.
 MAX_IDENTIFIER = 63
 
@@ -191,8 +194,9 @@ class AdoptReport:
 
 
 def _fetch(conn: psycopg.Connection[Any], name: str, params: dict[str, Any] | None = None) -> list[Any]:
+    # No parameters, no placeholder parsing: a % in the text then reaches the server as written.
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(queries.get(name), params or {}).fetchall()
+        return cur.execute(queries.get(name), params).fetchall()
 
 
 def _loader_version(conn: psycopg.Connection[Any]) -> int | None:
@@ -489,15 +493,30 @@ def _set_aside(conn: psycopg.Connection[Any], offending: list[tuple[str, int, st
 
 def _lock(conn: psycopg.Connection[Any], timeout_s: float) -> None:
     """Lock the tables, or give up soon: a waiting ACCESS EXCLUSIVE request queues every
-    reader of the application behind it, so waiting long would look like an outage."""
-    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(timeout_s * 1000)}ms")))
-    try:
-        conn.execute(queries.get("adopt_lock_tables"))
-    except psycopg.errors.LockNotAvailable as exc:
-        raise AdoptError(
-            f"the application's tables are in use (no exclusive lock within {timeout_s:g} s); "
-            "stop the application's workers and API, then adopt; nothing changed"
-        ) from exc
+    reader of the application behind it, so waiting long would look like an outage.
+
+    The tables are locked in one statement, in foreign-key order, but a writer of the
+    application may hold one of them and then want another that adopt already holds.
+    Each attempt therefore waits at most half the server's deadlock_timeout and, when it
+    fails, rolls back to its savepoint, releasing what it took: the writer goes on before
+    anyone's deadlock check runs, so adopt neither dies of a deadlock nor kills a writer.
+    """
+    deadline = time.monotonic() + timeout_s
+    attempt_s = _fetch(conn, "adopt_deadlock_timeout")[0]["ms"] / 2000
+    while True:
+        wait_ms = max(int(min(attempt_s, deadline - time.monotonic()) * 1000), 1)
+        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{wait_ms}ms")))
+        try:
+            with conn.transaction():
+                conn.execute(queries.get("adopt_lock_tables"))
+            break
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
+            if time.monotonic() >= deadline:
+                raise AdoptError(
+                    f"the application's tables are in use (no exclusive lock within {timeout_s:g} s); "
+                    "stop the application's workers and API, then adopt; nothing changed"
+                ) from exc
+            time.sleep(LOCK_PAUSE_S)
     conn.execute("SET LOCAL lock_timeout = DEFAULT")
 
 
