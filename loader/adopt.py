@@ -185,6 +185,8 @@ class AdoptReport:
     rows_before: dict[str, int] = field(default_factory=dict)
     rows_after: dict[str, int] = field(default_factory=dict)
     set_aside: dict[str, int] = field(default_factory=dict)
+    #: Naive times --timezone names no instant or two of (converted all the same, see docs/adoption.md).
+    local_times: list[BrokenRule] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -306,6 +308,47 @@ def broken_rules(conn: psycopg.Connection[Any]) -> tuple[list[BrokenRule], list[
             rule.examples.append(f"id {r['id']}" + (f" ({r['detail']})" if r["detail"] else ""))
         offending.append((r["table_name"], int(r["id"]), r["rule"]))
     return list(rules.values()), offending
+
+
+# What adopt says of a naive time --timezone does not name exactly one instant of.
+LOCAL_TIME_RULES = {
+    "gap": "naive times in a daylight-saving gap of {tz} (no such local time; read with the offset "
+    "in force before the gap, as PostgreSQL does)",
+    "overlap": "naive times repeated by a daylight-saving overlap of {tz} (two instants; read as "
+    "PostgreSQL does, with the offset in force after the change)",
+}
+
+
+def local_time_problems(
+    conn: psycopg.Connection[Any], inspection: Inspection, timezone: str
+) -> list[BrokenRule]:
+    """Per column and problem, the naive times that name no instant or two in ``timezone``."""
+    parts = [
+        _named(
+            "adopt_local_time_problems",
+            table=sql.Identifier(table),
+            column=sql.Identifier(column),
+            table_label=sql.Literal(table),
+            column_label=sql.Literal(column),
+        ).query
+        for table in TABLES
+        for column in _STAMPS
+        if inspection.columns[table][column]["type"] == "timestamp without time zone"
+    ]
+    if not parts:
+        return []
+    query = sql.SQL("\nUNION ALL\n").join(parts) + sql.SQL("\nORDER BY 1, 2, 3")
+    found: dict[tuple[str, str, str], BrokenRule] = {}
+    with conn.cursor(row_factory=dict_row) as cur:
+        for r in cur.execute(query, {"tz": timezone}):
+            key = (r["table_name"], r["column_name"], r["problem"])
+            rule = found.setdefault(
+                key, BrokenRule(LOCAL_TIME_RULES[r["problem"]].format(tz=timezone), f"{key[0]}.{key[1]}")
+            )
+            rule.count += 1
+            if len(rule.examples) < EXAMPLES_PER_RULE:
+                rule.examples.append(f"id {r['id']} ({r['local_time']:%Y-%m-%d %H:%M:%S})")
+    return list(found.values())
 
 
 # --------------------------------------------------------------------------------------
@@ -568,6 +611,7 @@ def _run(
         _lock(conn, lock_timeout_s)
     report.rows_before = _counts(conn)
     report.broken, offending = broken_rules(conn)
+    report.local_times = local_time_problems(conn, inspection, timezone)
     steps = plan(conn, inspection, timezone)
     if dry_run:
         head = [Step(sql.SQL("BEGIN")), _named("adopt_lock"), lock]

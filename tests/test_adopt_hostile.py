@@ -8,11 +8,13 @@ from typing import Any
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 from oldapp import OldApp, OldImage, ProcessStatus, Shape, old_images
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from loader.adopt import adopt
+from loader.cli import cli
 from loader.errors import AdoptError, DirtyRowsError
 
 BOX = {"text": "t", "confidence": 0.5, "bbox": [[0, 0], [1, 1]]}
@@ -130,3 +132,44 @@ def test_a_writing_application_makes_adopt_give_up_without_a_deadlock(
     assert len(outcome) == 1 and isinstance(outcome[0], AdoptError), outcome
     assert "the application's tables are in use" in str(outcome[0])
     assert rows(app.dsn, "SELECT count(*) AS n FROM ocr_text_boxes WHERE bbox::text = '[]'") == [{"n": 1}]
+
+
+def test_local_times_a_dst_change_skipped_or_repeated_are_named_in_the_report(
+    old_app: Callable[[Shape], OldApp],
+) -> None:
+    app = old_app(Shape())
+    app.save_batch("b", old_images("b", 3))
+    with psycopg.connect(app.dsn) as conn:
+        # 02:30 did not happen in New York on 2024-03-10; 01:30 happened twice on 2024-11-03.
+        conn.execute("UPDATE ocr_executions SET created_at = '2024-03-10 02:30' WHERE id IN (1, 2)")
+        conn.execute("UPDATE ocr_text_boxes SET updated_at = '2024-11-03 01:30' WHERE id = 4")
+        conn.execute("UPDATE batch_executions SET created_at = '2024-11-03 00:59:59'")
+
+    dry = CliRunner().invoke(
+        cli, ["schema", "adopt", "--dry-run", "--timezone", "America/New_York", "--dsn", app.dsn]
+    )
+    report = adopt(app.dsn, timezone="America/New_York")
+
+    assert dry.exit_code == 0, dry.output
+    lines = [line for line in dry.output.splitlines() if line.startswith("-- warning: ")]
+    assert len(lines) == 2
+    assert "daylight-saving gap of America/New_York" in lines[0]
+    assert lines[0].endswith(
+        ": 2 row(s) of ocr_executions.created_at, e.g. id 1 (2024-03-10 02:30:00); id 2 (2024-03-10 02:30:00)"
+    )
+    assert "overlap" in lines[1] and lines[1].endswith(
+        "of ocr_text_boxes.updated_at, e.g. id 4 (2024-11-03 01:30:00)"
+    )
+    assert [(r.table, r.count) for r in report.local_times] == [
+        ("ocr_executions.created_at", 2),
+        ("ocr_text_boxes.updated_at", 1),
+    ]
+
+
+def test_in_utc_no_local_time_is_in_doubt(old_app: Callable[[Shape], OldApp]) -> None:
+    app = old_app(Shape())
+    app.save_batch("b", old_images("b", 2))
+    with psycopg.connect(app.dsn) as conn:
+        conn.execute("UPDATE ocr_executions SET created_at = '2024-03-10 02:30'")
+
+    assert adopt(app.dsn).local_times == []

@@ -82,6 +82,8 @@ def schema_adopt(
     elif dry_run:
         _print_dry_run(report, set_aside)
     else:
+        for rule in report.local_times:
+            out.echo(f"warning: {rule.line()}", err=True)
         for table, rows in sorted(report.set_aside.items()):
             out.echo(f"set aside {out.n(rows)} row(s) of {table} in loader_adopt_set_aside")
         out.echo(
@@ -94,6 +96,8 @@ def _print_dry_run(report: AdoptReport, set_aside: bool) -> None:
     out.echo(f"-- dry run on schema {report.namespace!r}; rows now: {_row_counts(report.rows_before)}")
     for rule in report.broken:
         out.echo(f"-- breaks {rule.line()}")
+    for rule in report.local_times:
+        out.echo(f"-- warning: {rule.line()}")
     out.echo("\n\n".join(f"{statement.rstrip().rstrip(';')};" for statement in report.statements))
     if report.broken and not set_aside:
         raise CliError("adopt would refuse: old rows break constraints (see above); nothing changed")

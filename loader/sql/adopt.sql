@@ -460,3 +460,24 @@ SELECT (SELECT count(*) FROM batch_executions) AS batch_executions,
        (SELECT count(*) FROM task_logs) AS task_logs,
        (SELECT count(*) FROM ocr_executions) AS ocr_executions,
        (SELECT count(*) FROM ocr_text_boxes) AS ocr_text_boxes;
+
+-- name: adopt_local_time_problems
+-- Naive times of one column ({table}, {column}, named {table_label}, {column_label}) that
+-- name no instant in %(tz)s (skipped by a daylight-saving gap) or two (repeated by an
+-- overlap). A gap: read in the zone and written back, the time comes out otherwise. An
+-- overlap: the zone's offsets a day before and a day after differ, and the time less
+-- either offset is an instant the zone shows as that same time.
+SELECT {table_label} AS table_name, {column_label} AS column_name, o.id, o.{column} AS local_time,
+       CASE WHEN (i.instant AT TIME ZONE %(tz)s) <> o.{column} THEN 'gap' ELSE 'overlap' END AS problem
+FROM {table} AS o
+CROSS JOIN LATERAL (SELECT o.{column} AT TIME ZONE %(tz)s AS instant) AS i
+CROSS JOIN LATERAL (
+    SELECT (i.instant - interval '1 day') AT TIME ZONE %(tz)s
+               - (i.instant - interval '1 day') AT TIME ZONE 'UTC' AS before,
+           (i.instant + interval '1 day') AT TIME ZONE %(tz)s
+               - (i.instant + interval '1 day') AT TIME ZONE 'UTC' AS after
+) AS off
+WHERE (i.instant AT TIME ZONE %(tz)s) <> o.{column}
+   OR (off.before <> off.after
+       AND ((o.{column} - off.before) AT TIME ZONE 'UTC') AT TIME ZONE %(tz)s = o.{column}
+       AND ((o.{column} - off.after) AT TIME ZONE 'UTC') AT TIME ZONE %(tz)s = o.{column})
