@@ -176,6 +176,18 @@ _TRANSIENT_SQLSTATES = frozenset(
 )
 _TRANSIENT_CLASSES = ("08",)  # connection exceptions
 
+# Characters of an id or a path a message quotes: enough to recognise it, never a screenful.
+QUOTED_CHARS = 80
+
+
+def quoted(value: str) -> str:
+    """``value`` as a message quotes it: repr (control characters escaped), cut to
+    QUOTED_CHARS characters with an ellipsis and the full length when longer."""
+    if len(value) <= QUOTED_CHARS:
+        return repr(value)
+    return f"{value[:QUOTED_CHARS]!r}… ({len(value):,} characters)"
+
+
 _PASSWORD_IN_DSN = re.compile(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)|(://[^:/@\s]*:)([^@\s]*)(@)")
 
 
@@ -203,15 +215,19 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def translate(exc: psycopg.Error, doing: str) -> DatabaseError:
-    """Wrap a psycopg error raised while ``doing`` something; use with ``raise ... from exc``."""
+def translate(exc: psycopg.Error, doing: str, lost: str | None = None) -> DatabaseError:
+    """Wrap a psycopg error raised while ``doing`` something; use with ``raise ... from exc``.
+
+    ``lost``: the advice when the connection went away, for callers that write nothing
+    (the default speaks of a call that may have committed).
+    """
     kind = TransientDatabaseError if is_transient(exc) else DatabaseError
     sqlstate = f" [SQLSTATE {exc.sqlstate}]" if exc.sqlstate else ""
     detail = redact_dsn(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
     if exc.sqlstate is None or exc.sqlstate.startswith("08"):
         # The connection itself went away: if that happened while COMMIT was in
         # flight, the server may have committed without telling us.
-        advice = (
+        advice = lost or (
             "the call was rolled back, unless the connection dropped during COMMIT; "
             "retrying is safe either way, since a replay changes nothing"
         )
@@ -225,9 +241,9 @@ def translate(exc: psycopg.Error, doing: str) -> DatabaseError:
 
 
 @contextmanager
-def translating(doing: str) -> Iterator[None]:
+def translating(doing: str, lost: str | None = None) -> Iterator[None]:
     """Raise any psycopg error of the block as the DatabaseError ``translate`` makes of it."""
     try:
         yield
     except psycopg.Error as exc:
-        raise translate(exc, doing) from exc
+        raise translate(exc, doing, lost) from exc

@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 
 from loader import isolate, queries
+from loader.batch_ids import batch_id_problem
 from loader.connection import SCHEMA_VERSION, Connectable, connection, mark_checked
 from loader.copy import STAGE_BOXES, STAGE_IMAGES, copy_rows
 from loader.errors import (
@@ -22,7 +23,7 @@ from loader.errors import (
 )
 from loader.models import BatchProgress, InputIssue, LoadReport, ProcessStatus
 from loader.progress import get_progress
-from loader.validate import Image, Input, Prepared, Reject, path_problem, prepare, raw_bytes
+from loader.validate import Image, Input, Prepared, Reject, prepare, raw_bytes
 
 log = logging.getLogger("loader")
 
@@ -61,7 +62,7 @@ _MAX_POSITION = 2**31 - 1
 def _check_batch_id(batch_id: object) -> str:
     if not isinstance(batch_id, str):
         raise ConfigurationError(f"batch_id must be a string, got {type(batch_id).__name__}")
-    problem = path_problem(batch_id, "batch_id")
+    problem = batch_id_problem(batch_id)
     if problem or len(batch_id) > 255:
         raise ConfigurationError(
             f"unusable batch_id {batch_id[:80]!r}: {problem or 'longer than 255 characters'}"

@@ -114,10 +114,12 @@ def print_rejects(
     batch_id: str, rows: list[RejectRecord], counts: RejectCounts, limit: int, after: int
 ) -> None:
     if not rows:
-        out.echo(f"no rejects in batch {batch_id}" + (f" after position {after}" if after >= 0 else ""))
+        after_text = f" after position {after}" if after >= 0 else ""
+        out.echo(f"no rejects in batch {out.printable(batch_id)}{after_text}")
         return
     out.echo(
-        f"{out.n(counts.open + counts.resolved)} rejects in batch {batch_id} ({out.n(counts.open)} open, "
+        f"{out.n(counts.open + counts.resolved)} rejects in batch {out.printable(batch_id)} "
+        f"({out.n(counts.open)} open, "
         f"{out.n(counts.resolved)} resolved); showing {len(rows)}:"
     )
     cells: list[tuple[str, str, str]] = []
@@ -177,7 +179,8 @@ def _print_export(export: Export, batch_id: str, target: str, compact: bool) -> 
     where = "stdout" if target == "-" else target
     what = "rejects" if compact else "open rejects"
     out.echo(
-        f"wrote {out.n(export.written)} {what} ({out.n(export.size)} bytes) of batch {batch_id} to {where}",
+        f"wrote {out.n(export.written)} {what} ({out.n(export.size)} bytes) of batch "
+        f"{out.printable(batch_id)} to {out.printable(where)}",
         err=True,
     )
     if export.with_newline:
