@@ -175,6 +175,8 @@ _TRANSIENT_SQLSTATES = frozenset(
     }
 )
 _TRANSIENT_CLASSES = ("08",)  # connection exceptions
+# The setting behind each timeout's SQLSTATE (the server's message names it, spaced).
+_TIMEOUT_SETTINGS = {"57014": "statement_timeout", "55P03": "lock_timeout"}
 
 # Characters of an id or a path a message quotes: enough to recognise it, never a screenful.
 QUOTED_CHARS = 80
@@ -237,6 +239,13 @@ def translate(exc: psycopg.Error, doing: str, lost: str | None = None) -> Databa
         advice = "nothing of this call was kept; check the server log and the input"
     if isinstance(exc, pg_errors.UndefinedTable):
         advice = "is the loader schema deployed? run `loader schema apply`"
+    setting = _TIMEOUT_SETTINGS.get(exc.sqlstate or "")
+    if setting and setting.replace("_", " ") in detail:
+        advice = (
+            f"{setting} cancelled it: the loader's own (Settings.{setting}), or the role's or "
+            f"session's where stricter, which the loader keeps (`SHOW {setting}` as this role); "
+            "nothing of this call was kept; retry it if the server was only busy"
+        )
     return kind(f"{doing} failed{sqlstate}: {detail} ({advice})")
 
 

@@ -2,8 +2,15 @@
 
 -- name: tasklog_timeouts
 -- Bound this transaction's statements and lock waits: a task-log write must stay cheap for the task.
-SELECT set_config('statement_timeout', %(timeout)s, true),
-       set_config('lock_timeout', %(timeout)s, true);
+-- A timeout the role or session sets stricter (not 0, and shorter) stays in force; pg_settings
+-- gives both in milliseconds, %(timeout)s comes as '<n>ms'.
+SELECT set_config(p.name,
+                  CASE WHEN p.setting::bigint > 0
+                            AND p.setting::bigint < extract(epoch FROM %(timeout)s::text::interval) * 1000
+                       THEN current_setting(p.name) ELSE %(timeout)s::text END,
+                  true)
+FROM pg_settings p
+WHERE p.name IN ('statement_timeout', 'lock_timeout');
 
 -- name: tasklog_upsert
 -- Record a task's state, one row per task_id: PENDING only creates, links only an existing chain.
