@@ -114,7 +114,8 @@ class CeleryConfig:
     pool_max: int = 4
     pool_timeout_s: float = 30.0
     broker_url: str = DEFAULT_BROKER_URL
-    result_backend: str = field(default_factory=lambda: _default_backend(DEFAULT_BROKER_URL))
+    #: LOADER_RESULT_BACKEND; None: the broker when it is Redis (see backend()).
+    result_backend: str | None = None
     queue: str = DEFAULT_QUEUE
     max_retries: int = DEFAULT_MAX_RETRIES
     retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S
@@ -146,7 +147,7 @@ class CeleryConfig:
             pool_max=pool_max,
             pool_timeout_s=_float(env, "LOADER_POOL_TIMEOUT", 30.0, 0.1),
             broker_url=broker,
-            result_backend=env.get("LOADER_RESULT_BACKEND", "").strip() or _default_backend(broker),
+            result_backend=env.get("LOADER_RESULT_BACKEND", "").strip() or None,
             queue=env.get("LOADER_QUEUE", "").strip() or DEFAULT_QUEUE,
             max_retries=_int(env, "LOADER_MAX_RETRIES", DEFAULT_MAX_RETRIES, 0),
             retry_backoff_s=_float(env, "LOADER_RETRY_BACKOFF", DEFAULT_RETRY_BACKOFF_S, 0.0),
@@ -166,6 +167,12 @@ class CeleryConfig:
                 lock_timeout=env.get("LOADER_LOCK_TIMEOUT", "").strip() or base.lock_timeout,
             ),
         )
+
+    def backend(self) -> str:
+        """The result backend of the loader's own app. Asked only when that app is
+        configured: a process that merely imports loader.celery, or saves through
+        save_with_worker_pool from its own Celery app, needs none."""
+        return self.result_backend or _default_backend(self.broker_url)
 
     def require_dsn(self) -> str:
         if not self.dsn:

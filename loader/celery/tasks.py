@@ -10,7 +10,7 @@ from celery import Task
 from psycopg_pool import PoolTimeout
 
 from loader.celery.app import app
-from loader.celery.config import TASK_NAME, CeleryConfig, config
+from loader.celery.config import DEFAULT_MAX_RETRIES, TASK_NAME, CeleryConfig, config
 from loader.celery.payload import load_file, resolve_reference
 from loader.celery.pool import worker_pool
 from loader.errors import ConfigurationError, is_transient
@@ -67,7 +67,7 @@ def load_payload(batch_id: str, results: Any, total_images: int | None = None) -
     acks_late=True,
     reject_on_worker_lost=True,
     # Bounded again per call from LOADER_MAX_RETRIES; this is Celery's default for others.
-    max_retries=config().max_retries,
+    max_retries=DEFAULT_MAX_RETRIES,
     task_log=True,
 )
 def save_ocr_batch(
