@@ -20,6 +20,9 @@ Every error the loader raises on purpose is a LoaderError:
     └── CliError                    a command that cannot go on (one line, an exit status)
         └── Interrupted             a load stopped by a second Ctrl-C
 
+    DataRefused                     internal to save_batch: data the database refused,
+                                    stored again by isolating it; never reaches a caller
+
 psycopg errors become DatabaseError through ``translate`` / ``translating``.
 """
 
@@ -146,6 +149,22 @@ class Interrupted(CliError):
     """
 
     exit_code = 130
+
+
+class DataRefused(Exception):
+    """The fast path's COPY or merge refused some input's data; save runs the call again,
+    isolating it (loader/isolate.py).
+
+    Internal: save_batch catches it and never lets it out, so it is no LoaderError.
+    ``loader.isolate.DataRefused`` names it too.
+    """
+
+    def __init__(self, cause: BaseException, statements: int) -> None:
+        lines = str(cause).strip().splitlines()
+        super().__init__(f"{type(cause).__name__}: {lines[0] if lines else ''}".rstrip(": "))
+        self.cause = cause
+        #: Statements the refused transaction sent, its ROLLBACK included.
+        self.statements = statements
 
 
 class DatabaseError(LoaderError):

@@ -59,9 +59,9 @@ def test_the_loaders_own_app_still_refuses_to_run_without_a_result_backend() -> 
 
 
 def test_the_result_backend_is_chosen_when_the_app_is_configured() -> None:
-    amqp = CeleryConfig.from_env({"LOADER_BROKER_URL": "amqp://guest:s3cret@mq//"})
+    amqp = CeleryConfig(broker_url="amqp://guest:s3cret@mq//", result_backend=None)
 
     with pytest.raises(ConfigurationError, match="LOADER_RESULT_BACKEND is not set") as refused:
         amqp.backend()
     assert "s3cret" not in str(refused.value)
-    assert CeleryConfig.from_env({"LOADER_BROKER_URL": "redis://r:6379/2"}).backend() == "redis://r:6379/2"
+    assert CeleryConfig(broker_url="redis://r:6379/2", result_backend=None).backend() == "redis://r:6379/2"

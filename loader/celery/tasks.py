@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 from typing import Any
 
 from celery import Task
@@ -15,6 +14,7 @@ from loader.celery.payload import load_file, resolve_reference
 from loader.celery.pool import worker_pool
 from loader.errors import ConfigurationError, is_transient
 from loader.models import LoadReport
+from loader.retry import Backoff
 from loader.save import save_batch
 
 log = logging.getLogger("loader.celery")
@@ -30,13 +30,8 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 def retry_delay(retries: int, cfg: CeleryConfig) -> float:
-    """Seconds before retry number ``retries + 1``: exponential, capped, jittered.
-
-    "Equal jitter": between half and all of the exponential step, so workers that
-    failed together spread out, yet none retries at once into the same outage.
-    """
-    step = min(cfg.retry_backoff_max_s, cfg.retry_backoff_s * 2.0**retries)
-    return step / 2 + random.uniform(0, step / 2)  # noqa: S311  (spreading retries, not a secret)
+    """Seconds before retry number ``retries + 1``: the loader's one policy (loader.retry)."""
+    return Backoff(cfg.retry_backoff_s, cfg.retry_backoff_max_s).delay(retries)
 
 
 def load_payload(batch_id: str, results: Any, total_images: int | None = None) -> LoadReport:
