@@ -26,15 +26,15 @@ WITH tuned AS (
         SELECT bool_or(s.name = 'statement_timeout' AND s.stricter) AS statement,
                bool_or(s.name = 'lock_timeout' AND s.stricter) AS lock
         FROM (
-            -- pg_settings gives both in milliseconds; ours is a GUC value ('60s',
-            -- '500ms', or a bare number, which a GUC reads as milliseconds).
-            SELECT p.name, p.setting::bigint > 0 AND (o.ms = 0 OR p.setting::bigint < o.ms) AS stricter
+            -- Compared as intervals: current_setting shows a value with its unit ('5s',
+            -- '1500ms') or 0; ours is a GUC value ('60s', '500ms', or a bare number,
+            -- which a GUC reads as milliseconds).
+            SELECT v.name, o.own > interval '0' AND (o.ours = interval '0' OR o.own < o.ours) AS stricter
             FROM (VALUES ('statement_timeout', %(statement_timeout)s::text),
                          ('lock_timeout', %(lock_timeout)s::text)) AS v (name, ours)
-            JOIN pg_settings p ON p.name = v.name
             CROSS JOIN LATERAL (
-                SELECT extract(epoch FROM (CASE WHEN v.ours ~ '^\s*[0-9.]+\s*$' THEN v.ours || 'ms'
-                                                ELSE v.ours END)::interval) * 1000 AS ms
+                SELECT current_setting(v.name)::interval AS own,
+                       (CASE WHEN v.ours ~ '^\s*[0-9.]+\s*$' THEN v.ours || 'ms' ELSE v.ours END)::interval AS ours
             ) AS o
         ) AS s
     ) AS own
