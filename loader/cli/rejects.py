@@ -130,9 +130,9 @@ def print_rejects(
             cells.append(("", "", f"resolved {out.when(row.resolved_at)} by {_resolver(row)}"))
     out.table(cells, header=("position", "bytes".rjust(7), "image_path / reason"), right=[0, 1])
     if len(rows) == limit:
-        out.echo(f"more: loader rejects {shlex.quote(batch_id)} --after {rows[-1].position}")
+        out.echo(f"more: loader rejects {out.printable(shlex.quote(batch_id))} --after {rows[-1].position}")
     if counts.open:
-        out.echo(f"export: loader rejects {shlex.quote(batch_id)} --export rejects.jsonl")
+        out.echo(f"export: loader rejects {out.printable(shlex.quote(batch_id))} --export rejects.jsonl")
 
 
 def _resolver(row: RejectRecord) -> str:
@@ -197,7 +197,7 @@ def _print_export(export: Export, batch_id: str, target: str, compact: bool) -> 
             err=True,
         )
     if not compact and target != "-" and export.written:
-        command = f"loader load {shlex.quote(target)} -b {shlex.quote(batch_id)} --repair"
+        command = out.printable(f"loader load {shlex.quote(target)} -b {shlex.quote(batch_id)} --repair")
         out.echo(f"fix the lines in place, then: {command}", err=True)
 
 

@@ -116,7 +116,7 @@ def print_status(status: BatchStatus) -> None:
     )
     _print_reasons(status)
     if status.rejected:
-        out.echo(f"raw rejected lines: loader rejects {shlex.quote(progress.batch_id)}")
+        out.echo(f"raw rejected lines: loader rejects {out.printable(shlex.quote(progress.batch_id))}")
 
 
 def _print_reasons(status: BatchStatus) -> None:
