@@ -4,7 +4,7 @@ One transaction, all or nothing. In it:
 
 1. take the deployment lock and ACCESS EXCLUSIVE locks on the five application tables;
 2. read the catalog and recognise the shape SQLAlchemy's ``create_all`` gives the
-   original models (:data:`EXPECTED`); anything else is refused with one line per
+   original models (loader/adopt_shape.py); anything else is refused with one line per
    difference, before anything changes;
 3. find old rows that break a constraint of schema.sql (adopt.sql, ``adopt_dirty_rows``):
    refuse, or with ``set_aside`` move them (and the rows that hang on them) to
@@ -26,8 +26,6 @@ need their defaults dropped first.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, LiteralString
 
@@ -36,6 +34,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from loader import queries
+from loader.adopt_shape import STAMPS, TABLES, Inspection, fetch, inspect
 from loader.connection import SCHEMA_VERSION
 from loader.dsn import check_dsn
 from loader.errors import AdoptError, DirtyRowsError, UnknownShapeError, translating
@@ -50,100 +49,16 @@ EXAMPLES_PER_RULE = 3
 OLD_PREFIX = "loader_adopt_old_"
 # Seconds adopt waits for its exclusive locks before giving up (see _lock).
 LOCK_TIMEOUT_S = 10
+# Seconds between two attempts at the locks: the application's transactions holding
+# a table get to finish instead of meeting adopt's next request at once.
+LOCK_PAUSE_S = 0.05
 # PostgreSQL truncates identifiers longer than this many bytes.
 MAX_IDENTIFIER = 63
 
-TABLES = ("batch_executions", "chain_executions", "task_logs", "ocr_executions", "ocr_text_boxes")
 # Children first: the order old rows are set aside (deleted) in.
 BOTTOM_UP = ("ocr_text_boxes", "task_logs", "ocr_executions", "chain_executions", "batch_executions")
 
-PROCESS_LABELS = ("PENDING", "STARTED", "SUCCESS", "RUNNING", "FAILURE", "RETRY", "REVOKED")
-OCR_LABELS = ("SUCCESS", "FAILED")
 OLD_ENUMS = ("processstatus", "ocrstatus")
-
-
-@dataclass(frozen=True)
-class Kind:
-    """A family of column types the adoption converts from, and what it says when another appears."""
-
-    name: str
-    accepts: Callable[[str], bool]
-
-
-def _is_string(t: str) -> bool:
-    return t == "text" or t.startswith("character varying")
-
-
-INTEGER = Kind("integer", lambda t: t in ("integer", "bigint", "smallint"))
-STRING = Kind("varchar or text", _is_string)
-TIMESTAMP = Kind("timestamp", lambda t: t in ("timestamp without time zone", "timestamp with time zone"))
-FLOAT = Kind("double precision or real", lambda t: t in ("double precision", "real"))
-JSON = Kind("json or jsonb", lambda t: t in ("json", "jsonb"))
-PROCESS = Kind("enum processstatus or varchar", lambda t: t == "processstatus" or _is_string(t))
-OCR = Kind("enum ocrstatus or varchar", lambda t: t == "ocrstatus" or _is_string(t))
-
-_STAMPS = {"created_at": TIMESTAMP, "updated_at": TIMESTAMP}
-
-#: The original models as create_all makes them: table -> column -> accepted types.
-EXPECTED: dict[str, dict[str, Kind]] = {
-    "batch_executions": {
-        "id": INTEGER,
-        "batch_id": STRING,
-        "status": PROCESS,
-        "total_images": INTEGER,
-        "completed_images": INTEGER,
-        "failed_images": INTEGER,
-        **_STAMPS,
-    },
-    "chain_executions": {
-        "id": INTEGER,
-        "chain_id": STRING,
-        "batch_id": STRING,
-        "status": PROCESS,
-        "total_tasks": INTEGER,
-        "completed_tasks": INTEGER,
-        "failed_tasks": INTEGER,
-        **_STAMPS,
-    },
-    "task_logs": {
-        "id": INTEGER,
-        "task_id": STRING,
-        "task_name": STRING,
-        "chain_execution_id": INTEGER,
-        "status": PROCESS,
-        **_STAMPS,
-    },
-    "ocr_executions": {
-        "id": INTEGER,
-        "image_path": STRING,
-        "public_path": STRING,
-        "chain_id": STRING,
-        "status": OCR,
-        **_STAMPS,
-    },
-    "ocr_text_boxes": {
-        "id": INTEGER,
-        "ocr_execution_id": INTEGER,
-        "text": STRING,
-        "confidence": FLOAT,
-        "bbox": JSON,
-        **_STAMPS,
-    },
-}
-OPTIONAL_COLUMNS = {("task_logs", "task_name")}
-UNIQUE_COLUMNS = {
-    ("batch_executions", "batch_id"),
-    ("chain_executions", "chain_id"),
-    ("task_logs", "task_id"),
-    ("ocr_executions", "image_path"),
-    ("ocr_executions", "public_path"),
-}
-FOREIGN_KEYS = {
-    ("chain_executions", "batch_id", "batch_executions", "batch_id"),
-    ("ocr_executions", "chain_id", "chain_executions", "chain_id"),
-    ("task_logs", "chain_execution_id", "chain_executions", "id"),
-    ("ocr_text_boxes", "ocr_execution_id", "ocr_executions", "id"),
-}
 
 
 @dataclass
@@ -160,17 +75,6 @@ class BrokenRule:
 
 
 @dataclass
-class Inspection:
-    """What the catalog says about the current schema."""
-
-    namespace: str
-    version: int | None  # loader_schema_version's max, None when absent
-    tables: dict[str, str]  # application table -> owner
-    columns: dict[str, dict[str, dict[str, Any]]]  # table -> column -> catalog row
-    differences: list[str]
-
-
-@dataclass
 class AdoptReport:
     """What adopt found and did (or, on a dry run, would do)."""
 
@@ -182,108 +86,9 @@ class AdoptReport:
     rows_before: dict[str, int] = field(default_factory=dict)
     rows_after: dict[str, int] = field(default_factory=dict)
     set_aside: dict[str, int] = field(default_factory=dict)
+    #: Naive times --timezone names no instant or two of (converted all the same, see docs/adoption.md).
+    local_times: list[BrokenRule] = field(default_factory=list)
     seconds: float = 0.0
-
-
-# --------------------------------------------------------------------------------------
-# Recognising the shape
-# --------------------------------------------------------------------------------------
-
-
-def _fetch(conn: psycopg.Connection[Any], name: str, params: dict[str, Any] | None = None) -> list[Any]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(queries.get(name), params or {}).fetchall()
-
-
-def _loader_version(conn: psycopg.Connection[Any]) -> int | None:
-    if not _fetch(conn, "adopt_loader_version_table")[0]["present"]:
-        return None
-    return int(_fetch(conn, "adopt_loader_version")[0]["version"])
-
-
-def _column_differences(table: str, columns: dict[str, dict[str, Any]]) -> list[str]:
-    out: list[str] = []
-    expected = EXPECTED[table]
-    for name, kind in expected.items():
-        col = columns.get(name)
-        if col is None:
-            if (table, name) not in OPTIONAL_COLUMNS:
-                out.append(f"missing column {table}.{name} ({kind.name})")
-            continue
-        if not kind.accepts(col["type"]):
-            out.append(f"column {table}.{name} is {col['type']}, expected {kind.name}")
-        elif col["is_enum"]:
-            labels = OCR_LABELS if kind is OCR else PROCESS_LABELS
-            unknown = [label for label in col["labels"] if label not in labels]
-            if unknown:
-                out.append(f"enum {col['type']} of {table}.{name} has unknown labels {', '.join(unknown)}")
-    for name, col in columns.items():
-        if name not in expected:
-            what = "NOT NULL without default" if col["not_null"] and not col["has_default"] else "its values"
-            out.append(
-                f"unexpected column {table}.{name} ({col['type']}): the loader schema has no place for {what}"
-            )
-    return out
-
-
-def _key_differences(conn: psycopg.Connection[Any], present: set[str]) -> list[str]:
-    params = {"tables": list(TABLES)}
-    out: list[str] = []
-    keys = {(r["table_name"], r["column_name"]) for r in _fetch(conn, "adopt_primary_keys", params)}
-    out += [f"{t}.id is not its primary key" for t in TABLES if t in present and (t, "id") not in keys]
-    uniques = {(r["table_name"], r["column_name"]) for r in _fetch(conn, "adopt_unique_columns", params)}
-    out += [
-        f"{t}.{c} is not unique (neither a UNIQUE constraint nor a unique index)"
-        for t, c in sorted(UNIQUE_COLUMNS)
-        if t in present and (t, c) not in uniques
-    ]
-    found: set[tuple[str, str, str, str]] = set()
-    for fk in _fetch(conn, "adopt_foreign_keys", params):
-        key = (fk["table_name"], fk["column_name"], fk["ref_table"], fk["ref_column"])
-        if not fk["from_app"]:
-            out.append(
-                f"foreign key {fk['name']} of {fk['table_name']}.{fk['column_name']} "
-                f"(not an application table) references {fk['ref_table']}.{fk['ref_column']}"
-            )
-        elif key not in FOREIGN_KEYS:
-            out.append(f"unexpected foreign key {fk['name']}: {key[0]}.{key[1]} -> {key[2]}.{key[3]}")
-        found.add(key)
-    out += [
-        f"missing foreign key {t}.{c} -> {rt}.{rc}"
-        for t, c, rt, rc in sorted(FOREIGN_KEYS - found)
-        if t in present and rt in present
-    ]
-    out += [
-        f"view {r['view_name']} reads {r['table_name']} (drop it before adopting, recreate it after)"
-        for r in _fetch(conn, "adopt_dependent_views", params)
-    ]
-    out += [
-        f"trigger {r['name']} on {r['table_name']}: the loader schema has no place for it"
-        for r in _fetch(conn, "adopt_user_triggers", params)
-    ]
-    return out
-
-
-def inspect(conn: psycopg.Connection[Any]) -> Inspection:
-    """The shape of the current schema (the first of the search_path)."""
-    namespace = _fetch(conn, "adopt_session")[0]["namespace"]
-    if namespace is None:
-        raise AdoptError("no current schema (the search_path names no existing schema)")
-    params = {"tables": list(TABLES)}
-    tables = {r["name"]: r["owner"] for r in _fetch(conn, "adopt_tables", params)}
-    columns: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
-    for col in _fetch(conn, "adopt_columns", params):
-        columns[col["table_name"]][col["name"]] = col
-    inspection = Inspection(str(namespace), _loader_version(conn), tables, dict(columns), [])
-    if inspection.version is not None:
-        return inspection
-    diffs = [f"missing table {t}" for t in TABLES if t not in tables]
-    for table in TABLES:
-        if table in tables:
-            diffs += _column_differences(table, columns[table])
-    diffs += _key_differences(conn, set(tables))
-    inspection.differences = diffs
-    return inspection
 
 
 # --------------------------------------------------------------------------------------
@@ -295,13 +100,54 @@ def broken_rules(conn: psycopg.Connection[Any]) -> tuple[list[BrokenRule], list[
     """Per rule, the count and a few examples; and every offending (table, id, rule)."""
     rules: dict[str, BrokenRule] = {}
     offending: list[tuple[str, int, str]] = []
-    for r in _fetch(conn, "adopt_dirty_rows"):
+    for r in fetch(conn, "adopt_dirty_rows"):
         rule = rules.setdefault(r["rule"], BrokenRule(r["rule"], r["table_name"]))
         rule.count += 1
         if len(rule.examples) < EXAMPLES_PER_RULE:
             rule.examples.append(f"id {r['id']}" + (f" ({r['detail']})" if r["detail"] else ""))
         offending.append((r["table_name"], int(r["id"]), r["rule"]))
     return list(rules.values()), offending
+
+
+# What adopt says of a naive time --timezone does not name exactly one instant of.
+LOCAL_TIME_RULES = {
+    "gap": "naive times in a daylight-saving gap of {tz} (no such local time; read with the offset "
+    "in force before the gap, as PostgreSQL does)",
+    "overlap": "naive times repeated by a daylight-saving overlap of {tz} (two instants; read as "
+    "PostgreSQL does, with the offset in force after the change)",
+}
+
+
+def local_time_problems(
+    conn: psycopg.Connection[Any], inspection: Inspection, timezone: str
+) -> list[BrokenRule]:
+    """Per column and problem, the naive times that name no instant or two in ``timezone``."""
+    parts = [
+        _named(
+            "adopt_local_time_problems",
+            table=sql.Identifier(table),
+            column=sql.Identifier(column),
+            table_label=sql.Literal(table),
+            column_label=sql.Literal(column),
+        ).query
+        for table in TABLES
+        for column in STAMPS
+        if inspection.columns[table][column]["type"] == "timestamp without time zone"
+    ]
+    if not parts:
+        return []
+    query = sql.SQL("\nUNION ALL\n").join(parts) + sql.SQL("\nORDER BY 1, 2, 3")
+    found: dict[tuple[str, str, str], BrokenRule] = {}
+    with conn.cursor(row_factory=dict_row) as cur:
+        for r in cur.execute(query, {"tz": timezone}):
+            key = (r["table_name"], r["column_name"], r["problem"])
+            rule = found.setdefault(
+                key, BrokenRule(LOCAL_TIME_RULES[r["problem"]].format(tz=timezone), f"{key[0]}.{key[1]}")
+            )
+            rule.count += 1
+            if len(rule.examples) < EXAMPLES_PER_RULE:
+                rule.examples.append(f"id {r['id']} ({r['local_time']:%Y-%m-%d %H:%M:%S})")
+    return list(found.values())
 
 
 # --------------------------------------------------------------------------------------
@@ -332,7 +178,7 @@ def _rename_steps(conn: psycopg.Connection[Any]) -> list[Step]:
         Step(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(t), sql.Identifier(_old(t))))
         for t in TABLES
     ]
-    for r in _fetch(conn, "adopt_relations_to_rename", {"tables": list(TABLES)}):
+    for r in fetch(conn, "adopt_relations_to_rename", {"tables": list(TABLES)}):
         kind, _, table = r["kind"].partition(" ")
         name, renamed = sql.Identifier(r["name"]), sql.Identifier(_old(r["name"]))
         if kind == "constraint":
@@ -365,11 +211,11 @@ def _copy_steps(inspection: Inspection, timezone: str) -> list[Step]:
     }
     steps = []
     for table in TABLES:
-        parts: dict[str, sql.Composable] = {c: _timestamp(inspection, table, c) for c in _STAMPS}
+        parts: dict[str, sql.Composable] = {c: _timestamp(inspection, table, c) for c in STAMPS}
         if table == "task_logs":
             parts["task_name"] = sql.SQL("o.task_name") if has_task_name else sql.SQL("NULL")
         params: dict[str, Any] = {}
-        if any(inspection.columns[table][c]["type"] == "timestamp without time zone" for c in _STAMPS):
+        if any(inspection.columns[table][c]["type"] == "timestamp without time zone" for c in STAMPS):
             params["tz"] = timezone
         if table == "ocr_executions":
             params["placeholder"] = PLACEHOLDER_ERROR
@@ -379,13 +225,13 @@ def _copy_steps(inspection: Inspection, timezone: str) -> list[Step]:
 
 def _ownership_steps(conn: psycopg.Connection[Any], inspection: Inspection) -> list[Step]:
     """The old tables' owners and others' grants, carried over to the new tables."""
-    me = _fetch(conn, "adopt_session")[0]["role"]
+    me = fetch(conn, "adopt_session")[0]["role"]
     steps = [
         Step(sql.SQL("ALTER TABLE {} OWNER TO {}").format(sql.Identifier(t), sql.Identifier(owner)))
         for t, owner in sorted(inspection.tables.items())
         if owner != me
     ]
-    for g in _fetch(conn, "adopt_table_grants", {"tables": list(TABLES)}):
+    for g in fetch(conn, "adopt_table_grants", {"tables": list(TABLES)}):
         grantee = sql.SQL("PUBLIC") if g["grantee"] is None else sql.Identifier(g["grantee"])
         steps.append(
             Step(
@@ -416,7 +262,7 @@ def plan(conn: psycopg.Connection[Any], inspection: Inspection, timezone: str) -
     """Every statement of the conversion, in order (the dirty-row handling excepted)."""
     enums = [
         r["name"]
-        for r in _fetch(conn, "adopt_unused_old_enums", {"enums": list(OLD_ENUMS), "tables": list(TABLES)})
+        for r in fetch(conn, "adopt_unused_old_enums", {"enums": list(OLD_ENUMS), "tables": list(TABLES)})
     ]
     steps = _rename_steps(conn)
     steps.append(Step(sql.SQL(package_body())))
@@ -442,7 +288,7 @@ def _render(conn: psycopg.Connection[Any], step: Step) -> str:
 
 
 def _counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
-    rows = _fetch(conn, "adopt_counts")
+    rows = fetch(conn, "adopt_counts")
     return {k: int(v) for k, v in rows[0].items()}
 
 
@@ -484,20 +330,35 @@ def _set_aside(conn: psycopg.Connection[Any], offending: list[tuple[str, int, st
             copy.write_row((table, row_id, f"breaks {rule}"))
     for step in _set_aside_steps():
         conn.execute(step.query, step.params)
-    return {r["table_name"]: int(r["n"]) for r in _fetch(conn, "adopt_aside_counts")}
+    return {r["table_name"]: int(r["n"]) for r in fetch(conn, "adopt_aside_counts")}
 
 
 def _lock(conn: psycopg.Connection[Any], timeout_s: float) -> None:
     """Lock the tables, or give up soon: a waiting ACCESS EXCLUSIVE request queues every
-    reader of the application behind it, so waiting long would look like an outage."""
-    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(timeout_s * 1000)}ms")))
-    try:
-        conn.execute(queries.get("adopt_lock_tables"))
-    except psycopg.errors.LockNotAvailable as exc:
-        raise AdoptError(
-            f"the application's tables are in use (no exclusive lock within {timeout_s:g} s); "
-            "stop the application's workers and API, then adopt; nothing changed"
-        ) from exc
+    reader of the application behind it, so waiting long would look like an outage.
+
+    The tables are locked in one statement, in foreign-key order, but a writer of the
+    application may hold one of them and then want another that adopt already holds.
+    Each attempt therefore waits at most half the server's deadlock_timeout and, when it
+    fails, rolls back to its savepoint, releasing what it took: the writer goes on before
+    anyone's deadlock check runs, so adopt neither dies of a deadlock nor kills a writer.
+    """
+    deadline = time.monotonic() + timeout_s
+    attempt_s = fetch(conn, "adopt_deadlock_timeout")[0]["ms"] / 2000
+    while True:
+        wait_ms = max(int(min(attempt_s, deadline - time.monotonic()) * 1000), 1)
+        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{wait_ms}ms")))
+        try:
+            with conn.transaction():
+                conn.execute(queries.get("adopt_lock_tables"))
+            break
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
+            if time.monotonic() >= deadline:
+                raise AdoptError(
+                    f"the application's tables are in use (no exclusive lock within {timeout_s:g} s); "
+                    "stop the application's workers and API, then adopt; nothing changed"
+                ) from exc
+            time.sleep(LOCK_PAUSE_S)
     conn.execute("SET LOCAL lock_timeout = DEFAULT")
 
 
@@ -549,6 +410,7 @@ def _run(
         _lock(conn, lock_timeout_s)
     report.rows_before = _counts(conn)
     report.broken, offending = broken_rules(conn)
+    report.local_times = local_time_problems(conn, inspection, timezone)
     steps = plan(conn, inspection, timezone)
     if dry_run:
         head = [Step(sql.SQL("BEGIN")), _named("adopt_lock"), lock]

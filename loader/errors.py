@@ -20,6 +20,9 @@ Every error the loader raises on purpose is a LoaderError:
     └── CliError                    a command that cannot go on (one line, an exit status)
         └── Interrupted             a load stopped by a second Ctrl-C
 
+    DataRefused                     internal to save_batch: data the database refused,
+                                    stored again by isolating it; never reaches a caller
+
 psycopg errors become DatabaseError through ``translate`` / ``translating``.
 """
 
@@ -161,6 +164,22 @@ class Interrupted(CliError):
     exit_code = 130
 
 
+class DataRefused(Exception):
+    """The fast path's COPY or merge refused some input's data; save runs the call again,
+    isolating it (loader/isolate.py).
+
+    Internal: save_batch catches it and never lets it out, so it is no LoaderError.
+    ``loader.isolate.DataRefused`` names it too.
+    """
+
+    def __init__(self, cause: BaseException, statements: int) -> None:
+        lines = str(cause).strip().splitlines()
+        super().__init__(f"{type(cause).__name__}: {lines[0] if lines else ''}".rstrip(": "))
+        self.cause = cause
+        #: Statements the refused transaction sent, its ROLLBACK included.
+        self.statements = statements
+
+
 class DatabaseError(LoaderError):
     """The database failed (connection lost, server error). Nothing of the call was kept."""
 
@@ -188,6 +207,20 @@ _TRANSIENT_SQLSTATES = frozenset(
     }
 )
 _TRANSIENT_CLASSES = ("08",)  # connection exceptions
+# The setting behind each timeout's SQLSTATE (the server's message names it, spaced).
+_TIMEOUT_SETTINGS = {"57014": "statement_timeout", "55P03": "lock_timeout"}
+
+# Characters of an id or a path a message quotes: enough to recognise it, never a screenful.
+QUOTED_CHARS = 80
+
+
+def quoted(value: str) -> str:
+    """``value`` as a message quotes it: repr (control characters escaped), cut to
+    QUOTED_CHARS characters with an ellipsis and the full length when longer."""
+    if len(value) <= QUOTED_CHARS:
+        return repr(value)
+    return f"{value[:QUOTED_CHARS]!r}… ({len(value):,} characters)"
+
 
 _PASSWORD_IN_DSN = re.compile(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)|(://[^:/@\s]*:)([^@\s]*)(@)")
 
@@ -216,15 +249,19 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def translate(exc: psycopg.Error, doing: str) -> DatabaseError:
-    """Wrap a psycopg error raised while ``doing`` something; use with ``raise ... from exc``."""
+def translate(exc: psycopg.Error, doing: str, lost: str | None = None) -> DatabaseError:
+    """Wrap a psycopg error raised while ``doing`` something; use with ``raise ... from exc``.
+
+    ``lost``: the advice when the connection went away, for callers that write nothing
+    (the default speaks of a call that may have committed).
+    """
     kind = TransientDatabaseError if is_transient(exc) else DatabaseError
     sqlstate = f" [SQLSTATE {exc.sqlstate}]" if exc.sqlstate else ""
     detail = redact_dsn(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
     if exc.sqlstate is None or exc.sqlstate.startswith("08"):
         # The connection itself went away: if that happened while COMMIT was in
         # flight, the server may have committed without telling us.
-        advice = (
+        advice = lost or (
             "the call was rolled back, unless the connection dropped during COMMIT; "
             "retrying is safe either way, since a replay changes nothing"
         )
@@ -234,13 +271,20 @@ def translate(exc: psycopg.Error, doing: str) -> DatabaseError:
         advice = "nothing of this call was kept; check the server log and the input"
     if isinstance(exc, pg_errors.UndefinedTable):
         advice = "is the loader schema deployed? run `loader schema apply`"
+    setting = _TIMEOUT_SETTINGS.get(exc.sqlstate or "")
+    if setting and setting.replace("_", " ") in detail:
+        advice = (
+            f"{setting} cancelled it: the loader's own (Settings.{setting}), or the role's or "
+            f"session's where stricter, which the loader keeps (`SHOW {setting}` as this role); "
+            "nothing of this call was kept; retry it if the server was only busy"
+        )
     return kind(f"{doing} failed{sqlstate}: {detail} ({advice})")
 
 
 @contextmanager
-def translating(doing: str) -> Iterator[None]:
+def translating(doing: str, lost: str | None = None) -> Iterator[None]:
     """Raise any psycopg error of the block as the DatabaseError ``translate`` makes of it."""
     try:
         yield
     except psycopg.Error as exc:
-        raise translate(exc, doing) from exc
+        raise translate(exc, doing, lost) from exc

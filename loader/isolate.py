@@ -32,6 +32,7 @@ from psycopg.rows import class_row
 from loader import queries
 from loader.copy import STAGE_BOXES, STAGE_IMAGES, copy_rows, staging_names
 from loader.errors import DatabaseError, translate
+from loader.errors import DataRefused as DataRefused  # noqa: PLC0414  (re-exported: save.py uses isolate.DataRefused)
 from loader.rows import MergeRow
 from loader.validate import Image, Reject, path_problem, raw_bytes, storable
 
@@ -85,16 +86,6 @@ def describe_refusal(exc: BaseException) -> str:
     else:
         text = f"could not be sent to the database: {type(exc).__name__}: {exc}"
     return storable(text)
-
-
-class DataRefused(Exception):
-    """The fast path's COPY or merge refused some input's data; run the call isolating it."""
-
-    def __init__(self, cause: BaseException, statements: int) -> None:
-        super().__init__(describe_refusal(cause))
-        self.cause = cause
-        #: Statements the refused transaction sent, its ROLLBACK included.
-        self.statements = statements
 
 
 @dataclasses.dataclass

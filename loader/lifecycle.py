@@ -10,7 +10,7 @@ from psycopg.rows import class_row
 
 from loader import queries
 from loader.connection import Connectable, connection
-from loader.errors import BatchNotFoundError, ConfigurationError, translating
+from loader.errors import BatchNotFoundError, ConfigurationError, quoted, translating
 
 # Batches a retention pass lists per query: each is deleted in its own
 # transaction, so a long pass never holds one big set of locks.
@@ -55,13 +55,13 @@ def delete_batch(pool_or_conn: Connectable, batch_id: str) -> Deleted:
     """
     if not isinstance(batch_id, str) or not batch_id:
         raise ConfigurationError(f"batch_id must be a non-empty string, got {batch_id!r}")
-    doing = f"deleting batch {batch_id[:80]!r}"
+    doing = f"deleting batch {quoted(batch_id)}"
     with connection(pool_or_conn) as conn, translating(doing), conn.transaction():
         conn.execute(queries.get("batch_lock"), {"batch_id": batch_id})
         cur = conn.cursor(row_factory=class_row(_Counts))
         counts = cur.execute(queries.get("delete_batch"), {"batch_id": batch_id}).fetchone()
     if counts is None or counts.batches == 0:
-        raise BatchNotFoundError(f"no batch {batch_id[:80]!r} in this database; nothing was deleted")
+        raise BatchNotFoundError(f"no batch {quoted(batch_id)} in this database; nothing was deleted")
     return Deleted(batch_id, counts.chains, counts.images, counts.boxes, counts.task_logs, counts.rejects)
 
 

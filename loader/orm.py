@@ -66,6 +66,7 @@ __all__ = [
     "TaskLog",
     "batch_status",
     "engine_url",
+    "include_object",
 ]
 
 
@@ -593,3 +594,21 @@ def engine_url(dsn: str, driver: str = "psycopg") -> URL:
         database=params.pop("dbname", None),
         query=params,
     )
+
+
+#: The tables schema.sql creates: the loader's, whatever models an application maps onto them.
+LOADER_TABLES = frozenset(Base.metadata.tables)
+
+
+def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+    """Alembic's ``include_object`` hook for an application's own migration environment.
+
+    False for the loader's tables and everything on them (columns, indexes, constraints),
+    so ``alembic revision --autogenerate`` with the application's own models (docs/
+    application.md, option b) neither drops ``load_rejects`` or the loader's indexes nor
+    alters the loader's columns to what those models say: schema.sql and ``loader schema
+    upgrade`` own them. The application's other tables are compared as usual.
+    ``context.configure(..., target_metadata=AppBase.metadata, include_object=include_object)``
+    """
+    table = name if type_ == "table" else getattr(getattr(obj, "table", None), "name", None)
+    return table not in LOADER_TABLES

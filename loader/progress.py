@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Iterator
 
 import psycopg
@@ -12,7 +13,7 @@ from psycopg.rows import class_row
 from loader import queries
 from loader.connection import Connectable, connection
 from loader.dsn import check_dsn
-from loader.errors import BatchNotFoundError, translating
+from loader.errors import BatchNotFoundError, quoted, translating
 from loader.models import BatchProgress, ProcessStatus
 
 __all__ = ["BatchNotFoundError", "follow_progress", "get_progress", "recount_batch"]
@@ -22,14 +23,15 @@ def get_progress(pool_or_conn: Connectable, batch_id: str) -> BatchProgress:
     """The batch's totals, status and percentage, as last committed."""
     with (
         connection(pool_or_conn) as conn,
-        translating(f"reading batch {batch_id[:80]!r}"),
+        translating(f"reading batch {quoted(batch_id)}"),
         conn.transaction(),
         conn.cursor(row_factory=class_row(BatchProgress)) as cur,
     ):
         found = cur.execute(queries.get("batch_progress"), {"batch_id": batch_id}).fetchone()
     if found is None:
         raise BatchNotFoundError(
-            f"no batch {batch_id[:80]!r} in this database; check the id, or list batches with `loader status`"
+            f"no batch {quoted(batch_id)} in this database; check the id, "
+            "or list batches with `loader status`"
         )
     return found
 
@@ -69,14 +71,21 @@ def follow_progress(
     ``idle_timeout`` seconds pass without a change.
     """
     check_dsn(conninfo)
-    with translating(f"following batch {batch_id!r}"), psycopg.connect(conninfo, autocommit=True) as conn:
+    lost = (
+        "following stopped; the batch and its load are not affected: "
+        f"follow it again with `loader status {shlex.quote(batch_id)} --follow`"
+    )
+    with (
+        translating(f"following batch {quoted(batch_id)}", lost),
+        psycopg.connect(conninfo, autocommit=True) as conn,
+    ):
         conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
         last = get_progress(conn, batch_id)
         yield last
         while last.status not in _FINISHED:
             events = list(conn.notifies(timeout=idle_timeout, stop_after=1))
             if not events:
-                raise TimeoutError(f"batch {batch_id!r}: no progress for {idle_timeout} s")
+                raise TimeoutError(f"batch {quoted(batch_id)}: no progress for {idle_timeout} s")
             progress = event_progress(events[0].payload)
             if progress.batch_id != batch_id or _state(progress) == _state(last):
                 continue
@@ -93,7 +102,7 @@ def recount_batch(pool_or_conn: Connectable, batch_id: str) -> BatchProgress:
     batch the loader kept. Announced on loader_progress like a merge.
     """
     with connection(pool_or_conn) as conn:
-        with translating(f"recounting batch {batch_id!r}"), conn.transaction():
+        with translating(f"recounting batch {quoted(batch_id)}"), conn.transaction():
             conn.execute(queries.get("batch_lock"), {"batch_id": batch_id})
             conn.execute(queries.get("recount_batch"), {"batch_id": batch_id})
         return get_progress(conn, batch_id)

@@ -14,6 +14,7 @@ from psycopg import sql
 from psycopg.rows import class_row
 
 from loader import isolate, queries
+from loader.batch_ids import batch_id_problem
 from loader.connection import SCHEMA_VERSION, Connectable, check_schema_version, connection, mark_checked
 from loader.copy import STAGE_BOXES, STAGE_IMAGES, StagedImage, copy_rows, staging_names
 from loader.errors import (
@@ -21,12 +22,13 @@ from loader.errors import (
     ConfigurationError,
     PositionConflictError,
     SchemaVersionError,
+    quoted,
     translating,
 )
 from loader.models import BatchProgress, InputIssue, LoadReport
 from loader.progress import get_progress
 from loader.rows import LockRow, MergeRow
-from loader.validate import Image, Input, Prepared, Reject, call_digest, path_problem, prepare
+from loader.validate import Image, Input, Prepared, Reject, call_digest, prepare
 
 log = logging.getLogger("loader")
 
@@ -77,11 +79,9 @@ _MAX_POSITION = 2**31 - 1
 def _check_batch_id(batch_id: object) -> str:
     if not isinstance(batch_id, str):
         raise ConfigurationError(f"batch_id must be a string, got {type(batch_id).__name__}")
-    problem = path_problem(batch_id, "batch_id")
-    if problem or len(batch_id) > 255:
-        raise ConfigurationError(
-            f"unusable batch_id {batch_id[:80]!r}: {problem or 'longer than 255 characters'}"
-        )
+    problem = batch_id_problem(batch_id)
+    if problem:
+        raise ConfigurationError(f"unusable batch_id {quoted(batch_id)}: {problem}")
     return batch_id
 
 
@@ -105,7 +105,7 @@ def _total_conflict(batch_id: str, asked: int | None, declared: int | None) -> s
     if asked is None or declared is None or asked == declared:
         return None
     return (
-        f"batch {batch_id[:80]!r} was declared with total_images={declared}, but this call says {asked}; "
+        f"batch {quoted(batch_id)} was declared with total_images={declared}, but this call says {asked}; "
         "pass the batch's total (not the chunk's), or none, with every call of a batch"
     )
 
@@ -228,7 +228,7 @@ def _position_conflict(batch_id: str, rows: list[MergeRow], prepared: Prepared) 
     }
     held = repr(first.reason[:80]) if first.reason else "a rejected input"
     return PositionConflictError(
-        f"batch {batch_id[:80]!r}: {len(clashes)} input(s) of this call claim positions that already hold "
+        f"batch {quoted(batch_id)}: {len(clashes)} input(s) of this call claim positions that already hold "
         f"other inputs (position {first.pos} holds {held}, this call sends {sent.get(first.pos or 0)!r}); "
         "nothing of the call was kept. A position is an input's identity in its batch: number each call's "
         "inputs by their place in the batch (position_offset = the index of the call's first input), "
@@ -409,7 +409,7 @@ def _store(
     # The schema version is checked by lock_batch, inside the call's own transaction.
     with (
         connection(pool_or_conn, check_version=False) as conn,
-        translating(f"saving batch {batch_id[:80]!r}"),
+        translating(f"saving batch {quoted(batch_id)}"),
     ):
         for attempt_no in range(1, MAX_ATTEMPTS + 1):
             try:

@@ -87,3 +87,21 @@ def db(dsn: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection for a test's own checks of the stored rows."""
     with psycopg.connect(dsn, autocommit=True) as c:
         yield c
+
+
+@pytest.fixture
+def old_app(new_database: Callable[[], str]) -> Iterator[Callable[..., Any]]:
+    """An application database of a given shape (tests/oldapp.py), made by its create_all, empty."""
+    from oldapp import OldApp, Shape
+
+    apps: list[OldApp] = []
+
+    def make(shape: Shape | None = None) -> OldApp:
+        app = OldApp(new_database(), shape or Shape())
+        app.create_all()
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.close()

@@ -36,22 +36,6 @@ def run(*args: str) -> Result:
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
-@pytest.fixture
-def old_app(new_database: Callable[[], str]) -> Iterator[Callable[[Shape], OldApp]]:
-    """An application database of a given shape, made by its create_all, empty."""
-    apps: list[OldApp] = []
-
-    def make(shape: Shape = SHAPES[0]) -> OldApp:
-        app = OldApp(new_database(), shape)
-        app.create_all()
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.close()
-
-
 def fill(app: OldApp) -> None:
     """Two batches the old path wrote: one complete, one still running (declared 10, 4 arrived)."""
     app.save_batch("done", old_images("done", 6))
@@ -310,8 +294,8 @@ def dirty(app: OldApp) -> None:
 EXPECTED_RULES = {
     "ocr_text_boxes.confidence NOT NULL CHECK (confidence >= 0 AND confidence <= 1)": 2,
     "ocr_text_boxes.bbox NOT NULL CHECK (jsonb_typeof(bbox) = 'array')": 1,
-    "ocr_text_boxes.bbox jsonb (no \\u0000)": 1,
-    "ocr_executions.image_path NOT NULL CHECK (image_path <> '')": 1,
+    "ocr_text_boxes.bbox jsonb (no \\u0000, no unpaired surrogate escape)": 1,
+    "ocr_executions.image_path NOT NULL, not empty or only whitespace": 1,
     "ocr_executions.public_path CHECK (public_path <> '')": 1,
     "ocr_executions.chain_id UNIQUE (one OCR row per chain)": 1,
     "chain_executions.status agrees with its OCR row (SUCCESS/FAILURE only with a success/failed OCR row)": 1,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,22 @@ from loader.datagen import make_batch
 from loader.errors import BatchConflictError, ConfigurationError, DatabaseError, translate
 
 
-def test_config_reads_the_environment() -> None:
-    cfg = CeleryConfig.from_env(
+@pytest.fixture
+def from_env(monkeypatch: pytest.MonkeyPatch) -> Callable[[dict[str, str]], CeleryConfig]:
+    """CeleryConfig.from_env() with exactly these LOADER_* variables set."""
+
+    def read(env: dict[str, str]) -> CeleryConfig:
+        for name in [n for n in os.environ if n.startswith("LOADER_")]:
+            monkeypatch.delenv(name)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        return CeleryConfig.from_env()
+
+    return read
+
+
+def test_config_reads_the_environment(from_env: Callable[[dict[str, str]], CeleryConfig]) -> None:
+    cfg = from_env(
         {
             "LOADER_DSN": "postgresql://ocr@db/ocr",
             "LOADER_POOL_MIN": "2",
@@ -51,37 +66,43 @@ def test_config_reads_the_environment() -> None:
         "30s",
     )
     assert cfg.broker_transport_options == {"confirm_publish": True}
-    defaults = CeleryConfig.from_env({})
-    assert defaults.dsn is None and defaults.result_backend == defaults.broker_url
+    defaults = from_env({})
+    assert defaults.dsn is None and defaults.backend() == defaults.broker_url
     with pytest.raises(ConfigurationError, match="LOADER_DSN is not set"):
         defaults.require_dsn()
 
 
-def test_a_broker_that_stores_no_results_needs_a_result_backend_named() -> None:
+def test_a_broker_that_stores_no_results_needs_a_result_backend_named(
+    from_env: Callable[[dict[str, str]], CeleryConfig],
+) -> None:
     # rpc:// would let only the submitting process collect a result: never chosen silently.
+    # Refused when the loader's app is configured (tests/test_celery_lazy.py), not when read.
     with pytest.raises(ConfigurationError, match="LOADER_RESULT_BACKEND is not set") as refused:
-        CeleryConfig.from_env({"LOADER_BROKER_URL": "amqp://guest:s3cret@mq//"})
-    chosen = CeleryConfig.from_env({"LOADER_BROKER_URL": "amqp://mq//", "LOADER_RESULT_BACKEND": "rpc://"})
+        make_app(from_env({"LOADER_BROKER_URL": "amqp://guest:s3cret@mq//"})).conf.result_backend  # noqa: B018
+    chosen = from_env({"LOADER_BROKER_URL": "amqp://mq//", "LOADER_RESULT_BACKEND": "rpc://"})
 
     assert "s3cret" not in str(refused.value)
-    assert chosen.result_backend == "rpc://"
-    assert (
-        CeleryConfig.from_env({"LOADER_BROKER_URL": "redis://r:6379/2"}).result_backend == "redis://r:6379/2"
-    )
+    assert make_app(chosen).conf.result_backend == "rpc://"
+    assert from_env({"LOADER_BROKER_URL": "redis://r:6379/2"}).backend() == "redis://r:6379/2"
 
 
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"LOADER_POOL_MAX": "many"}, "LOADER_POOL_MAX='many' is not an integer"),
+        ({"LOADER_POOL_MAX": "many"}, "LOADER_POOL_MAX='many': Input should be a valid integer"),
         ({"LOADER_POOL_MIN": "5", "LOADER_POOL_MAX": "2"}, "below LOADER_POOL_MIN"),
-        ({"LOADER_RETRY_BACKOFF": "nan"}, "LOADER_RETRY_BACKOFF=nan must be at least"),
+        (
+            {"LOADER_RETRY_BACKOFF": "nan"},
+            "LOADER_RETRY_BACKOFF='nan': Input should be greater than or equal to 0",
+        ),
         ({"LOADER_BROKER_TRANSPORT_OPTIONS": "[1]"}, "must be a JSON object"),
     ],
 )
-def test_config_refuses_bad_values_naming_the_variable(env: dict[str, str], message: str) -> None:
+def test_config_refuses_bad_values_naming_the_variable(
+    from_env: Callable[[dict[str, str]], CeleryConfig], env: dict[str, str], message: str
+) -> None:
     with pytest.raises(ConfigurationError, match=message):
-        CeleryConfig.from_env(env)
+        from_env(env)
 
 
 def test_app_is_configured_for_at_least_once_delivery() -> None:

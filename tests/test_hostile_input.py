@@ -202,8 +202,8 @@ def test_paths_differing_only_by_normalisation_or_trailing_space_are_distinct_im
 
 @pytest.mark.parametrize(
     "batch_id",
-    ["", "   ", "nul\x00id", "sur\ud800", "x" * 256, 5, None, b"bytes"],
-    ids=["empty", "blank", "nul", "surrogate", "256 chars", "int", "none", "bytes"],
+    ["", "   ", "nul\x00id", "tab\tid", "esc\x1b[2J", "sur\ud800", "x" * 256, 5, None, b"bytes"],
+    ids=["empty", "blank", "nul", "tab", "escape", "surrogate", "256 chars", "int", "none", "bytes"],
 )
 def test_unusable_batch_ids_are_refused_before_any_write(
     conn: psycopg.Connection[Any], db: psycopg.Connection[Any], batch_id: Any
@@ -216,7 +216,7 @@ def test_unusable_batch_ids_are_refused_before_any_write(
 def test_sql_looking_and_unicode_batch_ids_are_just_ids(
     conn: psycopg.Connection[Any], db: psycopg.Connection[Any]
 ) -> None:
-    ids = ["'); DROP TABLE batch_executions; --", "%s %(batch_id)s", "배치 👍🏽", "x" * 255, "a\\N\t\\."]
+    ids = ["'); DROP TABLE batch_executions; --", "%s %(batch_id)s", "배치 👍🏽", "x" * 255, "a\\N\\."]
     for n, batch_id in enumerate(ids):
         report = save_batch(conn, batch_id, make_batch(2, prefix=f"ids{n}"))
         assert report.stored == 2 and report.progress.batch_id == batch_id

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 
 from loader.celery.config import TASK_NAME, CeleryConfig, config
 
 
 def make_app(cfg: CeleryConfig | None = None, *, main: str = "loader") -> Celery:
-    """A Celery app with the loader's settings; publishers may make their own with it."""
-    cfg = cfg or config()
-    app = Celery(main, broker=cfg.broker_url, backend=cfg.result_backend, set_as_current=False)
-    app.conf.update(
+    """A Celery app with the loader's settings; publishers may make their own with it.
+
+    Configured on first use (Celery's lazy defaults), not here: importing the module
+    that holds the app reads no environment and can refuse nothing.
+    """
+    app = Celery(main, set_as_current=False)
+    app.add_defaults(lambda: settings(cfg or config()))
+    return app
+
+
+def settings(cfg: CeleryConfig) -> dict[str, Any]:
+    """The Celery settings of the loader's app under ``cfg``."""
+    return dict(
+        broker_url=cfg.broker_url,
+        result_backend=cfg.backend(),
         # JSON only: a pickled message would let whoever can publish run code in the worker.
         task_serializer="json",
         result_serializer="json",
@@ -30,8 +43,7 @@ def make_app(cfg: CeleryConfig | None = None, *, main: str = "loader") -> Celery
         broker_connection_retry_on_startup=True,
         result_expires=cfg.result_expires_s,
     )
-    return app
 
 
-#: The app ``celery -A loader.celery worker`` runs (configured from the environment).
+#: The app ``celery -A loader.celery worker`` runs (configured from the environment on first use).
 app = make_app()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import tempfile
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from annotated_types import Ge
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from loader.errors import ConfigurationError, redact_dsn
 from loader.save import Settings
@@ -47,45 +48,6 @@ DEFAULT_RESULT_EXPIRES_S = 24 * 3600
 DEFAULT_VISIBILITY_TIMEOUT_S = 3_600
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name}={raw!r} is not an integer") from None
-    if value < minimum:
-        raise ConfigurationError(f"{name}={value} must be at least {minimum}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name}={raw!r} is not a number") from None
-    if not value >= minimum:  # also refuses NaN
-        raise ConfigurationError(f"{name}={value} must be at least {minimum}")
-    return value
-
-
-def _json_object(env: Mapping[str, str], name: str) -> dict[str, Any]:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return {}
-    try:
-        value = json.loads(raw)
-    except ValueError as exc:
-        raise ConfigurationError(f"{name} is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ConfigurationError(f"{name} must be a JSON object, got a JSON {type(value).__name__}")
-    return value
-
-
 def _default_backend(broker_url: str) -> str:
     """The result backend when LOADER_RESULT_BACKEND is unset: the broker itself, when it is Redis.
 
@@ -105,67 +67,99 @@ def _default_backend(broker_url: str) -> str:
     )
 
 
-@dataclass(frozen=True)
-class CeleryConfig:
-    """Everything the loader's Celery app, workers and submit helper read from the environment."""
+class CeleryConfig(BaseSettings):
+    """Everything the loader's Celery app, workers and submit helper read from the environment.
 
-    dsn: str | None = None
-    pool_min: int = 1
-    pool_max: int = 4
-    pool_timeout_s: float = 30.0
-    broker_url: str = DEFAULT_BROKER_URL
-    result_backend: str = field(default_factory=lambda: _default_backend(DEFAULT_BROKER_URL))
-    queue: str = DEFAULT_QUEUE
-    max_retries: int = DEFAULT_MAX_RETRIES
-    retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S
-    retry_backoff_max_s: float = DEFAULT_RETRY_BACKOFF_MAX_S
-    inline_max_bytes: int = DEFAULT_INLINE_MAX_BYTES
-    spool_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "loader-spool")
-    chunk_images: int = DEFAULT_CHUNK_IMAGES
-    tasklog_timeout_ms: int = DEFAULT_TASKLOG_TIMEOUT_MS
-    visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S
-    result_expires_s: int = DEFAULT_RESULT_EXPIRES_S
+    ``CeleryConfig()`` reads the ``LOADER_*`` variables named below (pydantic-settings;
+    unset or empty ones take the defaults, values are stripped); ``CeleryConfig(queue="q")``
+    takes the fields given by name over the environment. A bad value is a
+    ConfigurationError naming the variable (see from_env).
+    """
+
+    model_config = SettingsConfigDict(
+        frozen=True, validate_by_name=True, env_ignore_empty=True, str_strip_whitespace=True, extra="ignore"
+    )
+
+    dsn: str | None = Field(None, validation_alias="LOADER_DSN")
+    pool_min: Annotated[int, Ge(0)] = Field(1, validation_alias="LOADER_POOL_MIN")
+    pool_max: Annotated[int, Ge(1)] = Field(4, validation_alias="LOADER_POOL_MAX")
+    pool_timeout_s: Annotated[float, Ge(0.1)] = Field(30.0, validation_alias="LOADER_POOL_TIMEOUT")
+    broker_url: str = Field(DEFAULT_BROKER_URL, validation_alias="LOADER_BROKER_URL")
+    #: None: the broker when it is Redis (see backend()).
+    result_backend: str | None = Field(None, validation_alias="LOADER_RESULT_BACKEND")
+    queue: str = Field(DEFAULT_QUEUE, validation_alias="LOADER_QUEUE")
+    max_retries: Annotated[int, Ge(0)] = Field(DEFAULT_MAX_RETRIES, validation_alias="LOADER_MAX_RETRIES")
+    retry_backoff_s: Annotated[float, Ge(0.0)] = Field(
+        DEFAULT_RETRY_BACKOFF_S, validation_alias="LOADER_RETRY_BACKOFF"
+    )
+    retry_backoff_max_s: Annotated[float, Ge(0.0)] = Field(
+        DEFAULT_RETRY_BACKOFF_MAX_S, validation_alias="LOADER_RETRY_BACKOFF_MAX"
+    )
+    inline_max_bytes: Annotated[int, Ge(0)] = Field(
+        DEFAULT_INLINE_MAX_BYTES, validation_alias="LOADER_INLINE_MAX_BYTES"
+    )
+    spool_dir: Path = Field(
+        default_factory=lambda: Path(tempfile.gettempdir()) / "loader-spool",
+        validation_alias="LOADER_SPOOL_DIR",
+    )
+    chunk_images: Annotated[int, Ge(1)] = Field(DEFAULT_CHUNK_IMAGES, validation_alias="LOADER_CHUNK_IMAGES")
+    tasklog_timeout_ms: Annotated[int, Ge(1)] = Field(
+        DEFAULT_TASKLOG_TIMEOUT_MS, validation_alias="LOADER_TASKLOG_TIMEOUT_MS"
+    )
+    visibility_timeout_s: Annotated[int, Ge(1)] = Field(
+        DEFAULT_VISIBILITY_TIMEOUT_S, validation_alias="LOADER_VISIBILITY_TIMEOUT"
+    )
+    result_expires_s: Annotated[int, Ge(1)] = Field(
+        DEFAULT_RESULT_EXPIRES_S, validation_alias="LOADER_RESULT_EXPIRES"
+    )
     #: Extra kombu transport options (e.g. Redis Sentinel's master_name), merged
-    #: over the visibility timeout.
-    broker_transport_options: dict[str, Any] = field(default_factory=dict)
-    save_settings: Settings = field(default_factory=Settings)
+    #: over the visibility timeout. A JSON object in the environment.
+    broker_transport_options: Annotated[dict[str, Any], NoDecode] = Field(
+        default_factory=dict, validation_alias="LOADER_BROKER_TRANSPORT_OPTIONS"
+    )
+    work_mem: str = Field(Settings.work_mem, validation_alias="LOADER_WORK_MEM")
+    statement_timeout: str = Field(Settings.statement_timeout, validation_alias="LOADER_STATEMENT_TIMEOUT")
+    lock_timeout: str = Field(Settings.lock_timeout, validation_alias="LOADER_LOCK_TIMEOUT")
+
+    @field_validator("broker_transport_options", mode="before")
+    @classmethod
+    def _json_object(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            decoded = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"not valid JSON: {exc}") from None
+        if not isinstance(decoded, dict):
+            raise ValueError(f"must be a JSON object, got a JSON {type(decoded).__name__}")
+        return decoded
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> CeleryConfig:
+        if self.pool_max < self.pool_min:
+            raise ValueError(f"LOADER_POOL_MAX={self.pool_max} is below LOADER_POOL_MIN={self.pool_min}")
+        return self
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> CeleryConfig:
-        """Read ``LOADER_*`` variables; unset or empty ones take the defaults."""
-        env = os.environ if env is None else env
-        broker = env.get("LOADER_BROKER_URL", "").strip() or DEFAULT_BROKER_URL
-        pool_min = _int(env, "LOADER_POOL_MIN", 1, 0)
-        pool_max = _int(env, "LOADER_POOL_MAX", 4, 1)
-        if pool_max < pool_min:
-            raise ConfigurationError(f"LOADER_POOL_MAX={pool_max} is below LOADER_POOL_MIN={pool_min}")
-        base = Settings()
-        return cls(
-            dsn=env.get("LOADER_DSN", "").strip() or None,
-            pool_min=pool_min,
-            pool_max=pool_max,
-            pool_timeout_s=_float(env, "LOADER_POOL_TIMEOUT", 30.0, 0.1),
-            broker_url=broker,
-            result_backend=env.get("LOADER_RESULT_BACKEND", "").strip() or _default_backend(broker),
-            queue=env.get("LOADER_QUEUE", "").strip() or DEFAULT_QUEUE,
-            max_retries=_int(env, "LOADER_MAX_RETRIES", DEFAULT_MAX_RETRIES, 0),
-            retry_backoff_s=_float(env, "LOADER_RETRY_BACKOFF", DEFAULT_RETRY_BACKOFF_S, 0.0),
-            retry_backoff_max_s=_float(env, "LOADER_RETRY_BACKOFF_MAX", DEFAULT_RETRY_BACKOFF_MAX_S, 0.0),
-            inline_max_bytes=_int(env, "LOADER_INLINE_MAX_BYTES", DEFAULT_INLINE_MAX_BYTES, 0),
-            spool_dir=Path(
-                env.get("LOADER_SPOOL_DIR", "").strip() or Path(tempfile.gettempdir()) / "loader-spool"
-            ),
-            chunk_images=_int(env, "LOADER_CHUNK_IMAGES", DEFAULT_CHUNK_IMAGES, 1),
-            tasklog_timeout_ms=_int(env, "LOADER_TASKLOG_TIMEOUT_MS", DEFAULT_TASKLOG_TIMEOUT_MS, 1),
-            visibility_timeout_s=_int(env, "LOADER_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT_S, 1),
-            result_expires_s=_int(env, "LOADER_RESULT_EXPIRES", DEFAULT_RESULT_EXPIRES_S, 1),
-            broker_transport_options=_json_object(env, "LOADER_BROKER_TRANSPORT_OPTIONS"),
-            save_settings=Settings(
-                work_mem=env.get("LOADER_WORK_MEM", "").strip() or base.work_mem,
-                statement_timeout=env.get("LOADER_STATEMENT_TIMEOUT", "").strip() or base.statement_timeout,
-                lock_timeout=env.get("LOADER_LOCK_TIMEOUT", "").strip() or base.lock_timeout,
-            ),
+    def from_env(cls) -> CeleryConfig:
+        """Read the ``LOADER_*`` variables; a bad value is a ConfigurationError naming it."""
+        try:
+            return cls()
+        except ValidationError as exc:
+            raise ConfigurationError(_describe(exc)) from None
+
+    @property
+    def save_settings(self) -> Settings:
+        """The per-transaction server settings of the worker's saves."""
+        return Settings(
+            work_mem=self.work_mem, statement_timeout=self.statement_timeout, lock_timeout=self.lock_timeout
         )
+
+    def backend(self) -> str:
+        """The result backend of the loader's own app. Asked only when that app is
+        configured: a process that merely imports loader.celery, or saves through
+        save_with_worker_pool from its own Celery app, needs none."""
+        return self.result_backend or _default_backend(self.broker_url)
 
     def require_dsn(self) -> str:
         if not self.dsn:
@@ -176,7 +170,17 @@ class CeleryConfig:
         return self.dsn
 
 
+def _describe(exc: ValidationError) -> str:
+    """A pydantic error as one line per bad value: ``LOADER_POOL_MAX='many': ...``."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        name = ".".join(str(p) for p in err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{name}={err['input']!r}: {message}" if name else message)
+    return "; ".join(parts)
+
+
 @cache
 def config() -> CeleryConfig:
-    """This process's configuration, read once from the environment."""
+    """This process's configuration, read once from the environment (on first use)."""
     return CeleryConfig.from_env()

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import logging
-import random
 from typing import Any
 
 from celery import Task
 from psycopg_pool import PoolTimeout
 
 from loader.celery.app import app
-from loader.celery.config import TASK_NAME, CeleryConfig, config
+from loader.celery.config import DEFAULT_MAX_RETRIES, TASK_NAME, CeleryConfig, config
 from loader.celery.payload import load_file, resolve_reference
 from loader.celery.pool import worker_pool
 from loader.errors import ConfigurationError, is_transient
 from loader.models import LoadReport
+from loader.retry import Backoff
 from loader.save import save_batch
 
 log = logging.getLogger("loader.celery")
@@ -30,13 +30,8 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 def retry_delay(retries: int, cfg: CeleryConfig) -> float:
-    """Seconds before retry number ``retries + 1``: exponential, capped, jittered.
-
-    "Equal jitter": between half and all of the exponential step, so workers that
-    failed together spread out, yet none retries at once into the same outage.
-    """
-    step = min(cfg.retry_backoff_max_s, cfg.retry_backoff_s * 2.0**retries)
-    return step / 2 + random.uniform(0, step / 2)  # noqa: S311  (spreading retries, not a secret)
+    """Seconds before retry number ``retries + 1``: the loader's one policy (loader.retry)."""
+    return Backoff(cfg.retry_backoff_s, cfg.retry_backoff_max_s).delay(retries)
 
 
 def load_payload(
@@ -87,7 +82,7 @@ def load_payload(
     acks_late=True,
     reject_on_worker_lost=True,
     # Bounded again per call from LOADER_MAX_RETRIES; this is Celery's default for others.
-    max_retries=config().max_retries,
+    max_retries=DEFAULT_MAX_RETRIES,
     task_log=True,
 )
 def save_ocr_batch(

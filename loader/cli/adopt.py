@@ -71,17 +71,19 @@ def schema_adopt(
     except UnknownShapeError as exc:
         out.echo("not a shape `loader schema adopt` knows; nothing changed:")
         for line in exc.differences:
-            out.echo(f"  {line}")
+            out.echo(f"  {out.printable(line)}")
         raise click.exceptions.Exit(EXIT_SCHEMA_DIFFERS) from exc
     except DirtyRowsError as exc:
         for rule in exc.broken:
-            out.echo(f"  {rule.line()}")
+            out.echo(f"  {out.printable(rule.line())}")
         raise CliError(str(exc)) from exc
     if report.state == "nothing to do":
         out.echo(report.message)
     elif dry_run:
         _print_dry_run(report, set_aside)
     else:
+        for rule in report.local_times:
+            out.echo(f"warning: {out.printable(rule.line())}", err=True)
         for table, rows in sorted(report.set_aside.items()):
             out.echo(f"set aside {out.n(rows)} row(s) of {table} in loader_adopt_set_aside")
         out.echo(
@@ -93,7 +95,9 @@ def schema_adopt(
 def _print_dry_run(report: AdoptReport, set_aside: bool) -> None:
     out.echo(f"-- dry run on schema {report.namespace!r}; rows now: {_row_counts(report.rows_before)}")
     for rule in report.broken:
-        out.echo(f"-- breaks {rule.line()}")
+        out.echo(f"-- breaks {out.printable(rule.line())}")
+    for rule in report.local_times:
+        out.echo(f"-- warning: {out.printable(rule.line())}")
     out.echo("\n\n".join(f"{statement.rstrip().rstrip(';')};" for statement in report.statements))
     if report.broken and not set_aside:
         raise CliError("adopt would refuse: old rows break constraints (see above); nothing changed")

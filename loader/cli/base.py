@@ -21,6 +21,7 @@ import click
 import psycopg
 from click.core import ParameterSource
 
+from loader.cli import output as out
 from loader.cli.logs import logging_to_stderr
 from loader.dsn import check_dsn
 from loader.errors import CliError, Interrupted, LoaderError, redact_dsn
@@ -109,7 +110,8 @@ def one_line(exc: BaseException) -> str:
     return redact_dsn(" ".join(line.strip() for line in text.splitlines() if line.strip()))
 
 
-# Each handler prints its line and returns the exit status. The first whose
+# Each handler prints its line (through out.echo, so a control character an id or
+# a server message carries is escaped) and returns the exit status. The first whose
 # type matches wins, so subclasses come before their bases.
 def _no_args(exc: click.exceptions.NoArgsIsHelpError) -> int:
     exc.show()
@@ -118,37 +120,37 @@ def _no_args(exc: click.exceptions.NoArgsIsHelpError) -> int:
 
 def _usage(exc: click.UsageError) -> int:
     where = exc.ctx.command_path if exc.ctx else "loader"
-    click.echo(f"{where}: error: {exc.format_message()} (see '{where} --help')", err=True)
+    out.echo(f"{where}: error: {exc.format_message()} (see '{where} --help')", err=True)
     return EXIT_USAGE
 
 
 def _interrupted(exc: Interrupted) -> int:
-    click.echo(f"loader: {redact_dsn(str(exc))}", err=True)
+    out.echo(f"loader: {redact_dsn(str(exc))}", err=True)
     return exc.exit_code
 
 
 def _cli_error(exc: CliError) -> int:
-    click.echo(f"loader: error: {redact_dsn(str(exc))}", err=True)
+    out.echo(f"loader: error: {redact_dsn(str(exc))}", err=True)
     return exc.exit_code
 
 
 def _click_error(exc: click.ClickException) -> int:
-    click.echo(f"loader: error: {redact_dsn(exc.format_message())}", err=True)
+    out.echo(f"loader: error: {redact_dsn(exc.format_message())}", err=True)
     return exc.exit_code
 
 
 def _abort(_exc: click.Abort) -> int:
-    click.echo("loader: interrupted", err=True)
+    out.echo("loader: interrupted", err=True)
     return EXIT_INTERRUPTED
 
 
 def _loader_error(exc: LoaderError) -> int:
-    click.echo(f"loader: error: {one_line(exc)}", err=True)
+    out.echo(f"loader: error: {one_line(exc)}", err=True)
     return EXIT_ERROR
 
 
 def _database_error(exc: psycopg.Error) -> int:
-    click.echo(f"loader: database error: {one_line(exc)}", err=True)
+    out.echo(f"loader: database error: {one_line(exc)}", err=True)
     return EXIT_ERROR
 
 

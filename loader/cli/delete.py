@@ -8,7 +8,7 @@ import click
 
 from loader.cli import output as out
 from loader.cli.base import Session, cli, common_options
-from loader.errors import CliError
+from loader.errors import CliError, quoted
 from loader.lifecycle import Deleted, delete_batch, delete_finished, finished_batches
 
 DELETE_EPILOG = """\b
@@ -75,6 +75,6 @@ def delete_command(batch_id: str | None, before: datetime | None, yes: bool, ses
         _retention(session, before.replace(tzinfo=UTC), yes)
         return
     assert batch_id is not None
-    _confirm(yes, f"delete batch {batch_id[:80]} and everything under it?")
+    _confirm(yes, f"delete batch {quoted(batch_id)} and everything under it?")
     with session.connect() as conn:
         out.echo(_line(delete_batch(conn, batch_id)))

@@ -101,7 +101,7 @@ class Display:
             self._bar = make_bar(self.batch_id, todo, Console(stderr=True))
             self._bar.__enter__()
             self._task = self._bar.add_task(
-                self.batch_id, total=todo, rate="", stored=0, failed=0, rejected=0, unchanged=0
+                out.printable(self.batch_id), total=todo, rate="", stored=0, failed=0, rejected=0, unchanged=0
             )
         return self
 

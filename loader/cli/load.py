@@ -33,6 +33,7 @@ from loader.errors import (
     InputFileError,
     Interrupted,
     LoaderError,
+    quoted,
 )
 from loader.jsonl import Sources, countable, line_counts
 from loader.models import BatchProgress, LoadReport
@@ -193,13 +194,13 @@ def open_batch(conn: psycopg.Connection[Any], request: LoadRequest, size: InputS
     existing = _existing(conn, batch_id)
     if (request.repair or request.replace) and existing is None:
         flag = "--repair" if request.repair else "--replace"
-        raise CliError(f"{flag} changes an existing batch, and there is no batch {batch_id[:80]!r}")
+        raise CliError(f"{flag} changes an existing batch, and there is no batch {quoted(batch_id)}")
     if existing is not None:
         # A --total that contradicts the declared one is refused by the save path.
         return existing
     if request.offset and total is None:
         raise click.UsageError(
-            f"batch {batch_id[:80]!r} does not exist yet and this file starts at --offset {request.offset}: "
+            f"batch {quoted(batch_id)} does not exist yet and this file starts at --offset {request.offset}: "
             "pass --total N, the number of images in the whole batch"
         )
     declared = total if total is not None else size.inputs

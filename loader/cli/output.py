@@ -8,6 +8,7 @@ a new command or column is a line, not another hand-aligned loop.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -15,6 +16,28 @@ from typing import Any
 import click
 
 from loader.models import BatchProgress
+
+# Unicode category Cc: C0 controls, DEL and C1 controls. A terminal acts on them (ESC
+# starts a sequence that moves the cursor or retitles the window, CSI U+009B too, a
+# newline breaks a table's row), so values from the database never reach it raw.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# The same, but keeping the line breaks and tabs of text the loader itself lays out.
+_CONTROL_BUT_LAYOUT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return _ESCAPES.get(char) or f"\\x{ord(char):02x}"
+
+
+def printable(value: str) -> str:
+    """``value`` with every control character written as an escape (``\\x1b``, ``\\n``).
+
+    Used for every value from the database or the command line that is printed:
+    batch ids, image paths, reasons.
+    """
+    return _CONTROL.sub(_escape, value)
 
 
 def n(value: int) -> str:
@@ -49,19 +72,25 @@ def progress_json(progress: BatchProgress) -> dict[str, Any]:
 
 def batch_line(progress: BatchProgress) -> str:
     return (
-        f"batch {progress.batch_id}: {progress.status.value}, {n(progress.accounted_images)} of "
+        f"batch {printable(progress.batch_id)}: {progress.status.value}, {n(progress.accounted_images)} of "
         f"{n(progress.total_images)} images accounted for ({progress.percentage:.1f}%): "
         f"{n(progress.completed_images)} completed, {n(progress.failed_images)} failed"
     )
 
 
 def echo(text: str = "", *, err: bool = False) -> None:
-    click.echo(text, err=err)
+    """``text`` on stdout (or stderr); a control character a value slipped in is escaped."""
+    click.echo(_CONTROL_BUT_LAYOUT.sub(_escape, text), err=err)
 
 
 def echo_json(data: Any) -> None:
-    """One JSON document on one line (non-ASCII kept readable)."""
-    click.echo(json.dumps(data, ensure_ascii=False, default=str))
+    """One JSON document on one line (non-ASCII kept readable, control characters escaped).
+
+    json escapes C0 controls itself; DEL and the C1 controls it leaves raw are written
+    as \\u escapes, which JSON readers read back as the same characters.
+    """
+    text = json.dumps(data, ensure_ascii=False, default=str)
+    click.echo(re.sub("[\x7f-\x9f]", lambda m: f"\\u{ord(m.group()):04x}", text))
 
 
 def table(
@@ -73,9 +102,12 @@ def table(
 ) -> None:
     """Columns aligned to their widest cell, two spaces apart; ``right`` holds the numeric columns.
 
-    A cell padded beforehand (``"failed".ljust(8)``) sets a column's least width.
+    A cell padded beforehand (``"failed".ljust(8)``) sets a column's least width. Cells
+    are printed through :func:`printable`, so no value can break a row or the terminal.
     """
-    lines = [list(row) for row in ([header] if header else [])] + [list(row) for row in rows]
+    lines = [list(row) for row in ([header] if header else [])] + [
+        [printable(cell) for cell in row] for row in rows
+    ]
     if not lines:
         return
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]

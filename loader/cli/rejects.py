@@ -114,10 +114,12 @@ def print_rejects(
     batch_id: str, rows: list[RejectRecord], counts: RejectCounts, limit: int, after: int
 ) -> None:
     if not rows:
-        out.echo(f"no rejects in batch {batch_id}" + (f" after position {after}" if after >= 0 else ""))
+        after_text = f" after position {after}" if after >= 0 else ""
+        out.echo(f"no rejects in batch {out.printable(batch_id)}{after_text}")
         return
     out.echo(
-        f"{out.n(counts.open + counts.resolved)} rejects in batch {batch_id} ({out.n(counts.open)} open, "
+        f"{out.n(counts.open + counts.resolved)} rejects in batch {out.printable(batch_id)} "
+        f"({out.n(counts.open)} open, "
         f"{out.n(counts.resolved)} resolved); showing {len(rows)}:"
     )
     cells: list[tuple[str, str, str]] = []
@@ -128,9 +130,9 @@ def print_rejects(
             cells.append(("", "", f"resolved {out.when(row.resolved_at)} by {_resolver(row)}"))
     out.table(cells, header=("position", "bytes".rjust(7), "image_path / reason"), right=[0, 1])
     if len(rows) == limit:
-        out.echo(f"more: loader rejects {shlex.quote(batch_id)} --after {rows[-1].position}")
+        out.echo(f"more: loader rejects {out.printable(shlex.quote(batch_id))} --after {rows[-1].position}")
     if counts.open:
-        out.echo(f"export: loader rejects {shlex.quote(batch_id)} --export rejects.jsonl")
+        out.echo(f"export: loader rejects {out.printable(shlex.quote(batch_id))} --export rejects.jsonl")
 
 
 def _resolver(row: RejectRecord) -> str:
@@ -177,7 +179,8 @@ def _print_export(export: Export, batch_id: str, target: str, compact: bool) -> 
     where = "stdout" if target == "-" else target
     what = "rejects" if compact else "open rejects"
     out.echo(
-        f"wrote {out.n(export.written)} {what} ({out.n(export.size)} bytes) of batch {batch_id} to {where}",
+        f"wrote {out.n(export.written)} {what} ({out.n(export.size)} bytes) of batch "
+        f"{out.printable(batch_id)} to {out.printable(where)}",
         err=True,
     )
     if export.with_newline:
@@ -194,7 +197,7 @@ def _print_export(export: Export, batch_id: str, target: str, compact: bool) -> 
             err=True,
         )
     if not compact and target != "-" and export.written:
-        command = f"loader load {shlex.quote(target)} -b {shlex.quote(batch_id)} --repair"
+        command = out.printable(f"loader load {shlex.quote(target)} -b {shlex.quote(batch_id)} --repair")
         out.echo(f"fix the lines in place, then: {command}", err=True)
 
 

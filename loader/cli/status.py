@@ -17,6 +17,9 @@ from loader.errors import CliError
 from loader.models import BatchProgress
 from loader.progress import follow_progress, get_progress, recount_batch
 
+# Largest --limit: the query's LIMIT is a bigint.
+MAX_LIMIT = 2**63 - 1
+
 STATUS_EPILOG = """\b
 Examples:
   loader status B1                # totals, timing, failure reasons grouped
@@ -113,7 +116,7 @@ def print_status(status: BatchStatus) -> None:
     )
     _print_reasons(status)
     if status.rejected:
-        out.echo(f"raw rejected lines: loader rejects {shlex.quote(progress.batch_id)}")
+        out.echo(f"raw rejected lines: loader rejects {out.printable(shlex.quote(progress.batch_id))}")
 
 
 def _print_reasons(status: BatchStatus) -> None:
@@ -187,7 +190,12 @@ def list_batches(conn: psycopg.Connection[Any], limit: int, unfinished: bool, as
 @click.argument("batch_id", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option(
-    "--limit", metavar="N", type=click.IntRange(min=1), default=20, show_default=True, help="Batches listed."
+    "--limit",
+    metavar="N",
+    type=click.IntRange(min=1, max=MAX_LIMIT),
+    default=20,
+    show_default=True,
+    help="Batches listed.",
 )
 @click.option("--unfinished", is_flag=True, help="List only batches still PENDING or STARTED.")
 @click.option("--follow", is_flag=True, help="Print the batch at every committed change until it finishes.")

@@ -14,9 +14,14 @@ WHERE c.oid = to_regclass('batch_executions');
 SELECT pg_advisory_xact_lock(7423011001);
 
 -- name: adopt_lock_tables
--- Nobody reads or writes the application's tables until the conversion commits.
+-- Nobody reads or writes the application's tables until the conversion commits. One
+-- statement, parents before children (foreign-key order), every attempt the same order.
 LOCK TABLE batch_executions, chain_executions, task_logs, ocr_executions, ocr_text_boxes
     IN ACCESS EXCLUSIVE MODE;
+
+-- name: adopt_deadlock_timeout
+-- The server's deadlock_timeout in milliseconds: adopt's attempts at its locks stay below it.
+SELECT setting::integer AS ms FROM pg_settings WHERE name = 'deadlock_timeout';
 
 -- name: adopt_session
 -- Who adopts, and where: the current schema (first of the search_path) and the role.
@@ -160,6 +165,8 @@ WHERE t.typnamespace = current_schema()::regnamespace AND t.typtype = 'e'
 
 -- name: adopt_dirty_rows
 -- Old rows that would break a constraint (or an invariant) of schema.sql: one row per (rule, offending row).
+-- Details are built with || rather than format(): a %s here would be taken for a
+-- query parameter by psycopg (the report printed $1 instead of values).
 WITH first_ocr AS (
     SELECT DISTINCT ON (chain_id) chain_id, id, status::text AS status
     FROM ocr_executions
@@ -187,7 +194,8 @@ WHERE status IS NULL
    OR status::text NOT IN ('PENDING', 'STARTED', 'SUCCESS', 'RUNNING', 'FAILURE', 'RETRY', 'REVOKED')
 UNION ALL
 SELECT 'chain_executions task counters NOT NULL CHECK (>= 0)', 'chain_executions', id,
-       format('total %s, completed %s, failed %s', total_tasks, completed_tasks, failed_tasks)
+       'total ' || coalesce(total_tasks::text, 'NULL') || ', completed ' || coalesce(completed_tasks::text, 'NULL')
+       || ', failed ' || coalesce(failed_tasks::text, 'NULL')
 FROM chain_executions
 WHERE NOT (total_tasks >= 0 AND completed_tasks >= 0 AND failed_tasks >= 0)
    OR total_tasks IS NULL OR completed_tasks IS NULL OR failed_tasks IS NULL
@@ -195,8 +203,8 @@ UNION ALL
 -- The merge counts a batch's images by its chains' status, so a chain must say what its OCR row says.
 SELECT 'chain_executions.status agrees with its OCR row (SUCCESS/FAILURE only with a success/failed OCR row)',
        'chain_executions', c.id,
-       format('chain %s is %s, its OCR row %s', c.chain_id, c.status::text,
-              coalesce('is ' || lower(o.status), 'is missing'))
+       'chain ' || c.chain_id || ' is ' || coalesce(c.status::text, 'NULL') || ', its OCR row '
+       || coalesce('is ' || lower(o.status), 'is missing')
 FROM chain_executions c
 LEFT JOIN first_ocr o ON o.chain_id = c.chain_id
 WHERE CASE lower(o.status)
@@ -219,12 +227,16 @@ SELECT 'ocr_executions.chain_id NOT NULL', 'ocr_executions', id, 'image_path ' |
 FROM ocr_executions WHERE chain_id IS NULL
 UNION ALL
 SELECT 'ocr_executions.chain_id UNIQUE (one OCR row per chain)', 'ocr_executions', o.id,
-       format('chain %s already holds OCR row %s', o.chain_id, f.id)
+       'chain ' || o.chain_id || ' already holds OCR row ' || f.id
 FROM ocr_executions o JOIN first_ocr f ON f.chain_id = o.chain_id AND f.id <> o.id
 UNION ALL
-SELECT 'ocr_executions.image_path NOT NULL CHECK (image_path <> '''')', 'ocr_executions', id,
+-- The loader refuses a path that is empty or only whitespace (Python's str.isspace: the
+-- characters listed, not the regex class \s, whose reach beyond ASCII depends on the locale).
+SELECT 'ocr_executions.image_path NOT NULL, not empty or only whitespace', 'ocr_executions', id,
        'image_path ' || coalesce(quote_literal(image_path), 'NULL')
-FROM ocr_executions WHERE image_path IS NULL OR image_path = ''
+FROM ocr_executions
+WHERE image_path IS NULL
+   OR image_path ~ '^[\t\n\u000b\f\r\u001c-\u001f \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$'
 UNION ALL
 SELECT 'ocr_executions.public_path CHECK (public_path <> '''')', 'ocr_executions', id,
        'image_path ' || quote_literal(image_path)
@@ -245,10 +257,16 @@ SELECT 'ocr_text_boxes.confidence NOT NULL CHECK (confidence >= 0 AND confidence
        || CASE WHEN confidence > 1 AND confidence <= 100 THEN ' (a 0-100 scale?)' ELSE '' END
 FROM ocr_text_boxes WHERE confidence IS NULL OR NOT (confidence >= 0 AND confidence <= 1)
 UNION ALL
--- jsonb cannot hold the NUL character that json keeps as the escape \u0000 (an
--- even number of backslashes before it would make it literal text instead).
-SELECT 'ocr_text_boxes.bbox jsonb (no \u0000)', 'ocr_text_boxes', id, left(bbox::text, 60)
-FROM ocr_text_boxes WHERE bbox::text ~ '(^|[^\\])(\\\\)*\\u0000'
+-- jsonb cannot hold what json keeps as escapes: the NUL character \u0000, and a
+-- surrogate escape that is not half of a pair (\ud800 alone, \udc00 alone); the cast
+-- would fail naming no row. An even number of backslashes before the escape would
+-- make it literal text instead.
+SELECT 'ocr_text_boxes.bbox jsonb (no \u0000, no unpaired surrogate escape)', 'ocr_text_boxes', id,
+       left(bbox::text, 60)
+FROM ocr_text_boxes
+WHERE bbox::text ~ '(^|[^\\])(\\\\)*\\u0000'
+   OR bbox::text ~* '(^|[^\\])(\\\\)*\\ud[89ab][0-9a-f]{2}(?!\\ud[c-f][0-9a-f]{2})'
+   OR bbox::text ~* '(^|[^\\])(\\\\)*(?<!\\ud[89ab][0-9a-f]{2})\\ud[c-f][0-9a-f]{2}'
 UNION ALL
 SELECT 'ocr_text_boxes.bbox NOT NULL CHECK (jsonb_typeof(bbox) = ''array'')', 'ocr_text_boxes', id,
        coalesce(left(bbox::text, 60), 'NULL')
@@ -442,3 +460,24 @@ SELECT (SELECT count(*) FROM batch_executions) AS batch_executions,
        (SELECT count(*) FROM task_logs) AS task_logs,
        (SELECT count(*) FROM ocr_executions) AS ocr_executions,
        (SELECT count(*) FROM ocr_text_boxes) AS ocr_text_boxes;
+
+-- name: adopt_local_time_problems
+-- Naive times of one column ({table}, {column}, named {table_label}, {column_label}) that
+-- name no instant in %(tz)s (skipped by a daylight-saving gap) or two (repeated by an
+-- overlap). A gap: read in the zone and written back, the time comes out otherwise. An
+-- overlap: the zone's offsets a day before and a day after differ, and the time less
+-- either offset is an instant the zone shows as that same time.
+SELECT {table_label} AS table_name, {column_label} AS column_name, o.id, o.{column} AS local_time,
+       CASE WHEN (i.instant AT TIME ZONE %(tz)s) <> o.{column} THEN 'gap' ELSE 'overlap' END AS problem
+FROM {table} AS o
+CROSS JOIN LATERAL (SELECT o.{column} AT TIME ZONE %(tz)s AS instant) AS i
+CROSS JOIN LATERAL (
+    SELECT (i.instant - interval '1 day') AT TIME ZONE %(tz)s
+               - (i.instant - interval '1 day') AT TIME ZONE 'UTC' AS before,
+           (i.instant + interval '1 day') AT TIME ZONE %(tz)s
+               - (i.instant + interval '1 day') AT TIME ZONE 'UTC' AS after
+) AS off
+WHERE (i.instant AT TIME ZONE %(tz)s) <> o.{column}
+   OR (off.before <> off.after
+       AND ((o.{column} - off.before) AT TIME ZONE 'UTC') AT TIME ZONE %(tz)s = o.{column}
+       AND ((o.{column} - off.after) AT TIME ZONE 'UTC') AT TIME ZONE %(tz)s = o.{column})

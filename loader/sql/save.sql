@@ -14,14 +14,34 @@
 WITH tuned AS (
     -- Statistics of the fresh staging tables are unknown; without this the
     -- planner overestimates them and spends a fifth of the merge compiling JIT.
-    -- loader.keeping_totals: the batch counters are written by the loader in
-    -- this transaction (schema.sql, "the batch counters are the loader's").
+    -- A timeout the role or session sets stricter (not 0, and shorter) than the
+    -- loader's stays in force: the loader may tighten a DBA's bound, never loosen it.
     SELECT set_config('jit', 'off', true),
            set_config('work_mem', %(work_mem)s, true),
-           set_config('statement_timeout', %(statement_timeout)s, true),
-           set_config('lock_timeout', %(lock_timeout)s, true),
+           set_config('statement_timeout', CASE WHEN own.statement THEN current_setting('statement_timeout')
+                                                ELSE %(statement_timeout)s END, true),
+           set_config('lock_timeout', CASE WHEN own.lock THEN current_setting('lock_timeout')
+                                           ELSE %(lock_timeout)s END, true),
            set_config('client_min_messages', 'warning', true),
+           -- The batch counters are written by the loader in this transaction
+           -- (schema.sql, "the batch counters are the loader's").
            set_config('loader.keeping_totals', 'on', true)
+    FROM (
+        SELECT bool_or(s.name = 'statement_timeout' AND s.stricter) AS statement,
+               bool_or(s.name = 'lock_timeout' AND s.stricter) AS lock
+        FROM (
+            -- Compared as intervals: current_setting shows a value with its unit ('5s',
+            -- '1500ms') or 0; ours is a GUC value ('60s', '500ms', or a bare number,
+            -- which a GUC reads as milliseconds).
+            SELECT v.name, o.own > interval '0' AND (o.ours = interval '0' OR o.own < o.ours) AS stricter
+            FROM (VALUES ('statement_timeout', %(statement_timeout)s::text),
+                         ('lock_timeout', %(lock_timeout)s::text)) AS v (name, ours)
+            CROSS JOIN LATERAL (
+                SELECT current_setting(v.name)::interval AS own,
+                       (CASE WHEN v.ours ~ '^\s*[0-9.]+\s*$' THEN v.ours || 'ms' ELSE v.ours END)::interval AS ours
+            ) AS o
+        ) AS s
+    ) AS own
 ),
 locked AS (
     -- Read from tuned so the settings are in force before the wait: then

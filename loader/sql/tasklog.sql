@@ -2,8 +2,14 @@
 
 -- name: tasklog_timeouts
 -- Bound this transaction's statements and lock waits: a task-log write must stay cheap for the task.
-SELECT set_config('statement_timeout', %(timeout)s, true),
-       set_config('lock_timeout', %(timeout)s, true);
+-- A timeout the role or session sets stricter (not 0, and shorter) stays in force; compared
+-- as intervals (current_setting shows '5s', '1500ms' or 0; %(timeout)s comes as '<n>ms').
+SELECT set_config(v.name,
+                  CASE WHEN current_setting(v.name)::interval > interval '0'
+                            AND current_setting(v.name)::interval < %(timeout)s::text::interval
+                       THEN current_setting(v.name) ELSE %(timeout)s::text END,
+                  true)
+FROM (VALUES ('statement_timeout'), ('lock_timeout')) AS v (name);
 
 -- name: tasklog_upsert
 -- Record a task's state, one row per task_id: PENDING only creates, links only an existing chain.
