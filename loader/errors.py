@@ -176,6 +176,21 @@ _TRANSIENT_SQLSTATES = frozenset(
 )
 _TRANSIENT_CLASSES = ("08",)  # connection exceptions
 
+# Prepared statements that vanish or collide between transactions: what a
+# transaction pooler that does not track them (PgBouncer < 1.21, or
+# max_prepared_statements = 0) does to psycopg's automatic preparing.
+_POOLER_PREPARED_SQLSTATES = frozenset(
+    {
+        "42P05",  # duplicate_prepared_statement: "_pg3_0" already exists
+        "26000",  # invalid_sql_statement_name: "_pg3_0" does not exist
+    }
+)
+_POOLER_ADVICE = (
+    "a prepared statement was missing or another session's: a transaction pooler such as PgBouncer "
+    "sits in front of PostgreSQL; nothing of this call was kept. Leave LOADER_PREPARE_THRESHOLD unset "
+    "(make_pool(prepare_threshold=None)), or enable max_prepared_statements (PgBouncer >= 1.21)"
+)
+
 _PASSWORD_IN_DSN = re.compile(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)|(://[^:/@\s]*:)([^@\s]*)(@)")
 
 
@@ -221,6 +236,8 @@ def translate(exc: psycopg.Error, doing: str) -> DatabaseError:
         advice = "nothing of this call was kept; check the server log and the input"
     if isinstance(exc, pg_errors.UndefinedTable):
         advice = "is the loader schema deployed? run `loader schema apply`"
+    elif exc.sqlstate in _POOLER_PREPARED_SQLSTATES:
+        advice = _POOLER_ADVICE
     return kind(f"{doing} failed{sqlstate}: {detail} ({advice})")
 
 
