@@ -56,6 +56,10 @@ FROM_ENVIRONMENT = _FromEnvironment.DEFAULT
 _pool_thresholds: weakref.WeakKeyDictionary[ConnectionPool, int | None] = weakref.WeakKeyDictionary()
 
 
+# Connections inside a connection() block, whose threshold is already set.
+_preparing_now: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
+
+
 def prepare_threshold_setting() -> int | None:
     """The prepare threshold LOADER_PREPARE_THRESHOLD asks for: None (unset, empty or
     ``none``) or a count of executions >= 0. Raises ConfigurationError otherwise."""
@@ -188,12 +192,21 @@ def connection(target: Connectable, *, check_version: bool = True) -> Iterator[p
 
 @contextmanager
 def _preparing(conn: psycopg.Connection[Any], threshold: int | _FromEnvironment | None) -> Iterator[None]:
-    """The loader's prepare threshold on ``conn`` for the block; the caller's restored after."""
+    """The loader's prepare threshold on ``conn`` for the block; the caller's restored after.
+
+    A call made inside another's block (register_batch reading the progress)
+    keeps the outer call's threshold: a pool's, not the environment's.
+    """
+    if conn in _preparing_now:
+        yield
+        return
     wanted = prepare_threshold_setting() if threshold is FROM_ENVIRONMENT else threshold
     before = conn.prepare_threshold
     conn.prepare_threshold = wanted
+    _preparing_now.add(conn)
     try:
         yield
     finally:
+        _preparing_now.discard(conn)
         if not conn.closed:
             conn.prepare_threshold = before
