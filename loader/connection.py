@@ -53,11 +53,11 @@ FROM_ENVIRONMENT = _FromEnvironment.DEFAULT
 
 # Thresholds given to make_pool, per pool; other pools and connections get the
 # environment's.
-_pool_thresholds: weakref.WeakKeyDictionary[ConnectionPool, int | None] = weakref.WeakKeyDictionary()
+_pool_thresholds: weakref.WeakKeyDictionary[object, int | None] = weakref.WeakKeyDictionary()
 
 
 # Connections inside a connection() block, whose threshold is already set.
-_preparing_now: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
+_preparing_now: weakref.WeakSet[psycopg.Connection[Any] | psycopg.AsyncConnection[Any]] = weakref.WeakSet()
 
 
 def prepare_threshold_setting() -> int | None:
@@ -132,7 +132,7 @@ def make_pool(
         open=False,
         check=ConnectionPool.check_connection,
     )
-    _pool_thresholds[pool] = threshold
+    remember_pool_threshold(pool, threshold)
     return pool
 
 
@@ -164,7 +164,7 @@ def connection(target: Connectable, *, check_version: bool = True) -> Iterator[p
                 ) from exc
             except psycopg.OperationalError as exc:  # PoolTimeout: the server is unreachable
                 raise translate(exc, f"getting a connection from pool {target.name!r}") from exc
-            stack.enter_context(_preparing(conn, _pool_thresholds.get(target, FROM_ENVIRONMENT)))
+            stack.enter_context(preparing(conn, pool_threshold(target)))
             if check_version:
                 check_schema_version(conn)
             yield conn
@@ -184,14 +184,26 @@ def connection(target: Connectable, *, check_version: bool = True) -> Iterator[p
             f"the connection is not idle (transaction status {status.name}); the loader runs and "
             "commits its own transaction, so commit or roll back yours first, or pass a pool"
         )
-    with _preparing(target, FROM_ENVIRONMENT):
+    with preparing(target, FROM_ENVIRONMENT):
         if check_version:
             check_schema_version(target)
         yield target
 
 
+def remember_pool_threshold(pool: object, threshold: int | None) -> None:
+    """Record the threshold a pool's connections were made with (make_pool, loader.aio)."""
+    _pool_thresholds[pool] = threshold
+
+
+def pool_threshold(pool: object) -> int | _FromEnvironment | None:
+    """The threshold make_pool gave ``pool``; FROM_ENVIRONMENT for a pool made elsewhere."""
+    return _pool_thresholds.get(pool, FROM_ENVIRONMENT)
+
+
 @contextmanager
-def _preparing(conn: psycopg.Connection[Any], threshold: int | _FromEnvironment | None) -> Iterator[None]:
+def preparing(
+    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], threshold: int | _FromEnvironment | None
+) -> Iterator[None]:
     """The loader's prepare threshold on ``conn`` for the block; the caller's restored after.
 
     A call made inside another's block (register_batch reading the progress)

@@ -151,8 +151,11 @@ class IdleDeadline:
             return None
         left = self.at - time.monotonic()
         if left <= 0:
-            raise TimeoutError(f"batch {self.batch_id!r}: no progress for {self.idle_timeout} s")
+            raise self.expired()
         return left
+
+    def expired(self) -> TimeoutError:
+        return TimeoutError(f"batch {self.batch_id!r}: no progress for {self.idle_timeout} s")
 
 
 def _wait_for_event(conn: psycopg.Connection[Any], batch_id: str, deadline: IdleDeadline) -> None:
