@@ -365,3 +365,35 @@ def test_with_heartbeats_fills_quiet_intervals_and_closes_its_source() -> None:
 
     assert out[0] == 1 and 2 in out and out.count(None) == 5 and 3 not in out
     assert source_closed
+
+
+def test_the_hub_listens_again_after_losing_its_connection(dsn: str, db: psycopg.Connection[Any]) -> None:
+    register_batch(db, "B", 10)
+    data = make_batch(10, prefix="B")
+
+    async def scenario() -> list[Any]:
+        pool, hub = await _hub(dsn)
+        try:
+            updates = hub.follow("B", idle_timeout=60)
+            first = seen(await anext(updates))
+            assert hub._conn is not None
+            lost = hub._conn.info.backend_pid
+            await asyncio.to_thread(db.execute, "SELECT pg_terminate_backend(%s)", [lost])
+            # Likely committed while the hub has no listening connection (it waits
+            # RECONNECT_S first): that event is lost, the read it makes once it
+            # listens again is not.
+            await _save(dsn, "B", data[:5])
+            second = seen(await anext(updates))
+            await _save(dsn, "B", data[5:], 5)
+            third = seen(await anext(updates))
+            await updates.aclose()
+            return [first, second, third]
+        finally:
+            await hub.close()
+            await pool.close()
+
+    assert run(scenario) == [
+        (ProcessStatus.PENDING, 0, 10),
+        (ProcessStatus.STARTED, 5, 10),
+        (ProcessStatus.SUCCESS, 10, 10),
+    ]
