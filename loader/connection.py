@@ -136,12 +136,6 @@ def make_pool(
     return pool
 
 
-def connect(conninfo: str, **kwargs: Any) -> psycopg.Connection[Any]:
-    """psycopg.connect with the loader's prepare threshold (LOADER_PREPARE_THRESHOLD, else None)."""
-    check_dsn(conninfo)
-    return psycopg.connect(conninfo, prepare_threshold=prepare_threshold_setting(), **kwargs)
-
-
 def mark_checked(conn: psycopg.Connection[Any]) -> None:
     """Record that ``conn`` was found on the right schema version by other means."""
     _checked.add(conn)

@@ -322,3 +322,29 @@ def test_following_works_through_session_pooling(
     (only,) = follow_progress(through(bouncer_session, dsn), "done")
 
     assert only.status == ProcessStatus.SUCCESS
+
+
+def test_preparing_can_be_turned_back_on_for_a_direct_connection(dsn: str) -> None:
+    pool = make_pool(dsn, max_size=1, prepare_threshold=1)
+    pool.open(wait=True)
+    try:
+        for _ in range(3):
+            register_batch(pool, "prepared", 1)
+        with pool.connection() as c:
+            prepared = c.execute("SELECT count(*) FROM pg_prepared_statements", prepare=False).fetchone()
+    finally:
+        pool.close()
+    with psycopg.connect(dsn) as c:  # psycopg's default threshold: 5
+        for _ in range(ROUNDS):
+            register_batch(c, "prepared", 1)
+        unprepared = c.execute("SELECT count(*) FROM pg_prepared_statements", prepare=False).fetchone()
+
+    assert prepared is not None and prepared[0] > 0
+    assert unprepared == (0,)  # the default: nothing prepared on the server
+
+
+def test_an_unusable_prepare_threshold_is_refused_in_one_line(dsn: str) -> None:
+    result = CliRunner().invoke(cli, ["status", "--dsn", dsn], env={"LOADER_PREPARE_THRESHOLD": "often"})
+
+    assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1
+    assert "LOADER_PREPARE_THRESHOLD='often'" in result.stderr
