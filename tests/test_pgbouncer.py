@@ -348,3 +348,16 @@ def test_an_unusable_prepare_threshold_is_refused_in_one_line(dsn: str) -> None:
 
     assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1
     assert "LOADER_PREPARE_THRESHOLD='often'" in result.stderr
+
+
+def test_status_follow_listens_on_the_listen_dsn_option(
+    pooled: str, dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    save_batch(conn, "done", make_batch(3, prefix="done"))
+
+    result = CliRunner().invoke(cli, ["status", "done", "--follow", "--dsn", pooled, "--listen-dsn", dsn])
+
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "batch done: SUCCESS, 3 of 3 images accounted for (100.0%): 3 completed, 0 failed"
+    ]
