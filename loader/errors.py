@@ -186,8 +186,8 @@ _POOLER_PREPARED_SQLSTATES = frozenset(
     }
 )
 _POOLER_ADVICE = (
-    "a prepared statement was missing or another session's: a transaction pooler such as PgBouncer "
-    "sits in front of PostgreSQL; nothing of this call was kept. Leave LOADER_PREPARE_THRESHOLD unset "
+    "a prepared statement was missing or another session's, as behind a transaction pooler such as "
+    "PgBouncer; nothing of this call was kept. Leave LOADER_PREPARE_THRESHOLD unset "
     "(make_pool(prepare_threshold=None)), or enable max_prepared_statements (PgBouncer >= 1.21)"
 )
 
