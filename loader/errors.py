@@ -222,6 +222,21 @@ def quoted(value: str) -> str:
     return f"{value[:QUOTED_CHARS]!r}… ({len(value):,} characters)"
 
 
+# Prepared statements that vanish or collide between transactions: what a
+# transaction pooler that does not track them (PgBouncer < 1.21, or
+# max_prepared_statements = 0) does to psycopg's automatic preparing.
+_POOLER_PREPARED_SQLSTATES = frozenset(
+    {
+        "42P05",  # duplicate_prepared_statement: "_pg3_0" already exists
+        "26000",  # invalid_sql_statement_name: "_pg3_0" does not exist
+    }
+)
+_POOLER_ADVICE = (
+    "a prepared statement was missing or another session's, as behind a transaction pooler such as "
+    "PgBouncer; nothing of this call was kept. Leave LOADER_PREPARE_THRESHOLD unset "
+    "(make_pool(prepare_threshold=None)), or enable max_prepared_statements (PgBouncer >= 1.21)"
+)
+
 _PASSWORD_IN_DSN = re.compile(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)|(://[^:/@\s]*:)([^@\s]*)(@)")
 
 
@@ -278,6 +293,8 @@ def translate(exc: psycopg.Error, doing: str, lost: str | None = None) -> Databa
             f"session's where stricter, which the loader keeps (`SHOW {setting}` as this role); "
             "nothing of this call was kept; retry it if the server was only busy"
         )
+    elif exc.sqlstate in _POOLER_PREPARED_SQLSTATES:
+        advice = _POOLER_ADVICE
     return kind(f"{doing} failed{sqlstate}: {detail} ({advice})")
 
 

@@ -1,22 +1,56 @@
-"""A batch's progress: its stored totals, followed live, recounted."""
+"""A batch's progress: its stored totals, followed live, recounted.
+
+Following listens on ``loader_progress``. An event there is a wake-up, never
+the truth: any session may NOTIFY that channel (no privilege exists for it), so
+a follower reads only the batch id from a payload and then reads the batch's
+figures from the database; a payload that is not a JSON object naming a batch
+is ignored (logged at debug). LISTEN needs a session that stays on one server
+connection: through a transaction pooler a follower gets no events, so it
+checks delivery first and refuses with one line if they do not arrive.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shlex
+import time
+import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import class_row
+from psycopg.rows import kwargs_row
 
 from loader import queries
 from loader.connection import Connectable, connection
 from loader.dsn import check_dsn
-from loader.errors import BatchNotFoundError, quoted, translating
+from loader.errors import BatchNotFoundError, ConfigurationError, quoted, redact_dsn, translating
 from loader.models import BatchProgress, ProcessStatus
 
 __all__ = ["BatchNotFoundError", "follow_progress", "get_progress", "recount_batch"]
+
+log = logging.getLogger("loader.progress")
+
+#: The channel every merge that changes a batch's totals notifies, on commit.
+CHANNEL = "loader_progress"
+
+#: A direct connection to PostgreSQL for LISTEN, when the main DSN goes through
+#: a transaction pooler.
+LISTEN_DSN_ENV = "LOADER_LISTEN_DSN"
+
+#: Seconds the delivery check waits for its own notification. On a direct or
+#: session-pooled connection it arrives within milliseconds of the sender's
+#: commit; through a transaction pooler it never does, and the follower is
+#: refused after this wait.
+DELIVERY_CHECK_S = 2.0
+
+#: Seconds the delivery check's sending connection may take to connect.
+PROBE_CONNECT_TIMEOUT_S = 10
+
+FINISHED = frozenset({ProcessStatus.SUCCESS, ProcessStatus.FAILURE})
 
 
 def get_progress(pool_or_conn: Connectable, batch_id: str) -> BatchProgress:
@@ -25,72 +59,152 @@ def get_progress(pool_or_conn: Connectable, batch_id: str) -> BatchProgress:
         connection(pool_or_conn) as conn,
         translating(f"reading batch {quoted(batch_id)}"),
         conn.transaction(),
-        conn.cursor(row_factory=class_row(BatchProgress)) as cur,
+        conn.cursor(row_factory=kwargs_row(BatchProgress)) as cur,
     ):
-        found = cur.execute(queries.get("batch_progress"), {"batch_id": batch_id}).fetchone()
-    if found is None:
-        raise BatchNotFoundError(
-            f"no batch {quoted(batch_id)} in this database; check the id, "
-            "or list batches with `loader status`"
-        )
-    return found
+        progress = cur.execute(queries.get("batch_progress"), {"batch_id": batch_id}).fetchone()
+    if progress is None:
+        raise not_found(batch_id)
+    return progress
 
 
-#: The channel every merge that changes a batch's totals notifies, on commit.
-CHANNEL = "loader_progress"
-
-_FINISHED = frozenset({ProcessStatus.SUCCESS, ProcessStatus.FAILURE})
-
-
-def event_progress(payload: str) -> BatchProgress:
-    """A loader_progress payload as BatchProgress (without timestamps)."""
-    data = json.loads(payload)
-    return BatchProgress(
-        batch_id=data["batch_id"],
-        status=ProcessStatus(data["status"]),
-        total_images=data["total"],
-        completed_images=data["completed"],
-        failed_images=data["failed"],
+def not_found(batch_id: str) -> BatchNotFoundError:
+    return BatchNotFoundError(
+        f"no batch {quoted(batch_id)} in this database; check the id, or list batches with `loader status`"
     )
 
 
-def _state(p: BatchProgress) -> tuple[object, ...]:
+def event_batch_id(payload: str) -> str | None:
+    """The batch a loader_progress payload names, or None for a malformed payload.
+
+    Only the id is taken: the figures a payload carries are not believed (any
+    session may send one); followers read them from the database.
+    """
+    try:
+        data: Any = json.loads(payload)
+    except ValueError:
+        data = None
+    batch_id = data.get("batch_id") if isinstance(data, dict) else None
+    if not isinstance(batch_id, str):
+        log.debug("ignored a %s payload that names no batch: %.200r", CHANNEL, payload)
+        return None
+    return batch_id
+
+
+def state(p: BatchProgress) -> tuple[object, ...]:
+    """What a follower compares to decide that a batch changed."""
     return (p.status, p.total_images, p.completed_images, p.failed_images)
 
 
+def listen_conninfo(conninfo: str, listen_dsn: str | None = None) -> str:
+    """The DSN to LISTEN on: ``listen_dsn``, else LOADER_LISTEN_DSN, else ``conninfo``."""
+    return listen_dsn or os.environ.get(LISTEN_DSN_ENV) or conninfo
+
+
+def probe_channel() -> str:
+    """A private channel for one delivery check."""
+    return f"loader_probe_{uuid.uuid4().hex}"
+
+
+def not_delivered(conninfo: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"cannot follow progress through {redact_dsn(conninfo)!r}: a notification sent from another "
+        f"session did not arrive within {DELIVERY_CHECK_S:g} s, as behind a transaction pooler "
+        "(PgBouncer pool_mode = transaction), which forwards no notifications to a listener; "
+        f"give a direct connection to PostgreSQL for listening (--listen-dsn, {LISTEN_DSN_ENV}, listen_dsn=)"
+    )
+
+
+def check_delivery(listener: psycopg.Connection[Any], conninfo: str) -> None:
+    """Refuse ``listener`` unless a NOTIFY from another session reaches it.
+
+    Sent from a second connection, not the listener itself: through a
+    transaction pooler the listener's own NOTIFY could run on the very server
+    connection that ran its LISTEN and come back in the same response, which
+    would pass a check the later events fail. Done before ``LISTEN
+    loader_progress``, so a refused listener leaves no such LISTEN behind on a
+    pooled server connection.
+    """
+    channel = probe_channel()
+    listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+    with psycopg.connect(
+        conninfo, autocommit=True, prepare_threshold=None, connect_timeout=PROBE_CONNECT_TIMEOUT_S
+    ) as sender:
+        sender.execute(queries.get("progress_delivery_probe"), {"channel": channel})
+    if not any(True for _ in listener.notifies(timeout=DELIVERY_CHECK_S, stop_after=1)):
+        raise not_delivered(conninfo)
+    listener.execute(sql.SQL("UNLISTEN {}").format(sql.Identifier(channel)))
+
+
+class IdleDeadline:
+    """When a follower gives up: ``idle_timeout`` seconds after its batch last changed."""
+
+    def __init__(self, batch_id: str, idle_timeout: float | None) -> None:
+        self.batch_id = batch_id
+        self.idle_timeout = idle_timeout
+        self.restart()
+
+    def restart(self) -> None:
+        self.at = None if self.idle_timeout is None else time.monotonic() + self.idle_timeout
+
+    def remaining(self) -> float | None:
+        """Seconds left (None: no limit). Raises TimeoutError once none are left."""
+        if self.at is None:
+            return None
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise self.expired()
+        return left
+
+    def expired(self) -> TimeoutError:
+        return TimeoutError(f"batch {self.batch_id!r}: no progress for {self.idle_timeout} s")
+
+
+def _wait_for_event(conn: psycopg.Connection[Any], batch_id: str, deadline: IdleDeadline) -> None:
+    """Until an event names ``batch_id``; events of other batches do not restart the wait."""
+    while True:
+        for notify in conn.notifies(timeout=deadline.remaining(), stop_after=1):
+            if event_batch_id(notify.payload) == batch_id:
+                return
+
+
 def follow_progress(
-    conninfo: str, batch_id: str, *, idle_timeout: float | None = None
+    conninfo: str, batch_id: str, *, idle_timeout: float | None = None, listen_dsn: str | None = None
 ) -> Iterator[BatchProgress]:
     """The batch's progress now, then at every commit that changes it, until it finishes.
 
-    Listens on its own autocommit connection (``LISTEN loader_progress``)
-    before it reads the current state, so a change committed meanwhile is not
-    missed; a state equal to the last one yielded is skipped. Ends after
-    yielding a SUCCESS or FAILURE state (at once for a finished batch). Raises
-    BatchNotFoundError for an unknown batch and TimeoutError when
-    ``idle_timeout`` seconds pass without a change.
+    Listens on its own autocommit connection (``LISTEN loader_progress``) to
+    ``listen_dsn``, else LOADER_LISTEN_DSN, else ``conninfo``, and reads the
+    batch's row there: before it yields anything, so a change committed
+    meanwhile is not missed, and at each event naming the batch. Yields only
+    states that differ from the last one yielded (a replay, or a forged event,
+    yields nothing). Ends after yielding a SUCCESS or FAILURE state (at once
+    for a finished batch). Raises BatchNotFoundError for an unknown batch,
+    ConfigurationError when notifications do not reach the connection (a
+    transaction pooler), and TimeoutError when ``idle_timeout`` seconds pass
+    without a change of this batch.
     """
-    check_dsn(conninfo)
+    target = listen_conninfo(conninfo, listen_dsn)
+    check_dsn(target)
     lost = (
         "following stopped; the batch and its load are not affected: "
         f"follow it again with `loader status {shlex.quote(batch_id)} --follow`"
     )
     with (
         translating(f"following batch {quoted(batch_id)}", lost),
-        psycopg.connect(conninfo, autocommit=True) as conn,
+        psycopg.connect(target, autocommit=True, prepare_threshold=None) as conn,
     ):
+        check_delivery(conn, target)
         conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
         last = get_progress(conn, batch_id)
         yield last
-        while last.status not in _FINISHED:
-            events = list(conn.notifies(timeout=idle_timeout, stop_after=1))
-            if not events:
-                raise TimeoutError(f"batch {quoted(batch_id)}: no progress for {idle_timeout} s")
-            progress = event_progress(events[0].payload)
-            if progress.batch_id != batch_id or _state(progress) == _state(last):
-                continue
-            last = progress
-            yield progress
+        deadline = IdleDeadline(batch_id, idle_timeout)
+        while last.status not in FINISHED:
+            _wait_for_event(conn, batch_id, deadline)
+            progress = get_progress(conn, batch_id)
+            if state(progress) != state(last):
+                last = progress
+                deadline.restart()
+                yield progress
 
 
 def recount_batch(pool_or_conn: Connectable, batch_id: str) -> BatchProgress:

@@ -17,8 +17,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pwd
 import shutil
+import socket
+import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,6 +82,148 @@ def embedded_server(parent: Path | None = None, *, stat_statements: bool = False
     finally:
         server.cleanup()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+#: Where Debian's package installs PgBouncer (not on a non-root user's PATH).
+PGBOUNCER_PATHS = ("pgbouncer", "/usr/sbin/pgbouncer")
+
+#: Seconds PgBouncer gets to accept connections after it starts; it starts in
+#: milliseconds, so this only bounds a broken start.
+PGBOUNCER_START_S = 30
+
+
+def pgbouncer_binary() -> str | None:
+    """The pgbouncer executable, or None when it is not installed."""
+    return next((found for name in PGBOUNCER_PATHS if (found := shutil.which(name))), None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _quote_ini(value: str) -> str:
+    # libpq-style quoting inside a [databases] connect string.
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _pgbouncer_ini(dsn: str, workdir: Path, port: int, pool_mode: str, pool_size: int) -> str:
+    params = conninfo_to_dict(dsn)
+    host = str(params.get("host") or "/var/run/postgresql")
+    server = {"host": host, "port": str(params.get("port") or 5432)}
+    user = _dsn_user(dsn)
+    target = " ".join(f"{key}={_quote_ini(value)}" for key, value in server.items())
+    return f"""\
+[databases]
+; Any database name goes to the same name on the server (tests clone databases).
+* = {target}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+; No Unix socket: parallel runs would fight over /tmp/.s.PGSQL.<port>.
+unix_socket_dir =
+auth_type = trust
+auth_file = {workdir / "userlist.txt"}
+admin_users = {user}
+pool_mode = {pool_mode}
+default_pool_size = {pool_size}
+min_pool_size = 0
+reserve_pool_size = 0
+max_client_conn = 5000
+logfile = {workdir / "pgbouncer.log"}
+pidfile = {workdir / "pgbouncer.pid"}
+"""
+
+
+def _dsn_user(dsn: str) -> str:
+    # libpq's default: the operating system user's name.
+    return str(conninfo_to_dict(dsn).get("user") or pwd.getpwuid(os.getuid()).pw_name)
+
+
+def _userlist(dsn: str) -> str:
+    # With auth_type = trust the client is not asked for a password; PgBouncer
+    # logs in to the server with the one listed here.
+    params = conninfo_to_dict(dsn)
+    user = _dsn_user(dsn)
+    password = str(params.get("password") or "")
+    return '"{}" "{}"\n'.format(user.replace('"', '""'), password.replace('"', '""'))
+
+
+def _wait_for_pgbouncer(process: subprocess.Popen[bytes], bouncer_dsn: str, log_file: Path) -> None:
+    deadline = time.monotonic() + PGBOUNCER_START_S
+    while True:
+        if process.poll() is not None:
+            tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
+            raise ConfigurationError(f"pgbouncer exited with status {process.returncode} at start: {tail}")
+        try:
+            with psycopg.connect(bouncer_dsn, connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+            return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def pgbouncer_server(dsn: str, pool_mode: str = "transaction", pool_size: int = 2) -> Iterator[str]:
+    """Run a PgBouncer in front of ``dsn``'s server, on a free loopback port; yield its DSN.
+
+    The DSN yielded is ``dsn`` rewritten to go through PgBouncer (same user and
+    database); any other database of that server is reachable through it with
+    ``with_dbname``, and PgBouncer's admin console as database ``pgbouncer``.
+    ``pool_size`` is ``default_pool_size``: server connections per database and
+    user. Stopped (immediate shutdown) when the block ends. Raises
+    ConfigurationError when the pgbouncer binary is not installed.
+    """
+    binary = pgbouncer_binary()
+    if binary is None:
+        raise ConfigurationError("pgbouncer is not installed (Debian: apt-get install pgbouncer)")
+    workdir = Path(tempfile.mkdtemp(prefix="loader-pgbouncer-"))
+    port = _free_port()
+    try:
+        (workdir / "userlist.txt").write_text(_userlist(dsn), encoding="utf-8")
+        ini = workdir / "pgbouncer.ini"
+        ini.write_text(_pgbouncer_ini(dsn, workdir, port, pool_mode, pool_size), encoding="utf-8")
+        command = [binary, str(ini)]
+        if os.geteuid() == 0:
+            # PgBouncer refuses to run as root; it drops to this user itself.
+            run_as = _unprivileged_user(dsn)
+            shutil.chown(workdir, run_as)
+            for name in ("userlist.txt", "pgbouncer.ini"):
+                shutil.chown(workdir / name, run_as)
+            command[1:1] = ["-u", run_as]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            bouncer_dsn = make_conninfo(dsn, host="127.0.0.1", port=str(port), hostaddr=None)
+            _wait_for_pgbouncer(process, bouncer_dsn, workdir / "pgbouncer.log")
+            yield bouncer_dsn
+        finally:
+            process.terminate()  # SIGTERM: immediate shutdown, clients cut
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _unprivileged_user(dsn: str) -> str:
+    """A user other than root that can reach the server ``dsn`` names."""
+    host = str(conninfo_to_dict(dsn).get("host") or "")
+    if host.startswith("/"):
+        # A Unix socket directory (the embedded server's is its data
+        # directory, mode 0700): its owner can reach the socket.
+        owner = pwd.getpwuid(Path(host).stat().st_uid).pw_name
+        if owner != "root":
+            return owner
+    try:
+        return pwd.getpwnam("postgres").pw_name
+    except KeyError:
+        return "nobody"
 
 
 def _docker_answers() -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from pgbouncer import bouncer_session, bouncer_transaction  # noqa: F401  (fixtures, tests/pgbouncer.py)
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 

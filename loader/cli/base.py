@@ -23,6 +23,7 @@ from click.core import ParameterSource
 
 from loader.cli import output as out
 from loader.cli.logs import logging_to_stderr
+from loader.connection import prepare_threshold_setting
 from loader.dsn import check_dsn
 from loader.errors import CliError, Interrupted, LoaderError, redact_dsn
 
@@ -57,7 +58,14 @@ def connect(dsn: str) -> psycopg.Connection[Any]:
     # libpq's parse errors quote the DSN, password and all: refuse those first.
     check_dsn(dsn)
     try:
-        return psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_S, application_name="loader-cli")
+        return psycopg.connect(
+            dsn,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            application_name="loader-cli",
+            # Nothing prepared on the server unless configured: a transaction
+            # pooler (PgBouncer) may sit between the CLI and PostgreSQL.
+            prepare_threshold=prepare_threshold_setting(),
+        )
     except psycopg.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CliError(

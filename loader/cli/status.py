@@ -27,6 +27,8 @@ Examples:
   loader status                   # the 20 most recent batches
   loader status --unfinished      # batches still PENDING or STARTED, oldest first
   loader status B1 --follow       # the batch live, one line per committed change, until it finishes
+  loader status B1 --follow --listen-dsn postgresql://api@db-direct/ocr
+                                  # ... listening on a direct connection (--dsn goes through PgBouncer)
   loader status B1 --recount      # recount totals from the stored rows (batches other writers filled)
 """
 
@@ -199,6 +201,15 @@ def list_batches(conn: psycopg.Connection[Any], limit: int, unfinished: bool, as
 )
 @click.option("--unfinished", is_flag=True, help="List only batches still PENDING or STARTED.")
 @click.option("--follow", is_flag=True, help="Print the batch at every committed change until it finishes.")
+@click.option(
+    "--listen-dsn",
+    envvar="LOADER_LISTEN_DSN",
+    show_envvar=True,
+    default="",
+    metavar="DSN",
+    help="With --follow: a direct connection to PostgreSQL to LISTEN on, when --dsn goes through "
+    "a transaction pooler (PgBouncer), which forwards no notifications. Default: --dsn.",
+)
 @click.option("--recount", is_flag=True, help="Recount the batch's totals from its stored rows first.")
 @click.option(
     "--reasons",
@@ -215,6 +226,7 @@ def status_command(
     limit: int,
     unfinished: bool,
     follow: bool,
+    listen_dsn: str,
     recount: bool,
     reasons: int,
     session: Session,
@@ -227,7 +239,7 @@ def status_command(
             list_batches(conn, limit, unfinished, as_json)
         return
     if follow:
-        follow_status(session, batch_id, as_json=as_json)
+        follow_status(session, batch_id, as_json=as_json, listen_dsn=listen_dsn or None)
         return
     with session.connect() as conn:
         if recount:
@@ -235,9 +247,9 @@ def status_command(
         show_status(conn, batch_id, as_json=as_json, reasons=reasons)
 
 
-def follow_status(session: Session, batch_id: str, *, as_json: bool) -> None:
+def follow_status(session: Session, batch_id: str, *, as_json: bool, listen_dsn: str | None = None) -> None:
     """`loader status B --follow`: one line per committed change of the batch (loader_progress events)."""
-    for progress in follow_progress(session.dsn, batch_id):
+    for progress in follow_progress(session.dsn, batch_id, listen_dsn=listen_dsn):
         if as_json:
             out.echo_json(out.progress_json(progress))
         else:
