@@ -105,6 +105,17 @@ def _default_backend(broker_url: str) -> str:
     )
 
 
+def _spool_url(env: Mapping[str, str]) -> str | None:
+    """LOADER_SPOOL_URL: an object store (s3://bucket/prefix), or None for the spool directory."""
+    raw = env.get("LOADER_SPOOL_URL", "").strip()
+    if not raw or raw.startswith("s3://"):
+        return raw or None
+    raise ConfigurationError(
+        f"LOADER_SPOOL_URL={raw!r} is not an s3://bucket/prefix URL; for a directory every worker "
+        "mounts, leave it unset and set LOADER_SPOOL_DIR"
+    )
+
+
 @dataclass(frozen=True)
 class CeleryConfig:
     """Everything the loader's Celery app, workers and submit helper read from the environment."""
@@ -121,6 +132,12 @@ class CeleryConfig:
     retry_backoff_max_s: float = DEFAULT_RETRY_BACKOFF_MAX_S
     inline_max_bytes: int = DEFAULT_INLINE_MAX_BYTES
     spool_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "loader-spool")
+    #: s3://bucket/prefix: large batches go to this object store instead of
+    #: ``spool_dir``, which then only holds the worker's temporary copies.
+    spool_url: str | None = None
+    #: Port of the worker's metrics endpoint (LOADER_METRICS_PORT), None for none.
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     chunk_images: int = DEFAULT_CHUNK_IMAGES
     tasklog_timeout_ms: int = DEFAULT_TASKLOG_TIMEOUT_MS
     visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S
@@ -155,6 +172,9 @@ class CeleryConfig:
             spool_dir=Path(
                 env.get("LOADER_SPOOL_DIR", "").strip() or Path(tempfile.gettempdir()) / "loader-spool"
             ),
+            spool_url=_spool_url(env),
+            metrics_port=_int(env, "LOADER_METRICS_PORT", 0, 0) or None,
+            metrics_host=env.get("LOADER_METRICS_HOST", "").strip() or "127.0.0.1",
             chunk_images=_int(env, "LOADER_CHUNK_IMAGES", DEFAULT_CHUNK_IMAGES, 1),
             tasklog_timeout_ms=_int(env, "LOADER_TASKLOG_TIMEOUT_MS", DEFAULT_TASKLOG_TIMEOUT_MS, 1),
             visibility_timeout_s=_int(env, "LOADER_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT_S, 1),
