@@ -52,7 +52,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 matplotlib.use("Agg")  # no display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
