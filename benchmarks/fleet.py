@@ -162,6 +162,33 @@ def _backends(direct_dsn: str) -> dict[int, float]:
     return {pid: _cpu_s(pid) for (pid,) in pids}
 
 
+def _sizes(direct_dsn: str) -> dict[str, Any]:
+    """Size (MiB) of the loader's big tables and their indexes, with B-tree depth (pageinspect)."""
+    with psycopg.connect(direct_dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pageinspect")
+        tables = {
+            name: round(size / 2**20, 1)
+            for name, size in conn.execute(
+                "SELECT relname, pg_table_size(oid) FROM pg_class"
+                " WHERE relname IN ('ocr_executions', 'ocr_text_boxes', 'chain_executions') ORDER BY 1"
+            ).fetchall()
+        }
+        indexes = {}
+        for name, size, method in conn.execute(
+            "SELECT c.relname, pg_relation_size(c.oid), a.amname FROM pg_index i"
+            " JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam"
+            " WHERE i.indrelid IN ('ocr_executions'::regclass, 'ocr_text_boxes'::regclass,"
+            " 'chain_executions'::regclass) ORDER BY 1"
+        ).fetchall():
+            level = (
+                conn.execute("SELECT level FROM bt_metap(%s)", [name]).fetchone()
+                if method == "btree"
+                else None
+            )
+            indexes[name] = {"mib": round(size / 2**20, 1), "levels": int(level[0]) + 1 if level else None}
+    return {"tables_mib": tables, "indexes": indexes}
+
+
 def _encode_batches(images: int, batch: int) -> list[list[str]]:
     batches = []
     for first in range(0, images, batch):
@@ -206,6 +233,7 @@ def run_point(
         for worker in started_workers:
             worker.stop()
     server_s = sum(cpu - backends_before.get(pid, 0.0) for pid, cpu in backends_after.items())
+    sizes = _sizes(direct)
     images = sum(len(b) for b in batches)
     with psycopg.connect(direct) as conn:
         stored = conn.execute(
@@ -227,6 +255,7 @@ def run_point(
         "submitter_cpu_s": round(submitter_s, 1),
         "machine_busy_cores": round(machine_s / seconds, 2),
         "server_cpu_ms_per_1000_images": round(1000 * server_s / images * 1000, 1),
+        "sizes": sizes,
     }
 
 
@@ -244,6 +273,17 @@ def table(data: dict[str, Any]) -> str:
             f" {p['server_cores']} | {p['server_cpu_ms_per_1000_images']} | {p['workers_cpu_s']} |"
             f" {p.get('submitter_cpu_s', '')} | {p['machine_busy_cores']} |"
         )
+    return "\n".join(rows)
+
+
+def sizes_table(point: dict[str, Any]) -> str:
+    sizes, images = point["sizes"], point["images"]
+    rows = ["| relation | MiB | MiB per million images | B-tree levels |", "|---|---:|---:|---:|"]
+    for name, mib in sizes["tables_mib"].items():
+        rows.append(f"| table `{name}` | {mib} | {mib * 1e6 / images:,.0f} | |")
+    for name, index in sizes["indexes"].items():
+        levels = index["levels"] if index["levels"] is not None else "(hash)"
+        rows.append(f"| index `{name}` | {index['mib']} | {index['mib'] * 1e6 / images:,.0f} | {levels} |")
     return "\n".join(rows)
 
 
@@ -285,6 +325,10 @@ def render(data: dict[str, Any]) -> None:
             table(data),
             "",
             f"![throughput and CPU against workers]({PNG.name})",
+            "",
+            f"Sizes after the last point's {data['points'][-1]['images']:,} images (as at every point):",
+            "",
+            sizes_table(data["points"][-1]),
             "",
             END,
         ]
@@ -336,7 +380,7 @@ def main(argv: list[str]) -> int:
         with tempfile.TemporaryDirectory(prefix="fleet-") as scratch:
             for workers in [int(w) for w in args.workers.split(",")]:
                 point = run_point(templates, workers, batches, args.pool_size, Path(scratch))
-                print(json.dumps(point), flush=True)
+                print(json.dumps({k: v for k, v in point.items() if k != "sizes"}), flush=True)
                 points.append(point)
     finally:
         templates.close()
