@@ -100,8 +100,7 @@ def insert_round(conn: psycopg.Connection[Any], table: str, first: int, images: 
     started = time.perf_counter()
     with conn.transaction():
         conn.execute(
-            f"INSERT INTO {table} (ocr_execution_id, position, text, confidence, bbox)"
-            " SELECT * FROM staging"
+            f"INSERT INTO {table} (ocr_execution_id, position, text, confidence, bbox) SELECT * FROM staging"
         )
     return time.perf_counter() - started
 
