@@ -23,6 +23,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from loader.models import LoadReport
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+if os.environ.get(MULTIPROC_DIR_ENV):
+    # The metrics below open their files in it as they are defined: a missing
+    # directory would make importing the loader fail.
+    os.makedirs(os.environ[MULTIPROC_DIR_ENV], exist_ok=True)
 
 #: The outcomes that partition a call's inputs (each input counted in exactly one).
 OUTCOMES = ("stored", "failed", "rejected", "unchanged")

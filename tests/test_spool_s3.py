@@ -22,8 +22,9 @@ from celery_harness import Broker, Worker, pick_broker, process_gone, wait_for, 
 from checks import assert_totals_match_recount, hold_image_path, stored_totals
 from s3_server import S3Server, moto_server
 
-from loader.celery import TASK_NAME, objectstore, submit_batch
+from loader.celery import TASK_NAME, CeleryConfig, objectstore, submit_batch
 from loader.datagen import make_batch, make_result
+from loader.errors import ConfigurationError
 
 # Seconds to wait for a task's result: generous for a loaded 2-core machine.
 RESULT_TIMEOUT_S = 120
@@ -239,3 +240,14 @@ def test_200000_images_stream_through_the_object_store(
     assert counts.fetchone() == (200_000, 1_000_000)
     assert _keys(_bucket(spool_url)) == []
     client.close()
+
+
+def test_spool_url_settings_are_checked() -> None:
+    assert CeleryConfig.from_env({"LOADER_SPOOL_URL": "s3://spool/loader"}).spool_url == "s3://spool/loader"
+    assert CeleryConfig.from_env({}).spool_url is None
+    with pytest.raises(ConfigurationError, match="not an s3://bucket/prefix URL"):
+        CeleryConfig.from_env({"LOADER_SPOOL_URL": "file:///var/spool/loader"})
+    assert objectstore.ObjectSpool.parse("s3://spool/loader").prefix == "loader/"
+    assert objectstore.ObjectSpool.parse("s3://spool").prefix == ""
+    with pytest.raises(ConfigurationError, match="not an object store URL"):
+        objectstore.ObjectSpool.parse("s3:///no-bucket")
