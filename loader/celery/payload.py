@@ -11,7 +11,8 @@ unchanged and completes the rest.
 
 References are ``file://`` URLs or absolute paths, and must lie inside the
 worker's spool directory (LOADER_SPOOL_DIR): a message must not be able to make
-the worker read, and store into the database, any file it can open.
+the worker read, and store into the database, any file it can open. (``s3://``
+references are fetched into such a file first: loader.celery.objectstore.)
 """
 
 from __future__ import annotations

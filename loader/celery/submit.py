@@ -56,8 +56,9 @@ def submit_batch(
     ``spool_url`` (LOADER_SPOOL_URL, s3://bucket/prefix; the worker deletes the
     object once its batch committed) or, without one, to a JSONL file in
     ``spool_dir`` (LOADER_SPOOL_DIR, which the workers must see at the same
-    path), and the message carries its s3:// or file:// URL. ``results`` may be a generator: it
-    is read once, and past the limit streamed to the file rather than kept.
+    path), and the message carries its s3:// or file:// URL. ``results`` may
+    be a generator: it is read once, and past the limit streamed to the file
+    rather than kept.
     ``options`` go to Celery's ``send_task`` (e.g. ``countdown``, ``task_id``).
     """
     cfg = config()
