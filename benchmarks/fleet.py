@@ -229,6 +229,8 @@ def run_point(
             worker_pids = [p for w in started_workers if w.process for p in _tree(w.process.pid)]
             workers_s = sum(_cpu_s(p) - workers_before.get(p, 0.0) for p in worker_pids)
             client.close()
+            # Task-log writes that failed (logged and dropped, never failing a task).
+            tasklog_failures = sum(w.log_tail(10**6).count("not recorded") for w in started_workers)
     finally:
         for worker in started_workers:
             worker.stop()
@@ -255,23 +257,30 @@ def run_point(
         "submitter_cpu_s": round(submitter_s, 1),
         "machine_busy_cores": round(machine_s / seconds, 2),
         "server_cpu_ms_per_1000_images": round(1000 * server_s / images * 1000, 1),
+        "tasklog_write_failures": tasklog_failures,
         "sizes": sizes,
     }
+
+
+def load_cores(point: dict[str, Any]) -> float:
+    """CPU cores this load's own processes kept busy: backends, workers, submitter."""
+    own = point["server_cpu_s"] + point["workers_cpu_s"] + point.get("submitter_cpu_s", 0.0)
+    return round(own / point["seconds"], 2)
 
 
 def table(data: dict[str, Any]) -> str:
     rows = [
         "| workers | seconds | images/s | vs 1 worker | PostgreSQL backends CPU (cores) |"
         " backend CPU ms per 1,000 images | worker processes CPU s | submitter CPU s |"
-        " machine busy (cores, of 2) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " this load's processes (cores) | machine busy (cores, of 2) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     base = data["points"][0]["images_per_s"]
     for p in data["points"]:
         rows.append(
             f"| {p['workers']} | {p['seconds']} | {p['images_per_s']:,} | {p['images_per_s'] / base:.2f}x |"
             f" {p['server_cores']} | {p['server_cpu_ms_per_1000_images']} | {p['workers_cpu_s']} |"
-            f" {p.get('submitter_cpu_s', '')} | {p['machine_busy_cores']} |"
+            f" {p.get('submitter_cpu_s', '')} | {load_cores(p)} | {p['machine_busy_cores']} |"
         )
     return "\n".join(rows)
 
@@ -299,6 +308,9 @@ def plot(data: dict[str, Any]) -> None:
     ax.set_ylim(bottom=0)
     cpu = ax.twinx()
     cpu.plot(xs, [p["server_cores"] for p in points], "s--", color="tab:red", label="PostgreSQL backends")
+    cpu.plot(
+        xs, [load_cores(p) for p in points], "D-.", color="tab:purple", label="this load, all its processes"
+    )
     cpu.plot(xs, [p["machine_busy_cores"] for p in points], "^:", color="tab:gray", label="whole machine")
     cpu.set_ylabel("CPU cores busy (of 2)", color="tab:red")
     cpu.set_ylim(0, 2.1)
