@@ -11,6 +11,8 @@ import json
 import os
 import random
 import signal
+import socket
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ import psycopg
 import pytest
 from celery_harness import Broker, Worker, pick_broker, process_gone, wait_for, wait_task_log, worker_backend
 from checks import assert_totals_match_recount, hold_image_path, stored_totals
+from prometheus_client.parser import text_string_to_metric_families
 from s3_server import S3Server, moto_server
 
 from loader.celery import TASK_NAME, CeleryConfig, objectstore, submit_batch
@@ -93,6 +96,22 @@ def _files(directory: Path) -> list[Path]:
     return [p for p in directory.rglob("*") if p.is_file()] if directory.exists() else []
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
 def _batch_rows(db: psycopg.Connection[Any], batch_id: str) -> int:
     row = db.execute("SELECT count(*) FROM batch_executions WHERE batch_id = %s", [batch_id]).fetchone()
     assert row is not None
@@ -102,7 +121,12 @@ def _batch_rows(db: psycopg.Connection[Any], batch_id: str) -> int:
 def test_large_batch_reaches_a_worker_that_shares_no_directory_and_the_object_is_deleted_after_commit(
     start_worker: Callable[..., Worker], db: psycopg.Connection[Any], spool_url: str, tmp_path: Path
 ) -> None:
-    worker = start_worker(LOADER_CHUNK_IMAGES="700")
+    metrics_port = _free_port()
+    worker = start_worker(
+        LOADER_CHUNK_IMAGES="700",
+        LOADER_METRICS_PORT=str(metrics_port),
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prometheus"),
+    )
     client = worker.client()
     submitter_dir = tmp_path / "submitter-spool"
     lines = [json.dumps(r, ensure_ascii=False).encode() for r in make_batch(2000, prefix="s3-big")]
@@ -123,6 +147,11 @@ def test_large_batch_reaches_a_worker_that_shares_no_directory_and_the_object_is
     assert rejects == [(1234, lines[1234])]
     assert _keys(_bucket(spool_url)) == []  # deleted once the batch committed
     assert _files(worker.spool_dir) == []  # and the worker's local copy too
+    # Metrics: one save per chunk (700 + 700 + 600 lines), the object's bytes as stored (gzip).
+    samples = _scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+    assert samples[("loader_save_duration_seconds_count", ())] == 3
+    assert samples[("loader_images_total", (("outcome", "stored"),))] == 1999
+    assert 0 < samples[("loader_payload_bytes_total", (("transport", "s3"),))] < submission.payload_bytes / 2
     client.close()
 
 
