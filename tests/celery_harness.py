@@ -112,10 +112,13 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0, ev
 
 
 class Worker:
-    """``celery -A loader.celery worker --pool=prefork -c 1`` as a subprocess of the test."""
+    """``celery -A loader.celery worker --pool=prefork -c N`` (1 by default) as a subprocess of the test."""
 
-    def __init__(self, broker: Broker, dsn: str, scratch: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, broker: Broker, dsn: str, scratch: Path, env: dict[str, str] | None = None, concurrency: int = 1
+    ) -> None:
         self.broker = broker
+        self.concurrency = concurrency
         self.queue = f"loader-test-{uuid.uuid4().hex[:12]}"
         self.hostname = f"{self.queue}@localhost"
         self.spool_dir = scratch / "spool"
@@ -157,7 +160,7 @@ class Worker:
             "loader.celery",
             "worker",
             "--pool=prefork",
-            "--concurrency=1",
+            f"--concurrency={self.concurrency}",
             "-Q",
             self.queue,
             "-n",

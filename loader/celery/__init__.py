@@ -12,6 +12,7 @@
 Start a worker with ``celery -A loader.celery worker --pool=prefork -Q "$LOADER_QUEUE"``.
 """
 
+from loader.celery import metrics as _metrics  # noqa: F401  (connects the metrics signals)
 from loader.celery.app import app, make_app
 from loader.celery.config import TASK_NAME, CeleryConfig, config
 from loader.celery.pool import save_with_worker_pool, worker_pool

@@ -102,6 +102,12 @@ class CeleryConfig(BaseSettings):
         default_factory=lambda: Path(tempfile.gettempdir()) / "loader-spool",
         validation_alias="LOADER_SPOOL_DIR",
     )
+    #: s3://bucket/prefix: large batches go to this object store instead of
+    #: ``spool_dir``, which then only holds the worker's temporary copies.
+    spool_url: str | None = Field(None, validation_alias="LOADER_SPOOL_URL")
+    #: Port of the worker's metrics endpoint (LOADER_METRICS_PORT), None for none.
+    metrics_port: Annotated[int, Ge(1)] | None = Field(None, validation_alias="LOADER_METRICS_PORT")
+    metrics_host: str = Field("127.0.0.1", validation_alias="LOADER_METRICS_HOST")
     chunk_images: Annotated[int, Ge(1)] = Field(DEFAULT_CHUNK_IMAGES, validation_alias="LOADER_CHUNK_IMAGES")
     tasklog_timeout_ms: Annotated[int, Ge(1)] = Field(
         DEFAULT_TASKLOG_TIMEOUT_MS, validation_alias="LOADER_TASKLOG_TIMEOUT_MS"
@@ -133,6 +139,16 @@ class CeleryConfig(BaseSettings):
         if not isinstance(decoded, dict):
             raise ValueError(f"must be a JSON object, got a JSON {type(decoded).__name__}")
         return decoded
+
+    @field_validator("spool_url")
+    @classmethod
+    def _object_store(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("s3://"):
+            raise ValueError(
+                "not an s3://bucket/prefix URL; for a directory every worker mounts, "
+                "leave it unset and set LOADER_SPOOL_DIR"
+            )
+        return value
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> CeleryConfig:

@@ -11,20 +11,20 @@ unchanged and completes the rest.
 
 References are ``file://`` URLs or absolute paths, and must lie inside the
 worker's spool directory (LOADER_SPOOL_DIR): a message must not be able to make
-the worker read, and store into the database, any file it can open.
+the worker read, and store into the database, any file it can open. (``s3://``
+references are fetched into such a file first: loader.celery.objectstore.)
 """
 
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import unquote, urlparse
 
 from psycopg_pool import ConnectionPool
@@ -32,6 +32,7 @@ from psycopg_pool import ConnectionPool
 from loader import jsonl
 from loader.chunks import load_chunks
 from loader.errors import BatchNotFoundError, BatchReferenceError, InputFileError
+from loader.metrics import record_save
 from loader.models import LoadReport, OCRResult
 from loader.pipeline import Judged, save_judged
 from loader.progress import get_progress
@@ -72,10 +73,21 @@ def encode_line(item: Input) -> bytes:
     return json.dumps(repr(item)).encode("utf-8")
 
 
-def _write_lines(out: io.BufferedIOBase, lines: Iterable[bytes]) -> None:
+def _write_lines(out: IO[bytes] | gzip.GzipFile, lines: Iterable[bytes]) -> int:
+    count = 0
     for line in lines:
         out.write(line)
         out.write(b"\n")
+        count += 1
+    return count
+
+
+def encode_into(out: IO[bytes], lines: Iterable[bytes], *, compress: bool) -> int:
+    """Write JSON lines into an open binary file (gzip level 1 when ``compress``); returns the count."""
+    if not compress:
+        return _write_lines(out, lines)
+    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=_GZIP_LEVEL) as gz:
+        return _write_lines(gz, lines)
 
 
 def write_batch_file(
@@ -92,11 +104,7 @@ def write_batch_file(
     partial = final.with_name(f".{final.name}.partial")
     try:
         with open(partial, "wb") as raw:
-            if compress:
-                with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=_GZIP_LEVEL) as gz:
-                    _write_lines(gz, lines)
-            else:
-                _write_lines(raw, lines)
+            encode_into(raw, lines, compress=compress)
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(partial, final)
@@ -179,7 +187,9 @@ def load_file(
     started = time.perf_counter()
 
     def store(judged: Judged) -> LoadReport:
-        return save_judged(pool, batch_id, judged, total_images=total, settings=settings, replace=replace)
+        report = save_judged(pool, batch_id, judged, total_images=total, settings=settings, replace=replace)
+        record_save(report)
+        return report
 
     try:
         total = _total_for(pool, batch_id, path, total_images)
@@ -191,7 +201,9 @@ def load_file(
             "commits on its own), so fix the file and send the task again"
         ) from exc
     if not outcome.totals.chunks:  # an empty file still creates (or checks) the batch
-        return save_batch(pool, batch_id, [], total_images=total, settings=settings)
+        report = save_batch(pool, batch_id, [], total_images=total, settings=settings)
+        record_save(report)
+        return report
     return outcome.totals.report(time.perf_counter() - started)
 
 

@@ -12,7 +12,8 @@ from celery import Celery
 from celery.result import AsyncResult
 
 from loader.celery.config import TASK_NAME, config
-from loader.celery.payload import encode_line, inline_form, write_batch_file
+from loader.celery.payload import encode_line, inline_form
+from loader.celery.spool import spool_batch
 from loader.validate import Input
 
 
@@ -24,9 +25,10 @@ class Submission:
     images: int
     #: Bytes of the results as JSON lines (what the inline limit is measured in).
     payload_bytes: int
-    #: The file:// URL of the batch file, or None when the results went inline.
-    #: The caller owns the file: delete it once the task has succeeded (a
-    #: redelivered message would need it until then).
+    #: The s3:// or file:// URL of the batch, or None when the results went inline.
+    #: The worker deletes an s3:// object once its batch committed; the caller
+    #: owns a file: delete it once the task has succeeded (a redelivered
+    #: message would need it until then).
     reference: str | None
 
     @property
@@ -45,16 +47,20 @@ def submit_batch(
     queue: str | None = None,
     inline_max_bytes: int | None = None,
     spool_dir: Path | str | None = None,
+    spool_url: str | None = None,
     compress: bool = True,
     **options: Any,
 ) -> Submission:
     """Send ``results`` to ``loader.save_ocr_batch``; returns at once with the result handle.
 
     Results up to ``inline_max_bytes`` (LOADER_INLINE_MAX_BYTES, as JSON lines)
-    travel inside the message; a larger batch is written to a JSONL file in
-    ``spool_dir`` (LOADER_SPOOL_DIR, which the workers must see at the same path)
-    and the message carries its file:// URL. ``results`` may be a generator: it
-    is read once, and past the limit streamed to the file rather than kept.
+    travel inside the message; a larger batch is written to the object store
+    ``spool_url`` (LOADER_SPOOL_URL, s3://bucket/prefix; the worker deletes the
+    object once its batch committed) or, without one, to a JSONL file in
+    ``spool_dir`` (LOADER_SPOOL_DIR, which the workers must see at the same
+    path), and the message carries its s3:// or file:// URL. ``results`` may
+    be a generator: it is read once, and past the limit streamed to the file
+    rather than kept.
     ``options`` go to Celery's ``send_task`` (e.g. ``countdown``, ``task_id``).
 
     A batch sent in chunks: each chunk passes ``position_offset`` (the position
@@ -91,8 +97,9 @@ def submit_batch(
         count = len(inline)
     else:
         counter = _Counter(chain(lines, (encode_line(item) for item in items)))
-        path = write_batch_file(counter, spool, batch_id, compress=compress)
-        payload = reference = path.as_uri()
+        url = cfg.spool_url if spool_url is None else spool_url
+        reference = spool_batch(counter, batch_id, spool_url=url, spool_dir=spool, compress=compress)
+        payload = reference
         count, size = counter.lines, counter.bytes
     result = app.send_task(
         TASK_NAME,

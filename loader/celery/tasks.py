@@ -10,9 +10,10 @@ from psycopg_pool import PoolTimeout
 
 from loader.celery.app import app
 from loader.celery.config import DEFAULT_MAX_RETRIES, TASK_NAME, CeleryConfig, config
-from loader.celery.payload import load_file, resolve_reference
 from loader.celery.pool import worker_pool
+from loader.celery.spool import load_reference
 from loader.errors import ConfigurationError, is_transient
+from loader.metrics import record_save
 from loader.models import LoadReport
 from loader.retry import Backoff
 from loader.save import save_batch
@@ -49,19 +50,9 @@ def load_payload(
     cfg = config()
     pool = worker_pool()
     if isinstance(results, str):
-        path = resolve_reference(results, cfg.spool_dir)
-        return load_file(
-            pool,
-            batch_id,
-            path,
-            total_images=total_images,
-            chunk_images=cfg.chunk_images,
-            settings=cfg.save_settings,
-            position_offset=position_offset,
-            replace=replace,
-        )
+        return load_reference(pool, batch_id, results, cfg, total_images, position_offset, replace)
     if isinstance(results, list):
-        return save_batch(
+        report = save_batch(
             pool,
             batch_id,
             results,
@@ -70,8 +61,10 @@ def load_payload(
             settings=cfg.save_settings,
             replace=replace,
         )
+        record_save(report)
+        return report
     raise ConfigurationError(
-        f"results must be a list of OCR results or a batch file reference (file:// URL), "
+        f"results must be a list of OCR results or a batch reference (file:// or s3:// URL), "
         f"got {type(results).__name__}"
     )
 
