@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import make_conninfo
+
+
+@dataclass(frozen=True)
+class LoginRole:
+    """A role a test created, with a password: servers that require one (scram-sha-256) admit it."""
+
+    name: str
+    password: str
+
+    def dsn(self, dsn: str) -> str:
+        """The same server and database as ``dsn``, as this role."""
+        return make_conninfo(dsn, user=self.name, password=self.password)
+
 
 TABLES = (
     "batch_executions",
