@@ -9,7 +9,8 @@
     python3 dev.py wheel-smoke   # build sdist + wheel, check them, run the wheel from a clean venv
 
 The first run creates .venv/ beside this file and installs the project into it
-(editable, with its dev extra); later runs reinstall only when pyproject.toml changed.
+(editable, with its dev extra); later runs reinstall only when pyproject.toml (or the
+version in loader/__init__.py) changed.
 """
 
 from __future__ import annotations
@@ -51,7 +52,10 @@ def _run(*cmd: str | Path, env: dict[str, str] | None = None) -> int:
 def ensure_venv() -> None:
     if sys.version_info < (3, 11):  # noqa: UP036  (this file runs before the venv exists)
         sys.exit(f"loader needs Python 3.11 or newer; this is {sys.version.split()[0]}")
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    # pyproject.toml, and loader/__init__.py for the version the install records.
+    wanted = hashlib.sha256(
+        (ROOT / "pyproject.toml").read_bytes() + (ROOT / "loader" / "__init__.py").read_bytes()
+    ).hexdigest()
     if STAMP.exists() and STAMP.read_text().strip() == wanted and (BIN / "loader").exists():
         return
     if not (BIN / "python").exists():
