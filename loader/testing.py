@@ -122,7 +122,7 @@ def provision_server() -> Iterator[str]:
         yield dsn
         return
     if _docker_answers():
-        try:  # testcontainers >= 4.14 moved it; the old path warns there
+        try:  # newer testcontainers moved it under community/ (the old path warns)
             from testcontainers.community.postgres import PostgresContainer  # noqa: PLC0415
         except ImportError:
             from testcontainers.postgres import PostgresContainer  # noqa: PLC0415
