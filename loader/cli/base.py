@@ -21,9 +21,10 @@ import click
 import psycopg
 from click.core import ParameterSource
 
+from loader import __version__
 from loader.cli import output as out
 from loader.cli.logs import logging_to_stderr
-from loader.connection import prepare_threshold_setting
+from loader.connection import SCHEMA_VERSION, prepare_threshold_setting
 from loader.dsn import check_dsn
 from loader.errors import CliError, Interrupted, LoaderError, redact_dsn
 
@@ -235,7 +236,11 @@ environment (PGHOST, PGDATABASE, ...); passwords are never printed.
 @click.group(
     "loader", cls=LoaderGroup, epilog=MAIN_EPILOG, context_settings={"help_option_names": ["-h", "--help"]}
 )
-@click.version_option(package_name="loader", prog_name="loader")
+# The version as the package states it (the distribution is named ocr-batch-loader, not
+# loader), with the schema version it reads and writes.
+@click.version_option(
+    version=__version__, prog_name="loader", message=f"%(prog)s %(version)s (schema version {SCHEMA_VERSION})"
+)
 def cli() -> None:
     """Bulk-load OCR batch results into PostgreSQL, exactly once.
 
