@@ -3,7 +3,7 @@
 
     python3 dev.py demo     # load a generated 1000-image batch into an embedded PostgreSQL
     python3 dev.py test     # the test suite (LOADER_TEST_DSN, else Docker, else embedded PostgreSQL)
-    python3 dev.py check    # ruff + mypy + radon (no function rated D or worse in loader/)
+    python3 dev.py check    # ruff, mypy, radon (nothing worse than C), sizes (500 lines, 20 names)
     python3 dev.py bench    # benchmarks (add --smoke for a few-second run)
     python3 dev.py docs     # API reference of loader.__all__ into build/api/ (fails on any warning)
     python3 dev.py wheel-smoke   # build sdist + wheel, check them, run the wheel from a clean venv
@@ -32,6 +32,12 @@ STAMP = VENV / ".installed-from"
 # Worst radon cyclomatic-complexity rank a function in loader/ may have: C
 # (complexity 11-20). D and worse fail `dev.py check`.
 WORST_RANK_ALLOWED = "C"
+# Longest module in loader/, in lines: past it a module holds more than one idea
+# and a change has to read all of them.
+MAX_MODULE_LINES = 500
+# Most names loader/__init__ may export: what a caller needs, no more (psycopg_pool
+# exports 7, procrastinate 9); the rest lives in named modules.
+MAX_PUBLIC_NAMES = 20
 
 # The API reference: the public names (loader.__all__) only, so it follows __all__.
 API_DOCS = ROOT / "build" / "api"
@@ -120,6 +126,33 @@ def api_docs() -> int:
     return 0
 
 
+def size_gate() -> int:
+    """Fail on a module of loader/ over MAX_MODULE_LINES lines, or loader.__all__ past MAX_PUBLIC_NAMES."""
+    failed = 0
+    for path in sorted((ROOT / "loader").rglob("*.py")):
+        lines = len(path.read_text(encoding="utf-8").splitlines())
+        if lines > MAX_MODULE_LINES:
+            print(
+                f"size: {path.relative_to(ROOT)} has {lines} lines (at most {MAX_MODULE_LINES}); split it",
+                file=sys.stderr,
+            )
+            failed = 1
+    names = subprocess.run(
+        [str(BIN / "python"), "-c", "import loader; print(len(loader.__all__))"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    count = int(names.stdout.strip())
+    if count > MAX_PUBLIC_NAMES:
+        print(f"size: loader.__all__ has {count} names (at most {MAX_PUBLIC_NAMES})", file=sys.stderr)
+        failed = 1
+    if not failed:
+        print(f"size: every module of loader/ within {MAX_MODULE_LINES} lines, loader.__all__ {count} names")
+    return failed
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(__doc__)
@@ -136,6 +169,7 @@ def main(argv: list[str]) -> int:
         status |= _run(BIN / "ruff", "format", "--check", *targets)
         status |= _run(BIN / "mypy")
         status |= complexity_gate()
+        status |= size_gate()
         return status
     if command == "bench":
         env = dict(os.environ)

@@ -480,7 +480,15 @@ EXCEPTION
     WHEN duplicate_object THEN NULL;
 END
 $$;
-GRANT loader_writer TO loader_admin;
+DO $$
+BEGIN
+    -- Roles are cluster-wide: a later deployment (by a database owner without the
+    -- right to grant role membership) finds the membership in place.
+    IF NOT pg_has_role('loader_admin', 'loader_writer', 'MEMBER') THEN
+        GRANT loader_writer TO loader_admin;
+    END IF;
+END
+$$;
 GRANT DELETE ON batch_executions, chain_executions, task_logs, ocr_executions,
     ocr_text_boxes, load_rejects, loader_calls TO loader_admin;
 

@@ -32,6 +32,7 @@ from psycopg.rows import kwargs_row
 from psycopg_pool import AsyncConnectionPool, PoolClosed
 
 from loader import queries
+from loader.batch_ids import check_batch_id, check_total
 from loader.connection import (
     FROM_ENVIRONMENT,
     SCHEMA_VERSION,
@@ -68,7 +69,6 @@ from loader.progress import (
     probe_channel,
     state,
 )
-from loader.save import _check_batch_id, _check_total
 
 __all__ = [
     "AsyncConnectable",
@@ -190,8 +190,8 @@ async def get_progress(pool_or_conn: AsyncConnectable, batch_id: str) -> BatchPr
 
 async def register_batch(pool_or_conn: AsyncConnectable, batch_id: str, total_images: int) -> BatchProgress:
     """loader.register_batch, awaited: the same query, idempotent for the same total."""
-    batch_id = _check_batch_id(batch_id)
-    total = _check_total(total_images)
+    batch_id = check_batch_id(batch_id)
+    total = check_total(total_images)
     if total is None:
         raise ConfigurationError("register_batch needs total_images")
     params = {"batch_id": batch_id, "total_images": total}

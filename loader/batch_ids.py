@@ -1,13 +1,20 @@
-"""What a batch id may be: the one check every entry point (save, the CLI, Celery) applies."""
+"""The arguments every entry point checks the same way (save, the async API, the CLI, Celery).
+
+A batch id, a total, a position offset: refused here with a ConfigurationError that
+says what was wrong, before anything reaches the database.
+"""
 
 from __future__ import annotations
 
 import unicodedata
 
+from loader.errors import ConfigurationError, quoted
 from loader.validate import path_problem
 
 # schema.sql: CHECK (batch_id <> '' AND length(batch_id) <= 255), in characters.
 MAX_BATCH_ID_CHARS = 255
+# Largest position: the position columns are 4-byte integers.
+MAX_POSITION = 2**31 - 1
 
 
 def batch_id_problem(batch_id: str) -> str | None:
@@ -24,3 +31,37 @@ def batch_id_problem(batch_id: str) -> str | None:
     if control is not None:
         return f"batch_id contains the control character U+{ord(control):04X} ({control!r})"
     return path_problem(batch_id, "batch_id")
+
+
+def check_batch_id(batch_id: object) -> str:
+    if not isinstance(batch_id, str):
+        raise ConfigurationError(f"batch_id must be a string, got {type(batch_id).__name__}")
+    problem = batch_id_problem(batch_id)
+    if problem:
+        raise ConfigurationError(f"unusable batch_id {quoted(batch_id)}: {problem}")
+    return batch_id
+
+
+def check_total(total_images: object) -> int | None:
+    if total_images is None:
+        return None
+    if not isinstance(total_images, int) or isinstance(total_images, bool) or total_images < 0:
+        raise ConfigurationError(f"total_images must be a non-negative integer, got {total_images!r}")
+    if total_images > 2**31 - 1:
+        raise ConfigurationError(f"total_images {total_images} is larger than the column allows")
+    return total_images
+
+
+def check_offset(position_offset: object) -> int:
+    if not isinstance(position_offset, int) or isinstance(position_offset, bool) or position_offset < 0:
+        raise ConfigurationError(f"position_offset must be a non-negative integer, got {position_offset!r}")
+    return position_offset
+
+
+def check_last_position(last: int) -> None:
+    if last > MAX_POSITION:
+        # Binary COPY would wrap larger positions around silently, not fail.
+        raise ConfigurationError(
+            f"position {last} does not fit the position columns (at most {MAX_POSITION}); "
+            "number the inputs from a smaller offset"
+        )

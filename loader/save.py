@@ -14,7 +14,7 @@ from psycopg import sql
 from psycopg.rows import class_row
 
 from loader import isolate, queries
-from loader.batch_ids import batch_id_problem
+from loader.batch_ids import check_batch_id, check_last_position, check_offset, check_total
 from loader.connection import SCHEMA_VERSION, Connectable, check_schema_version, connection, mark_checked
 from loader.copy import STAGE_BOXES, STAGE_IMAGES, StagedImage, copy_rows, staging_names
 from loader.errors import (
@@ -25,8 +25,9 @@ from loader.errors import (
     quoted,
     translating,
 )
-from loader.models import BatchProgress, InputIssue, LoadReport
+from loader.models import BatchProgress, LoadReport
 from loader.progress import get_progress
+from loader.report import tally_report
 from loader.rows import LockRow, MergeRow
 from loader.validate import Image, Input, Prepared, Reject, call_digest, prepare
 
@@ -72,27 +73,6 @@ Mode = Literal["plain", "repair", "replace"]
 # statements in one round trip.
 _CREATE_STAGING = sql.SQL("; ").join([STAGE_IMAGES.create(), STAGE_BOXES.create()])
 _MERGE = sql.SQL(queries.get("merge")).format(**staging_names())
-# Largest input position: the position columns are 4-byte integers.
-_MAX_POSITION = 2**31 - 1
-
-
-def _check_batch_id(batch_id: object) -> str:
-    if not isinstance(batch_id, str):
-        raise ConfigurationError(f"batch_id must be a string, got {type(batch_id).__name__}")
-    problem = batch_id_problem(batch_id)
-    if problem:
-        raise ConfigurationError(f"unusable batch_id {quoted(batch_id)}: {problem}")
-    return batch_id
-
-
-def _check_total(total_images: object) -> int | None:
-    if total_images is None:
-        return None
-    if not isinstance(total_images, int) or isinstance(total_images, bool) or total_images < 0:
-        raise ConfigurationError(f"total_images must be a non-negative integer, got {total_images!r}")
-    if total_images > 2**31 - 1:
-        raise ConfigurationError(f"total_images {total_images} is larger than the column allows")
-    return total_images
 
 
 def _total_conflict(batch_id: str, asked: int | None, declared: int | None) -> str | None:
@@ -296,21 +276,6 @@ def _fast_path(
         raise isolate.DataRefused(exc, sent + 1) from exc  # + ROLLBACK
 
 
-def _check_offset(position_offset: object) -> int:
-    if not isinstance(position_offset, int) or isinstance(position_offset, bool) or position_offset < 0:
-        raise ConfigurationError(f"position_offset must be a non-negative integer, got {position_offset!r}")
-    return position_offset
-
-
-def _check_last_position(last: int) -> None:
-    if last > _MAX_POSITION:
-        # Binary COPY would wrap larger positions around silently, not fail.
-        raise ConfigurationError(
-            f"position {last} does not fit the position columns (at most {_MAX_POSITION}); "
-            "number the inputs from a smaller offset"
-        )
-
-
 def save_batch(
     pool_or_conn: Connectable,
     batch_id: str,
@@ -343,14 +308,14 @@ def save_batch(
     succeed) if the database fails; then nothing of the call was kept.
     """
     started = time.perf_counter()
-    batch_id = _check_batch_id(batch_id)
-    total_images = _check_total(total_images)
+    batch_id = check_batch_id(batch_id)
+    total_images = check_total(total_images)
     mode = _mode(repair, replace)
     if isinstance(results, str | bytes):
         raise ConfigurationError("results must be an iterable of inputs, not a single str/bytes")
-    offset = _check_offset(position_offset)
+    offset = check_offset(position_offset)
     inputs = list(results)
-    _check_last_position(offset + len(inputs) - 1)
+    check_last_position(offset + len(inputs) - 1)
     call = _Call(
         batch_id,
         mode,
@@ -379,10 +344,10 @@ def save_prepared(
     errors and transaction as save_batch; duration_s covers only the storing.
     """
     started = time.perf_counter()
-    batch_id = _check_batch_id(batch_id)
-    total_images = _check_total(total_images)
+    batch_id = check_batch_id(batch_id)
+    total_images = check_total(total_images)
     positions = [im.pos for im in prepared.images] + [rj.pos for rj in prepared.rejects]
-    _check_last_position(max(positions, default=-1))
+    check_last_position(max(positions, default=-1))
     if prepared.digest is None:
         raise ConfigurationError("save_judged takes what loader.judge() returned")
     call = _Call(
@@ -436,7 +401,9 @@ def _store(
     if attempt.replayed is not None:
         report = _replay_report(call, attempt.replayed, duration)
     else:
-        report = _report(batch_id, call.prepared(), attempt, statements, attempt_no, duration)
+        report = tally_report(
+            batch_id, call.prepared().received, attempt.rows, attempt.images, attempt.rejects, duration
+        ).model_copy(update={"statements": statements, "attempts": attempt_no})
     log.info("saved batch", extra=report.log_fields())
     _warn_if_grown(batch_id, attempt.total_before, report.progress)
     return report
@@ -469,88 +436,14 @@ def _replay_report(call: _Call, head: LockRow, duration: float) -> LoadReport:
     )
 
 
-@dataclass
-class _Tally:
-    """The report's counts, input by input."""
-
-    stored: int = 0
-    failed: int = 0
-    rejected: int = 0
-    unchanged: int = 0
-    replaced: int = 0
-    refused: int = 0
-    boxes: int = 0
-    issues: list[InputIssue] = field(default_factory=list)
-
-    def issue(self, pos: int, path: str | None, outcome: Any, reason: str) -> None:
-        self.issues.append(InputIssue(position=pos, image_path=path, outcome=outcome, reason=reason))
-
-    def add(self, row: MergeRow, image: Image | None, reject: Reject | None) -> None:
-        pos = row.pos or 0
-        path = image.image_path if image else (reject.image_path if reject else None)
-        if row.outcome == "rejected":
-            self.rejected += 1
-            self.issue(pos, path, "rejected", row.reason or (reject.reason if reject else "rejected"))
-        elif row.outcome == "unchanged":
-            self.unchanged += 1
-            self.issue(pos, path, "unchanged", "this position of the batch already received this input")
-        elif row.outcome == "refused":
-            self.refused += 1
-            self.issue(pos, path, "refused", row.reason or "refused")
-        elif row.outcome == "replaced":
-            self.replaced += 1
-            self.boxes += len(image.boxes) if image else 0
-            now = f": now failed: {image.error}" if image and image.status == "failed" else ""
-            self.issue(pos, path, "replaced", f"replaced the result stored before{now}")
-        elif image and image.status == "failed":
-            self.failed += 1
-            self.issue(pos, path, "failed", image.error or "failed")
-        else:
-            self.stored += 1
-            self.boxes += len(image.boxes) if image else 0
-
-
-def _report(
-    batch_id: str,
-    prepared: Prepared,
-    attempt: _Attempt,
-    statements: int,
-    attempts: int,
-    duration: float,
-) -> LoadReport:
-    by_pos_image = {im.pos: im for im in attempt.images}
-    by_pos_reject = {rj.pos: rj for rj in attempt.rejects}
-    tally = _Tally()
-    for row in attempt.rows:
-        if row.pos is not None:
-            tally.add(row, by_pos_image.get(row.pos), by_pos_reject.get(row.pos))
-    return LoadReport(
-        batch_id=batch_id,
-        received=prepared.received,
-        stored=tally.stored,
-        failed=tally.failed,
-        rejected=tally.rejected,
-        unchanged=tally.unchanged,
-        replaced=tally.replaced,
-        refused=tally.refused,
-        resolved=sum(1 for row in attempt.rows if row.pos is not None and row.resolved),
-        boxes=tally.boxes,
-        statements=statements,
-        attempts=attempts,
-        duration_s=duration,
-        progress=attempt.rows[0].progress(batch_id),
-        issues=sorted(tally.issues, key=lambda i: i.position),
-    )
-
-
 def register_batch(pool_or_conn: Connectable, batch_id: str, total_images: int) -> BatchProgress:
     """Declare a batch that will arrive in chunks. Idempotent for the same total.
 
     Its status stays PENDING until its first images arrive. Raises
     BatchConflictError if the batch exists with another total.
     """
-    batch_id = _check_batch_id(batch_id)
-    total = _check_total(total_images)
+    batch_id = check_batch_id(batch_id)
+    total = check_total(total_images)
     if total is None:
         raise ConfigurationError("register_batch needs total_images")
     with connection(pool_or_conn) as conn:

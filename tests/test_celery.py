@@ -186,7 +186,7 @@ def test_worker_killed_mid_save_leaves_nothing_and_redelivery_completes_the_batc
 
     blocker = hold_image_path(dsn, results[150]["image_path"])
     try:
-        submission = submit_batch("killed", results, total_images=600, app=client)
+        submission = submit_batch("killed", results, position_offset=300, total_images=600, app=client)
         # The task's merge waits on the blocker: save_batch is mid-transaction.
         _, victim = wait_for("the task's merge to wait on the lock", lambda: worker_backend(db))
         os.kill(victim, signal.SIGKILL)

@@ -11,10 +11,11 @@ import pytest
 from checks import assert_totals_match_recount, row_counts, stored_totals
 from psycopg_pool import ConnectionPool
 
-from loader import Judged, LoadReport, Settings, judge, register_batch, save_batch, save_judged
+from loader import LoadReport, Settings, register_batch, save_batch
 from loader.celery.payload import load_file
 from loader.chunks import Chunk, Totals, load_chunks
 from loader.jsonl import Sources
+from loader.pipeline import Judged, judge, save_judged
 
 
 def write(path: Path, n: int, *, status: str = "success", broken: frozenset[int] = frozenset()) -> Path:

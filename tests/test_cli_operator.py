@@ -21,7 +21,7 @@ from rich.console import Console
 from loader.cli import cli
 from loader.cli.base import Session
 from loader.cli.display import make_bar
-from loader.cli.load import resume_command
+from loader.cli.resume import resume_command
 from loader.demo import write_demo_file
 
 

@@ -32,12 +32,12 @@ from loader import (
     DatabaseError,
     LoadReport,
     Settings,
-    apply_schema,
     make_pool,
     register_batch,
     save_batch,
 )
 from loader.datagen import make_batch
+from loader.schema import apply_schema
 from loader.testing import embedded_server
 
 BATCH = "faults"

@@ -33,7 +33,6 @@ from loader import (
     LoaderError,
     OCRResult,
     TextBox,
-    apply_schema,
     get_progress,
     make_pool,
     register_batch,
@@ -41,6 +40,7 @@ from loader import (
 )
 from loader.datagen import make_batch
 from loader.errors import redact_dsn
+from loader.schema import apply_schema
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,13 @@ import pytest
 from checks import TABLES, assert_totals_match_recount, snapshot_by_column, stored_totals
 from click.testing import CliRunner, Result
 
-from loader import SCHEMA_VERSION, SchemaVersionError, apply_schema, queries, save_batch
+from loader import queries, save_batch
 from loader.cli import cli
+from loader.connection import SCHEMA_VERSION
 from loader.datagen import make_batch
-from loader.errors import LoaderError
+from loader.errors import LoaderError, SchemaVersionError
 from loader.migrate import MigrationError, deployed_version, load, upgrade
+from loader.schema import apply_schema
 from loader.schema_check import describe_deployed
 from loader.validate import chain_id_for
 

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from packaging.version import Version
 
 import loader
+import loader.connection
 from loader.cli import cli
 
 DISTRIBUTION = "ocr-batch-loader"
@@ -28,7 +29,9 @@ def test_loader_version_names_the_release_and_the_schema_version_it_needs() -> N
     result = CliRunner().invoke(cli, ["--version"])
 
     assert result.exit_code == 0
-    assert result.output == f"loader {loader.__version__} (schema version {loader.SCHEMA_VERSION})\n"
+    assert (
+        result.output == f"loader {loader.__version__} (schema version {loader.connection.SCHEMA_VERSION})\n"
+    )
 
 
 def test_the_distribution_declares_the_extras_the_docs_install() -> None:

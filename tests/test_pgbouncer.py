@@ -25,21 +25,14 @@ from click.testing import CliRunner
 from pgbouncer import TRANSACTION_POOL, admin, through
 from psycopg.rows import dict_row
 
-from loader import (
-    count_rejects,
-    follow_progress,
-    get_progress,
-    list_rejects,
-    make_pool,
-    recount_batch,
-    register_batch,
-    save_batch,
-)
+from loader import follow_progress, get_progress, make_pool, recount_batch, register_batch, save_batch
 from loader.cli import cli
+from loader.copy import STAGE_IMAGES
 from loader.datagen import make_batch
 from loader.demo import write_demo_file
 from loader.errors import ConfigurationError, DatabaseError
 from loader.models import ProcessStatus
+from loader.repair import count_rejects, list_rejects
 from loader.testing import pgbouncer_server
 
 LOADER = Path(sys.executable).parent / "loader"
@@ -174,7 +167,7 @@ def test_staging_tables_are_made_again_on_a_server_connection_that_lacks_them(
             save_batch(saver, "tmp", data[10:], position_offset=10)
             holder_b.rollback()
         staging = db.execute(
-            "SELECT count(*) FROM pg_class WHERE relname = 'loader_stage_images_v1' AND relpersistence = 't'"
+            "SELECT count(*) FROM pg_class WHERE relname = %s AND relpersistence = 't'", [STAGE_IMAGES.table]
         ).fetchone()
 
     assert staging == (2,)  # one per server connection the saves ran on

@@ -24,12 +24,12 @@ from loader import (
     DatabaseError,
     OCRResult,
     ProcessStatus,
-    TransactionStateError,
     get_progress,
     register_batch,
     save_batch,
 )
 from loader.datagen import make_batch
+from loader.errors import TransactionStateError
 
 
 def test_100_valid_images_are_all_stored(conn: psycopg.Connection[Any], db: psycopg.Connection[Any]) -> None:
@@ -309,7 +309,8 @@ def test_connection_inside_a_transaction_is_refused(
 
 
 def test_other_schema_version_is_refused_naming_both(dsn: str, db: psycopg.Connection[Any]) -> None:
-    from loader import SCHEMA_VERSION, SchemaVersionError
+    from loader.connection import SCHEMA_VERSION
+    from loader.errors import SchemaVersionError
 
     future = SCHEMA_VERSION + 1
     db.execute("INSERT INTO loader_schema_version (version, description) VALUES (%s, 'future')", [future])
@@ -322,7 +323,7 @@ def test_other_schema_version_is_refused_naming_both(dsn: str, db: psycopg.Conne
 
 
 def test_database_without_schema_is_refused(pg_server: str) -> None:
-    from loader import SchemaVersionError
+    from loader.errors import SchemaVersionError
 
     with (
         psycopg.connect(pg_server) as c,

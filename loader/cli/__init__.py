@@ -10,7 +10,7 @@ and a non-zero exit status, never a traceback:
 
 from loader.cli import adopt, delete, demo, load, rejects, schema, status  # noqa: F401  (each registers its command)
 from loader.cli.base import cli
-from loader.cli.load import DEFAULT_CHUNK_SIZE
+from loader.cli.resume import DEFAULT_CHUNK_SIZE
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "cli", "main"]
 

@@ -11,21 +11,20 @@ import logging
 import shlex
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 import click
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from loader.chunks import Chunk, Totals, load_chunks
 from loader.cli import output as out
 from loader.cli.base import EXIT_OK, Session, cli, common_options, one_line
 from loader.cli.display import Display
+from loader.cli.load_help import LOAD_EPILOG
+from loader.cli.resume import DEFAULT_CHUNK_SIZE, StopRequest, resume_command, signal_status
 from loader.errors import (
     BatchNotFoundError,
     CliError,
@@ -41,11 +40,6 @@ from loader.pipeline import Judged, save_judged
 from loader.progress import get_progress
 from loader.save import register_batch
 
-# Images per transaction for `loader load`. Each chunk is one save_batch call
-# (8 statements); bigger chunks amortise them, smaller ones commit more often and
-# keep less in memory (~25 KB of client memory per image while a chunk is
-# judged). 5,000 keeps a chunk's merge well under a second on 2 cores.
-DEFAULT_CHUNK_SIZE = 5000
 # Retries of a chunk after a transient database failure (lost connection,
 # deadlock, server restart); each retry reconnects, waiting 1 s, 2 s, 4 s, ...
 DEFAULT_RETRIES = 3
@@ -53,47 +47,6 @@ DEFAULT_RETRIES = 3
 ISSUES_SHOWN = 10
 
 log = logging.getLogger("loader.cli")
-
-
-def signal_status(signum: int) -> int:
-    """128 + the signal number: the exit status a shell reports for a process stopped by it."""
-    return 128 + signum
-
-
-class StopRequest:
-    """Ctrl-C (or SIGTERM) asks the load to stop after the chunk in flight; a second one aborts it."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum is not None:
-            # Second request: abort the chunk in flight (psycopg cancels the
-            # query, the transaction rolls back).
-            raise KeyboardInterrupt
-        self.signum = signum
-        sys.stderr.write(
-            f"\n{signal.Signals(signum).name}: stopping after the chunk in flight "
-            "(press Ctrl-C again to abort it)\n"
-        )
-        sys.stderr.flush()
-
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            # After a stop the process is on its way out: a late second signal
-            # must neither kill it mid-summary nor change its exit status.
-            signal.signal(signum, signal.SIG_IGN if self.requested else handler)
-
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
 
 
 @dataclass
@@ -115,50 +68,6 @@ class LoadOutcome:
 
     def report(self) -> LoadReport:
         return self.totals.report(self.duration_s)
-
-
-# --------------------------------------------------------------------------- resuming
-
-
-def _without_password(dsn: str) -> tuple[str, bool]:
-    """The DSN with any password removed, and whether there was one."""
-    try:
-        params = conninfo_to_dict(dsn)
-    except psycopg.Error:
-        return dsn, False
-    if "password" not in params:
-        return dsn, False
-    del params["password"]
-    return make_conninfo("", **params), True
-
-
-def resume_command(
-    files: tuple[str, ...],
-    batch_id: str,
-    chunk_size: int,
-    skip: int,
-    session: Session | None = None,
-    extra: tuple[str, ...] = (),
-) -> str:
-    """The command that continues a load from line ``skip``, reaching the same database.
-
-    A DSN typed as --dsn is repeated (one from LOADER_DSN or the libpq
-    environment is found there again); its password never is: the command then
-    says where to put it.
-    """
-    parts = ["loader", "load", *files, "--batch-id", batch_id]
-    if chunk_size != DEFAULT_CHUNK_SIZE:
-        parts += ["--chunk-size", str(chunk_size)]
-    parts += extra
-    had_password = False
-    if session is not None and session.dsn_typed and session.dsn:
-        dsn, had_password = _without_password(session.dsn)
-        parts += ["--dsn", dsn]
-    parts += ["--skip", str(skip)]
-    command = shlex.join(parts)
-    if had_password:
-        command += "  # password not repeated: set PGPASSWORD (or ~/.pgpass, or the whole DSN in LOADER_DSN)"
-    return command
 
 
 # --------------------------------------------------------------------------- loading
@@ -451,45 +360,6 @@ def print_stopped(outcome: LoadOutcome, request: LoadRequest, session: Session) 
 
 
 # --------------------------------------------------------------------------- the command
-
-LOAD_EPILOG = """\b
-Examples:
-  loader load results.jsonl --batch-id B1
-  loader load part-*.jsonl.gz --batch-id B1 --chunk-size 10000
-  zcat results.jsonl.gz | loader load - --batch-id B1 --total 250000
-  loader load results.jsonl --batch-id B1 --skip 45000     # resume after Ctrl-C
-  loader load fixme.jsonl --batch-id B1 --repair           # fixed rejects, back in place
-  loader load part2.jsonl -b B1 --offset 50000 --total 100000   # the second half of a batch
-  loader load rerun.jsonl --batch-id B1 --replace          # re-OCR: replace stored results
-
-\b
-Every line of every file is one input (an OCRResult JSON object); gzip is
-detected by its magic bytes. Lines are numbered across the files in order,
-from 0 (or from --offset): the first line of the second file continues after
-the last line of the first. That number is the input's position in the batch,
-its identity: loading the same lines again, in any chunks, changes nothing,
-and a line at a position that holds another input is refused (exit 1, nothing
-of that chunk kept).
-A blank line (only whitespace) is no input: it is skipped, but it keeps its
-number, so the lines after it keep theirs. Any other line that is not a JSON
-object is rejected with its raw bytes; an invalid result is stored as failed
-with the reason. Input that is not JSON lines at all (xz/bzip2/zstd/zip, NUL
-bytes, mostly invalid UTF-8) is refused before anything is written.
-
-\b
---repair loads the file `loader rejects B --export` wrote, once fixed: line N
-goes back to position N-1, and an image stored there resolves the batch's open
-reject at that position (a line that was not JSON included); a line for an
-image the batch stored as failed replaces that failure. A line that fixes
-nothing is refused, never added; one still bad takes its reject's place.
---replace re-runs OCR: each line replaces the stored result of its image in
-the batch (status, error, boxes, public_path, model_version).
-
-\b
-A new batch is registered with as many images as the input has non-blank lines
-(or --total). Ctrl-C stops after the chunk in flight; committed chunks stay and
-the command to resume is printed (exit status 130).
-"""
 
 
 @cli.command("load", epilog=LOAD_EPILOG)

@@ -10,8 +10,10 @@ FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.oid = to_regclass('batch_executions');
 
 -- name: adopt_lock
--- Serialise with schema deployments and other adoptions (the key schema.sql takes).
-SELECT pg_advisory_xact_lock(7423011001);
+-- Serialise with schema deployments and other adoptions (the key schema.sql takes); the counters are the loader's in this transaction.
+-- loader.keeping_totals: adopt recounts every batch itself, so the triggers that
+-- mark batches another writer touched (schema.sql) need not run for each row copied.
+SELECT pg_advisory_xact_lock(7423011001), set_config('loader.keeping_totals', 'on', true);
 
 -- name: adopt_lock_tables
 -- Nobody reads or writes the application's tables until the conversion commits. One
@@ -398,10 +400,13 @@ ORDER BY o.id;
 
 -- name: adopt_copy_chains
 -- Chains as they were (chain_id, uuid4 in the old path, kept), statuses relabelled to process_status.
+-- Positions: the order the old path wrote a batch's images in (its rows' ids), so
+-- the batch sent again in that order is recognised input by input.
 INSERT INTO chain_executions (id, chain_id, batch_id, status, total_tasks, completed_tasks, failed_tasks,
-                              created_at, updated_at)
+                              created_at, updated_at, position)
 SELECT o.id, o.chain_id, o.batch_id, o.status::text::process_status, o.total_tasks, o.completed_tasks,
-       o.failed_tasks, {created_at}, {updated_at}
+       o.failed_tasks, {created_at}, {updated_at},
+       row_number() OVER (PARTITION BY o.batch_id ORDER BY o.id) - 1
 FROM loader_adopt_old_chain_executions o
 ORDER BY o.id;
 

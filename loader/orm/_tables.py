@@ -1,33 +1,9 @@
-"""The OCR application's SQLAlchemy models of the loader's tables (``pip install "ocr-batch-loader[orm]"``).
-
-The same classes, columns and methods as the application's original models, fitted to
-schema.sql so that they can neither break on it nor drift from it: tests/test_orm.py
-deploys schema.sql and holds these models to it with Alembic's ``compare_metadata``
-(nothing to report), and uses them on psycopg 3 and asyncpg next to the loader.
-
-What these models do that hand-written ones usually get wrong (docs/application.md):
-
-* Enums map the deployed types exactly: type names ``process_status`` and ``ocr_status``,
-  labels are the members' *values* (``success``, not ``SUCCESS``), and
-  ``create_type=False``: ``create_all`` never creates enum types of its own.
-* Ids are identities the database assigns; ``created_at`` comes from the server and
-  ``updated_at`` from the schema's trigger, both fetched back (``eager_defaults``) so
-  an AsyncSession never needs a lazy load to see them; both are time-zone aware.
-* ``OCRExecution.error`` and ``OCRTextBox.position`` may be left out: the schema's
-  triggers fill them in (a stated placeholder error, the image's next position).
-* The batch's totals and status belong to the loader, whose every merge recomputes them
-  from the stored rows; see BatchExecution.
-
-Nothing in the save path imports this module: ``import loader`` works without SQLAlchemy.
-"""
+"""loader.orm's models of schema.sql's tables, one class each."""
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime
-from typing import Any, ClassVar
 
-from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -35,105 +11,27 @@ from sqlalchemy import (
     DateTime,
     FetchedValue,
     ForeignKey,
-    Identity,
     Index,
     Integer,
     LargeBinary,
-    MetaData,
     Text,
     UniqueConstraint,
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import DOUBLE_PRECISION, ENUM, JSONB
-from sqlalchemy.engine import URL
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.dialects.postgresql import DOUBLE_PRECISION, JSONB
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from loader.dsn import check_dsn
-from loader.errors import ConfigurationError
-from loader.models import ProcessStatus
-
-__all__ = [
-    "Base",
-    "BatchExecution",
-    "ChainExecution",
-    "LoadReject",
-    "OCRExecution",
-    "OCRStatus",
-    "OCRTextBox",
-    "ProcessStatus",
-    "SchemaVersion",
-    "TaskLog",
-    "batch_status",
-    "engine_url",
-    "include_object",
-]
-
-
-class OCRStatus(enum.StrEnum):
-    """Outcome of OCR for one image; mirrors the ``ocr_status`` enum of schema.sql."""
-
-    SUCCESS = "success"
-    FAILED = "failed"
-
-
-def _labels(cls: type[enum.Enum]) -> list[str]:
-    """The database labels of an enum: its members' values (SQLAlchemy's default is their names)."""
-    return [str(member.value) for member in cls]
-
-
-# create_type=False: the types belong to schema.sql; create_all() or an
-# application's start-up must never create others (a role without CREATE on the
-# schema would fail, and unused types would appear beside the real ones).
-PROCESS_STATUS = ENUM(ProcessStatus, name="process_status", values_callable=_labels, create_type=False)
-OCR_STATUS = ENUM(OCRStatus, name="ocr_status", values_callable=_labels, create_type=False)
-
-# Constraint names as PostgreSQL gives them to schema.sql's unnamed constraints,
-# so the metadata and the deployed schema name every constraint alike.
-NAMING_CONVENTION = {
-    "pk": "%(table_name)s_pkey",
-    "uq": "%(table_name)s_%(column_0_name)s_key",
-    "fk": "%(table_name)s_%(column_0_name)s_fkey",
-}
-
-
-class Base(DeclarativeBase):
-    """Declarative base of the loader's tables; ``Base.metadata`` is what Alembic compares."""
-
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
-
-
-def _id() -> Mapped[int]:
-    # BY DEFAULT, not ALWAYS: an insert may still set an id, as on the original SERIAL ids.
-    return mapped_column(BigInteger, Identity(always=False), primary_key=True)
-
-
-class _Timestamps:
-    """created_at from the server, updated_at from schema.sql's trigger; never set them."""
-
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now(), server_onupdate=FetchedValue()
-    )
-
-    # Read the server's values back in the INSERT/UPDATE itself (RETURNING):
-    # otherwise they are expired, and reading them in an AsyncSession fails.
-    __mapper_args__: ClassVar[dict[str, Any]] = {"eager_defaults": True}
-
-
-def batch_status(
-    total_images: int, completed_images: int, failed_images: int, current: ProcessStatus | None = None
-) -> ProcessStatus:
-    """The status the loader's merge gives a batch with these totals (loader/sql/save.sql, ``totals``);
-    ``current``: the batch's status now (a STARTED batch that received nothing stays STARTED)."""
-    accounted = completed_images + failed_images
-    if accounted == 0 and total_images > 0:
-        return ProcessStatus.STARTED if current == ProcessStatus.STARTED else ProcessStatus.PENDING
-    if accounted < total_images:
-        return ProcessStatus.STARTED
-    if completed_images == 0 and failed_images > 0:
-        return ProcessStatus.FAILURE
-    return ProcessStatus.SUCCESS
+from loader.orm._base import (
+    OCR_STATUS,
+    PROCESS_STATUS,
+    Base,
+    OCRStatus,
+    ProcessStatus,
+    Timestamps,
+    batch_status,
+    id_column,
+)
 
 
 class SchemaVersion(Base):
@@ -153,7 +51,7 @@ class SchemaVersion(Base):
     description: Mapped[str] = mapped_column(Text)
 
 
-class BatchExecution(_Timestamps, Base):
+class BatchExecution(Timestamps, Base):
     """One OCR batch.
 
     The application creates it (``batch_id``, ``total_images``) or lets the loader do so;
@@ -183,7 +81,7 @@ class BatchExecution(_Timestamps, Base):
         {"comment": "One OCR batch: a set of images processed together."},
     )
 
-    id: Mapped[int] = _id()
+    id: Mapped[int] = id_column()
     batch_id: Mapped[str] = mapped_column(
         Text,
         unique=True,
@@ -282,7 +180,7 @@ class BatchExecution(_Timestamps, Base):
         return min(100.0, 100.0 * accounted / self.total_images)
 
 
-class ChainExecution(_Timestamps, Base):
+class ChainExecution(Timestamps, Base):
     """One Celery chain per image of a batch.
 
     The loader creates the chains of the images it stores (total_tasks 1, and
@@ -302,7 +200,7 @@ class ChainExecution(_Timestamps, Base):
         {"comment": "One Celery chain per image of a batch."},
     )
 
-    id: Mapped[int] = _id()
+    id: Mapped[int] = id_column()
     chain_id: Mapped[str] = mapped_column(
         Text,
         unique=True,
@@ -342,7 +240,7 @@ class ChainExecution(_Timestamps, Base):
         self.failed_tasks = (self.failed_tasks or 0) + 1
 
 
-class TaskLog(_Timestamps, Base):
+class TaskLog(Timestamps, Base):
     """Celery task log, one row per task id (loader.celery keeps it from signals)."""
 
     __tablename__ = "task_logs"
@@ -354,7 +252,7 @@ class TaskLog(_Timestamps, Base):
         {"comment": "Celery task log, one row per task id, kept by signal handlers in the workers."},
     )
 
-    id: Mapped[int] = _id()
+    id: Mapped[int] = id_column()
     task_id: Mapped[str] = mapped_column(Text, unique=True)
     task_name: Mapped[str | None] = mapped_column(Text)
     chain_execution_id: Mapped[int | None] = mapped_column(
@@ -379,7 +277,7 @@ class TaskLog(_Timestamps, Base):
     chain: Mapped[ChainExecution | None] = relationship(back_populates="task_logs")
 
 
-class OCRExecution(_Timestamps, Base):
+class OCRExecution(Timestamps, Base):
     """OCR result of one image; its text boxes come in reading order."""
 
     __tablename__ = "ocr_executions"
@@ -394,7 +292,7 @@ class OCRExecution(_Timestamps, Base):
         {"comment": "OCR result of one image."},
     )
 
-    id: Mapped[int] = _id()
+    id: Mapped[int] = id_column()
     chain_id: Mapped[str] = mapped_column(
         Text, ForeignKey(ChainExecution.chain_id, ondelete="CASCADE"), unique=True
     )
@@ -431,7 +329,7 @@ class OCRExecution(_Timestamps, Base):
     )
 
 
-class OCRTextBox(_Timestamps, Base):
+class OCRTextBox(Timestamps, Base):
     """One recognised box: text, confidence in [0, 1], polygon, and its place in reading order."""
 
     __tablename__ = "ocr_text_boxes"
@@ -444,7 +342,7 @@ class OCRTextBox(_Timestamps, Base):
         {"comment": "Text boxes recognised in one image."},
     )
 
-    id: Mapped[int] = _id()
+    id: Mapped[int] = id_column()
     ocr_execution_id: Mapped[int] = mapped_column(BigInteger, ForeignKey(OCRExecution.id, ondelete="CASCADE"))
     # Left out, schema.sql's trigger puts the box after the image's last one.
     position: Mapped[int] = mapped_column(
@@ -462,7 +360,7 @@ class OCRTextBox(_Timestamps, Base):
     ocr_execution: Mapped[OCRExecution] = relationship(back_populates="text_boxes")
 
 
-class LoadReject(_Timestamps, Base):
+class LoadReject(Timestamps, Base):
     """An input the loader could not store at all, kept byte for byte (written by the loader only)."""
 
     __tablename__ = "load_rejects"
@@ -497,7 +395,7 @@ class LoadReject(_Timestamps, Base):
         },
     )
 
-    id: Mapped[int] = _id()
+    id: Mapped[int] = id_column()
     batch_id: Mapped[str] = mapped_column(Text, ForeignKey(BatchExecution.batch_id, ondelete="CASCADE"))
     position: Mapped[int] = mapped_column(
         Integer,
@@ -560,55 +458,3 @@ class LoaderCall(Base):
     )
     inputs: Mapped[int] = mapped_column(Integer)
     committed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-
-
-# libpq options asyncpg understands, by their libpq names; any other option of
-# a DSN would be silently dropped, so it is refused instead.
-_ASYNCPG_OPTIONS = frozenset({"host", "port", "user", "password", "dbname", "sslmode"})
-
-
-def engine_url(dsn: str, driver: str = "psycopg") -> URL:
-    """The SQLAlchemy URL of a libpq DSN (URI or key=value), for ``psycopg`` or ``asyncpg``.
-
-    The loader and the application can then share one setting (e.g. LOADER_DSN):
-    ``create_engine(engine_url(dsn))`` or ``create_async_engine(engine_url(dsn, "asyncpg"))``.
-    """
-    if driver not in {"psycopg", "asyncpg"}:
-        raise ConfigurationError(f"unknown driver {driver!r}: use 'psycopg' or 'asyncpg'")
-    check_dsn(dsn)
-    params = {key: str(value) for key, value in conninfo_to_dict(dsn).items()}
-    if driver == "asyncpg":
-        unknown = sorted(set(params) - _ASYNCPG_OPTIONS)
-        if unknown:
-            raise ConfigurationError(f"asyncpg does not take these DSN options: {', '.join(unknown)}")
-        if "sslmode" in params:
-            # asyncpg spells libpq's sslmode "ssl", with the same values.
-            params["ssl"] = params.pop("sslmode")
-    port = params.pop("port", None)
-    return URL.create(
-        f"postgresql+{driver}",
-        username=params.pop("user", None),
-        password=params.pop("password", None),
-        host=params.pop("host", None),
-        port=int(port) if port else None,
-        database=params.pop("dbname", None),
-        query=params,
-    )
-
-
-#: The tables schema.sql creates: the loader's, whatever models an application maps onto them.
-LOADER_TABLES = frozenset(Base.metadata.tables)
-
-
-def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
-    """Alembic's ``include_object`` hook for an application's own migration environment.
-
-    False for the loader's tables and everything on them (columns, indexes, constraints),
-    so ``alembic revision --autogenerate`` with the application's own models (docs/
-    application.md, option b) neither drops ``load_rejects`` or the loader's indexes nor
-    alters the loader's columns to what those models say: schema.sql and ``loader schema
-    upgrade`` own them. The application's other tables are compared as usual.
-    ``context.configure(..., target_metadata=AppBase.metadata, include_object=include_object)``
-    """
-    table = name if type_ == "table" else getattr(getattr(obj, "table", None), "name", None)
-    return table not in LOADER_TABLES

@@ -1,0 +1,63 @@
+"""loader.orm's helpers for an application: engine URLs from a DSN, Alembic's include_object."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg.conninfo import conninfo_to_dict
+from sqlalchemy.engine import URL
+
+from loader.dsn import check_dsn
+from loader.errors import ConfigurationError
+from loader.orm._base import Base
+
+# libpq options asyncpg understands, by their libpq names; any other option of
+# a DSN would be silently dropped, so it is refused instead.
+_ASYNCPG_OPTIONS = frozenset({"host", "port", "user", "password", "dbname", "sslmode"})
+
+
+def engine_url(dsn: str, driver: str = "psycopg") -> URL:
+    """The SQLAlchemy URL of a libpq DSN (URI or key=value), for ``psycopg`` or ``asyncpg``.
+
+    The loader and the application can then share one setting (e.g. LOADER_DSN):
+    ``create_engine(engine_url(dsn))`` or ``create_async_engine(engine_url(dsn, "asyncpg"))``.
+    """
+    if driver not in {"psycopg", "asyncpg"}:
+        raise ConfigurationError(f"unknown driver {driver!r}: use 'psycopg' or 'asyncpg'")
+    check_dsn(dsn)
+    params = {key: str(value) for key, value in conninfo_to_dict(dsn).items()}
+    if driver == "asyncpg":
+        unknown = sorted(set(params) - _ASYNCPG_OPTIONS)
+        if unknown:
+            raise ConfigurationError(f"asyncpg does not take these DSN options: {', '.join(unknown)}")
+        if "sslmode" in params:
+            # asyncpg spells libpq's sslmode "ssl", with the same values.
+            params["ssl"] = params.pop("sslmode")
+    port = params.pop("port", None)
+    return URL.create(
+        f"postgresql+{driver}",
+        username=params.pop("user", None),
+        password=params.pop("password", None),
+        host=params.pop("host", None),
+        port=int(port) if port else None,
+        database=params.pop("dbname", None),
+        query=params,
+    )
+
+
+#: The tables schema.sql creates: the loader's, whatever models an application maps onto them.
+LOADER_TABLES = frozenset(Base.metadata.tables)
+
+
+def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+    """Alembic's ``include_object`` hook for an application's own migration environment.
+
+    False for the loader's tables and everything on them (columns, indexes, constraints),
+    so ``alembic revision --autogenerate`` with the application's own models (docs/
+    application.md, option b) neither drops ``load_rejects`` or the loader's indexes nor
+    alters the loader's columns to what those models say: schema.sql and ``loader schema
+    upgrade`` own them. The application's other tables are compared as usual.
+    ``context.configure(..., target_metadata=AppBase.metadata, include_object=include_object)``
+    """
+    table = name if type_ == "table" else getattr(getattr(obj, "table", None), "name", None)
+    return table not in LOADER_TABLES
