@@ -11,14 +11,17 @@ so each fixed line is stored at its original position and resolves the reject th
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
+import psycopg
 from psycopg.rows import class_row
 
 from loader import queries
 from loader.connection import Connectable, connection
-from loader.errors import translating
+from loader.errors import quoted, translating
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ def list_rejects(
     params = {"batch_id": batch_id, "after": after, "limit": limit, "open_only": open_only}
     with (
         connection(pool_or_conn) as conn,
-        translating(f"listing the rejects of batch {batch_id!r}"),
+        translating(f"listing the rejects of batch {quoted(batch_id)}"),
         conn.transaction(),
         conn.cursor(row_factory=class_row(RejectRecord)) as cur,
     ):
@@ -64,9 +67,31 @@ def count_rejects(pool_or_conn: Connectable, batch_id: str) -> RejectCounts:
     """How many of a batch's rejects are open and how many resolved."""
     with (
         connection(pool_or_conn) as conn,
-        translating(f"counting the rejects of batch {batch_id!r}"),
+        translating(f"counting the rejects of batch {quoted(batch_id)}"),
         conn.transaction(),
         conn.cursor(row_factory=class_row(RejectCounts)) as cur,
     ):
         row = cur.execute(queries.get("rejects_count"), {"batch_id": batch_id}).fetchone()
     return row or RejectCounts(0, 0)
+
+
+# Rows a server-side cursor fetches per round trip when exporting: the rejects of
+# a huge batch stream through without being held in memory.
+EXPORT_PAGE_ROWS = 1000
+
+
+def raw_rejects(
+    conn: psycopg.Connection[Any], batch_id: str, *, open_only: bool
+) -> Iterator[tuple[int, bytes]]:
+    """(position, raw input) of a batch's rejects in input order, streamed through a
+    server-side cursor in one transaction on ``conn`` (every reject, or the open ones)."""
+    name = "rejects_raw_open" if open_only else "rejects_raw"
+    with (
+        translating(f"exporting the rejects of batch {quoted(batch_id)}"),
+        conn.transaction(),
+        conn.cursor(name="loader_rejects_export") as cur,
+    ):
+        cur.itersize = EXPORT_PAGE_ROWS
+        cur.execute(queries.get(name), {"batch_id": batch_id})
+        for position, raw in cur:
+            yield position, bytes(raw)

@@ -18,8 +18,8 @@ from psycopg.rows import dict_row
 
 from loader import save_batch
 from loader.adopt import PLACEHOLDER_ERROR, adopt
-from loader.connection import SCHEMA_VERSION
 from loader.cli import cli
+from loader.connection import SCHEMA_VERSION
 from loader.datagen import make_batch
 from loader.errors import DirtyRowsError, UnknownShapeError
 from loader.schema_check import check, describe

@@ -298,3 +298,35 @@ def test_loader_delete_asks_unless_yes_and_says_what_went(dsn: str, conn: psycop
     assert "deleted batch cli-gone: 1 image, 2 text boxes, 1 reject" in done.output
     missing = runner.invoke(cli, ["delete", "cli-gone", "--yes", "--dsn", dsn])
     assert missing.exit_code == 1 and "no batch 'cli-gone'" in missing.output
+
+
+def test_model_versions_are_stored_shown_by_status_and_read_by_the_orm(
+    dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    from sqlalchemy import create_engine, select
+    from sqlalchemy.orm import Session
+
+    from loader.orm import OCRExecution, engine_url
+
+    save_batch(
+        conn, "models", [result("/mv/a", model="ocr-v1"), result("/mv/b", model="ocr-v1"), result("/mv/c")]
+    )
+    save_batch(conn, "models", [result("/mv/c", model="ocr-v2")], position_offset=2, replace=True)
+
+    shown = CliRunner().invoke(cli, ["status", "models", "--dsn", dsn])
+    assert shown.exit_code == 0, shown.output
+    assert "models     ocr-v1 (2), ocr-v2 (1)" in shown.output
+    as_json = json.loads(CliRunner().invoke(cli, ["status", "models", "--json", "--dsn", dsn]).output)
+    assert as_json["model_versions"] == [
+        {"model_version": "ocr-v1", "images": 2},
+        {"model_version": "ocr-v2", "images": 1},
+    ]
+    engine = create_engine(engine_url(dsn))
+    try:
+        with Session(engine) as session:
+            versions = session.scalars(
+                select(OCRExecution.model_version).order_by(OCRExecution.image_path)
+            ).all()
+    finally:
+        engine.dispose()
+    assert versions == ["ocr-v1", "ocr-v1", "ocr-v2"]

@@ -257,8 +257,8 @@ def test_worker_killed_mid_file_keeps_committed_chunks_and_redelivery_completes_
 def test_transient_failure_is_retried_and_logged_retry_then_success(
     start_worker: Callable[..., Worker], dsn: str, db: psycopg.Connection[Any]
 ) -> None:
-    # First retry after 2-4 s (equal jitter): time to see RETRY before it runs.
-    worker = start_worker(LOADER_RETRY_BACKOFF="4")
+    # First retry after 5-10 s (equal jitter): time to see RETRY before it runs, on a loaded machine too.
+    worker = start_worker(LOADER_RETRY_BACKOFF="10")
     client = worker.client()
     results = make_batch(200, prefix="transient")
     before = snapshot(db)

@@ -14,16 +14,11 @@ from typing import IO, Any
 import click
 import psycopg
 
-from loader import queries
 from loader.cli import output as out
 from loader.cli.base import Session, cli, common_options
 from loader.errors import CliError
 from loader.progress import get_progress
-from loader.repair import RejectCounts, RejectRecord, count_rejects, list_rejects
-
-# Rows a server-side cursor fetches per round trip when exporting: the rejects of
-# a huge batch stream through without being held in memory.
-EXPORT_PAGE_ROWS = 1000
+from loader.repair import RejectCounts, RejectRecord, count_rejects, list_rejects, raw_rejects
 
 REJECTS_EPILOG = """\b
 Examples:
@@ -163,14 +158,8 @@ def export_rejects(
         raise CliError(f"{target} exists; pick another file or pass --force to overwrite it")
     with contextlib.ExitStack() as stack:
         sink = _sink(stack, target)
-        with conn.transaction(), conn.cursor(name="loader_rejects_export") as cur:
-            cur.itersize = EXPORT_PAGE_ROWS
-            if compact:
-                cur.execute(queries.get("rejects_raw"), {"batch_id": batch_id})
-                export = write_compact(sink, (bytes(row[3]) for row in cur))
-            else:
-                cur.execute(queries.get("rejects_raw_open"), {"batch_id": batch_id})
-                export = write_sparse(sink, ((row[0], bytes(row[1])) for row in cur))
+        rows = raw_rejects(conn, batch_id, open_only=not compact)
+        export = write_compact(sink, (raw for _, raw in rows)) if compact else write_sparse(sink, rows)
         sink.flush()
     _print_export(export, batch_id, target, compact)
 

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
 from typing import Any
 
 import click
 import psycopg
-from psycopg.rows import class_row
 
-from loader import queries
+from loader.batches import BatchReport, describe_batch, list_batches
 from loader.cli import output as out
 from loader.cli.base import Session, cli, common_options
-from loader.errors import CliError
-from loader.models import BatchProgress
-from loader.progress import follow_progress, get_progress, recount_batch
+from loader.progress import follow_progress, recount_batch
 
 # Largest --limit: the query's LIMIT is a bigint.
 MAX_LIMIT = 2**63 - 1
@@ -33,76 +29,30 @@ Examples:
 """
 
 
-@dataclass(frozen=True)
-class ReasonGroup:
-    """Failures of one kind (reasons differing only in values), most frequent first."""
-
-    outcome: str
-    kind: str
-    images: int
-    example: str
-    variants: int
-    #: How many kinds the batch has in all (the same on every row).
-    kinds: int
-
-
-@dataclass(frozen=True)
-class BatchStatus:
-    progress: BatchProgress
-    stored_failed: int
-    rejected: int
-    groups: list[ReasonGroup]
-
-    @property
-    def kinds(self) -> int:
-        return self.groups[0].kinds if self.groups else 0
-
-    @property
-    def remaining(self) -> int:
-        return max(self.progress.total_images - self.progress.accounted_images, 0)
-
-    @property
-    def elapsed_s(self) -> float | None:
-        p = self.progress
-        return (p.updated_at - p.created_at).total_seconds() if p.updated_at and p.created_at else None
-
-    def as_json(self) -> dict[str, Any]:
-        data = out.progress_json(self.progress)
-        data.update(
-            stored_failed=self.stored_failed,
-            rejected=self.rejected,
-            remaining=self.remaining,
-            elapsed_s=self.elapsed_s,
-            failure_reason_kinds=self.kinds,
-            failure_reasons=[
-                {
-                    "outcome": g.outcome,
-                    "kind": g.kind,
-                    "images": g.images,
-                    "example": g.example,
-                    "variants": g.variants,
-                }
-                for g in self.groups
-            ],
-        )
-        return data
+def status_json(status: BatchReport) -> dict[str, Any]:
+    data = out.progress_json(status.progress)
+    data.update(
+        stored_failed=status.stored_failed,
+        rejected=status.rejected,
+        remaining=status.remaining,
+        elapsed_s=status.elapsed_s,
+        failure_reason_kinds=status.kinds,
+        failure_reasons=[
+            {
+                "outcome": g.outcome,
+                "kind": g.kind,
+                "images": g.images,
+                "example": g.example,
+                "variants": g.variants,
+            }
+            for g in status.groups
+        ],
+        model_versions=[{"model_version": m.model_version, "images": m.images} for m in status.models],
+    )
+    return data
 
 
-def read_status(conn: psycopg.Connection[Any], batch_id: str, reasons: int) -> BatchStatus:
-    progress = get_progress(conn, batch_id)
-    with conn.transaction():
-        stored_failed, rejected = conn.execute(
-            queries.get("batch_failure_counts"), {"batch_id": batch_id}
-        ).fetchone() or (0, 0)
-        groups = (
-            conn.cursor(row_factory=class_row(ReasonGroup))
-            .execute(queries.get("batch_failure_reasons"), {"batch_id": batch_id, "limit": max(reasons, 1)})
-            .fetchall()
-        )
-    return BatchStatus(progress, stored_failed, rejected, groups[:reasons])
-
-
-def print_status(status: BatchStatus) -> None:
+def print_status(status: BatchReport) -> None:
     progress = status.progress
     out.echo(out.batch_line(progress))
     elapsed = status.elapsed_s
@@ -116,12 +66,17 @@ def print_status(status: BatchStatus) -> None:
         f"  created    {out.when(progress.created_at)}; last write {out.when(progress.updated_at)}"
         + (f" ({out.duration(elapsed)} later)" if elapsed is not None else "")
     )
+    if any(m.model_version for m in status.models):
+        versions = ", ".join(
+            f"{out.printable(m.model_version or 'none')} ({out.n(m.images)})" for m in status.models
+        )
+        out.echo(f"  models     {versions}")
     _print_reasons(status)
     if status.rejected:
         out.echo(f"raw rejected lines: loader rejects {out.printable(shlex.quote(progress.batch_id))}")
 
 
-def _print_reasons(status: BatchStatus) -> None:
+def _print_reasons(status: BatchReport) -> None:
     groups, kinds = status.groups, status.kinds
     if not groups:
         return
@@ -146,23 +101,15 @@ def show_status(
     conn: psycopg.Connection[Any], batch_id: str, *, as_json: bool = False, reasons: int = 10
 ) -> None:
     """What `loader status BATCH_ID` prints (`loader demo` shows it too)."""
-    status = read_status(conn, batch_id, reasons)
+    status = describe_batch(conn, batch_id, reasons=reasons)
     if as_json:
-        out.echo_json(status.as_json())
+        out.echo_json(status_json(status))
     else:
         print_status(status)
 
 
-def list_batches(conn: psycopg.Connection[Any], limit: int, unfinished: bool, as_json: bool) -> None:
-    name = "batch_list_unfinished" if unfinished else "batch_list_recent"
-    try:
-        batches = (
-            conn.cursor(row_factory=class_row(BatchProgress))
-            .execute(queries.get(name), {"limit": limit})
-            .fetchall()
-        )
-    except psycopg.errors.UndefinedTable as exc:
-        raise CliError("no loader schema in this database; deploy it with `loader schema apply`") from exc
+def show_batches(conn: psycopg.Connection[Any], limit: int, unfinished: bool, as_json: bool) -> None:
+    batches = list_batches(conn, unfinished=unfinished, limit=limit)
     if as_json:
         out.echo_json([out.progress_json(b) for b in batches])
         return
@@ -236,7 +183,7 @@ def status_command(
         if follow or recount:
             raise click.UsageError("--follow and --recount need a BATCH_ID")
         with session.connect() as conn:
-            list_batches(conn, limit, unfinished, as_json)
+            show_batches(conn, limit, unfinished, as_json)
         return
     if follow:
         follow_status(session, batch_id, as_json=as_json, listen_dsn=listen_dsn or None)

@@ -76,7 +76,7 @@ FROM load_rejects WHERE batch_id = %(batch_id)s;
 
 -- name: rejects_raw
 -- Every reject of a batch, raw input included, in input order (read through a server-side cursor): the audit export.
-SELECT position, image_path, reason, raw
+SELECT position, raw
 FROM load_rejects
 WHERE batch_id = %(batch_id)s
 ORDER BY position, id;
@@ -175,3 +175,13 @@ WHERE n.nspname = %(ns)s AND c.relkind IN ('r', 'p')
   AND a.grantee = (SELECT oid FROM pg_roles WHERE rolname = 'loader_writer')
   AND (%(names)s::text[] IS NULL OR c.relname = ANY (%(names)s::text[]))
 GROUP BY c.relname;
+
+-- name: batch_model_versions
+-- How many of a batch's stored results each OCR model produced (NULL: the input named none), most first.
+SELECT o.model_version, count(*) AS images
+FROM chain_executions c
+JOIN ocr_executions o ON o.chain_id = c.chain_id
+WHERE c.batch_id = %(batch_id)s
+GROUP BY o.model_version
+ORDER BY images DESC, o.model_version NULLS LAST
+LIMIT %(limit)s;
