@@ -1,6 +1,6 @@
 """Time `loader schema adopt` on an application database of N old-path images (default 100,000).
 
-The database is made by the application's own create_all (tests/oldapp.py), then filled
+The database is made by the application's own create_all (tests/helpers/oldapp.py), then filled
 set-based (the row-by-row filler of the tests would take hours): 100 batches, one chain
 and one task log per image, one OCR row per image (every 20th failed, without boxes), 5
 boxes per successful image. Then adopt runs once, timed, and `loader schema check` is run.
@@ -23,7 +23,7 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from oldapp import OldApp, Shape
+from helpers.oldapp import OldApp, Shape
 
 from loader.adopt import adopt
 from loader.schema_check import check

@@ -59,7 +59,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from celery_harness import Broker, Worker, wait_for  # noqa: E402
+from helpers.celery_harness import Broker, Worker, wait_for  # noqa: E402
 
 from loader.celery import CeleryConfig, make_app, submit_batch  # noqa: E402
 from loader.datagen import make_batch  # noqa: E402

@@ -9,7 +9,7 @@ a value out of range, a missing key), ``check`` returns None and validate.py
 judges the input with the model as before, which also writes the error
 message. So this path may only ever be stricter than the model, never looser,
 and for what it accepts it yields exactly what the model path yields; the
-tests in tests/test_fastcheck.py hold both to that.
+tests in tests/unit/test_fastcheck.py hold both to that.
 
 Keep this in step with the models in loader/models.py: a new rule there must be
 either checked here or made to return None here.

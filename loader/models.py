@@ -103,7 +103,7 @@ Point = Annotated[list[Coordinate], Field(min_length=2, max_length=2)]
 
 # loader/fastcheck.py passes certainly valid dicts without these models (for
 # speed); a rule added to TextBox or OCRResult needs its check there too, and
-# tests/test_fastcheck.py holds the two to the same answers.
+# tests/unit/test_fastcheck.py holds the two to the same answers.
 class TextBox(BaseModel):
     """One recognised box: its text, the OCR confidence in [0, 1], and its polygon."""
 

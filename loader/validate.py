@@ -226,7 +226,7 @@ def _parse(item: str | bytes) -> tuple[Mapping[str, Any] | None, str | None]:
     """A JSON line decoded, or None and why not.
 
     pydantic-core's parser (Rust) first: twice as fast as json.loads, and where it
-    succeeds it yields the same values (tests/test_fastcheck.py). Whatever it
+    succeeds it yields the same values (tests/unit/test_fastcheck.py). Whatever it
     refuses (a BOM, UTF-16, lone surrogates, deep nesting, bad JSON) goes to
     json.loads, which decides as it always did and words the error.
     """

@@ -13,8 +13,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from checks import LoginRole
-from pgbouncer import bouncer_session, bouncer_transaction  # noqa: F401  (fixtures, tests/pgbouncer.py)
+from helpers.checks import LoginRole
+from helpers.pgbouncer import bouncer_session, bouncer_transaction  # noqa: F401  (fixtures, tests/helpers/pgbouncer.py)
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
@@ -121,8 +121,8 @@ def db(dsn: str) -> Iterator[psycopg.Connection[Any]]:
 
 @pytest.fixture
 def old_app(new_database: Callable[[], str]) -> Iterator[Callable[..., Any]]:
-    """An application database of a given shape (tests/oldapp.py), made by its create_all, empty."""
-    from oldapp import OldApp, Shape
+    """An application database of a given shape (tests/helpers/oldapp.py), made by its create_all, empty."""
+    from helpers.oldapp import OldApp, Shape
 
     apps: list[OldApp] = []
 

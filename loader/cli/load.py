@@ -38,11 +38,14 @@ from loader.jsonl import Sources, countable, line_counts
 from loader.models import BatchProgress, LoadReport
 from loader.pipeline import Judged, save_judged
 from loader.progress import get_progress
+from loader.retry import Backoff
 from loader.save import register_batch
 
 # Retries of a chunk after a transient database failure (lost connection,
-# deadlock, server restart); each retry reconnects, waiting 1 s, 2 s, 4 s, ...
+# deadlock, server restart); each retry reconnects after the loader's one backoff
+# (loader/retry.py): about 1 s, 2 s, 4 s, ..., jittered, at most 30 s.
 DEFAULT_RETRIES = 3
+CHUNK_BACKOFF = Backoff(first_s=1.0, max_s=30.0)
 # Issues the text summary of a load prints.
 ISSUES_SHOWN = 10
 
@@ -155,7 +158,7 @@ class RetryingStore:
         return self._save(judged)
 
     def _wait_and_reconnect(self, attempt: int, exc: DatabaseError) -> None:
-        wait = 2.0**attempt
+        wait = CHUNK_BACKOFF.delay(attempt)
         log.warning(
             "chunk failed, retrying",
             extra={"batch_id": self.batch_id, "retry_in_s": wait, "error": str(exc)},

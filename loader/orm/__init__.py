@@ -1,7 +1,7 @@
 """The OCR application's SQLAlchemy models of the loader's tables (``pip install "ocr-batch-loader[orm]"``).
 
 The same classes, columns and methods as the application's original models, fitted to
-schema.sql so that they can neither break on it nor drift from it: tests/test_orm.py
+schema.sql so that they can neither break on it nor drift from it: tests/db/test_orm.py
 deploys schema.sql and holds these models to it with Alembic's ``compare_metadata``
 (nothing to report), and uses them on psycopg 3 and asyncpg next to the loader.
 
