@@ -22,9 +22,8 @@ Opt-in (not part of `dev.py bench`): a few minutes on 2 cores. At each point:
    (/proc/stat), so the curve says where the time went;
 6. a check that every image and box is stored exactly once.
 
-The machine is shared: other engineers' work shows in "machine busy". Until
-loader.testing.pgbouncer_server (issue 15, part 1) is merged this script starts
-PgBouncer itself (``_pgbouncer``).
+The machine is shared: other engineers' work shows in "machine busy". PgBouncer is
+started by ``loader.testing.pgbouncer_server``, as the tests start theirs.
 """
 
 from __future__ import annotations
@@ -34,22 +33,17 @@ import contextlib
 import datetime
 import json
 import os
-import pwd
-import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 matplotlib.use("Agg")  # no display
 import matplotlib.pyplot as plt
@@ -59,11 +53,11 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from helpers.celery_harness import Broker, Worker, wait_for  # noqa: E402
+from helpers.celery_harness import Broker, Worker  # noqa: E402
 
 from loader.celery import CeleryConfig, make_app, submit_batch  # noqa: E402
 from loader.datagen import make_batch  # noqa: E402
-from loader.testing import TemplateDatabases  # noqa: E402
+from loader.testing import TemplateDatabases, pgbouncer_server  # noqa: E402
 
 RESULTS = HERE / "results" / "fleet.json"
 PNG = ROOT / "docs" / "fleet.png"
@@ -80,53 +74,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def _pgbouncer(dsn: str, pool_size: int) -> Iterator[str]:
-    """PgBouncer in transaction pooling in front of ``dsn``'s server; yields the DSN through it."""
-    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-    params = conninfo_to_dict(dsn)
-    user = str(params.get("user") or pwd.getpwuid(os.getuid()).pw_name)
-    workdir = Path(tempfile.mkdtemp(prefix="fleet-pgbouncer-"))
-    port = _free_port()
-    (workdir / "userlist.txt").write_text(f'"{user}" "{params.get("password") or ""}"\n')
-    (workdir / "pgbouncer.ini").write_text(
-        f"""[databases]
-* = host={params.get("host") or "127.0.0.1"} port={params.get("port") or 5432}
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {port}
-unix_socket_dir =
-auth_type = trust
-auth_file = {workdir / "userlist.txt"}
-pool_mode = transaction
-default_pool_size = {pool_size}
-max_client_conn = 1000
-logfile = {workdir / "pgbouncer.log"}
-"""
-    )
-    command = [binary, str(workdir / "pgbouncer.ini")]
-    if os.geteuid() == 0:  # PgBouncer refuses to run as root
-        shutil.chown(workdir, "postgres")
-        for name in ("userlist.txt", "pgbouncer.ini"):
-            shutil.chown(workdir / name, "postgres")
-        command[1:1] = ["-u", "postgres"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    bouncer = make_conninfo(dsn, host="127.0.0.1", port=str(port))
-    try:
-
-        def answers() -> bool | None:
-            with contextlib.suppress(psycopg.OperationalError), psycopg.connect(bouncer, connect_timeout=2):
-                return True
-            return None
-
-        wait_for("pgbouncer to accept connections", answers, timeout=30, every=0.1)
-        yield bouncer
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(10)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _cpu_s(pid: int) -> float:
@@ -205,7 +152,7 @@ def run_point(
     queue = f"fleet-{uuid.uuid4().hex[:10]}"
     started_workers: list[Worker] = []
     try:
-        with _pgbouncer(direct, pool_size) as bouncer:
+        with pgbouncer_server(direct, "transaction", pool_size) as bouncer:
             env = {"LOADER_POOL_MIN": "1", "LOADER_POOL_MAX": "2", "LOADER_RESULT_EXPIRES": "900"}
             for i in range(workers):
                 worker = Worker(broker, bouncer, scratch / f"w{workers}-{i}", env)

@@ -29,18 +29,21 @@ if os.environ.get(MULTIPROC_DIR_ENV):
     os.makedirs(os.environ[MULTIPROC_DIR_ENV], exist_ok=True)
 
 #: The outcomes that partition a call's inputs (each input counted in exactly one).
-OUTCOMES = ("stored", "failed", "rejected", "unchanged")
+OUTCOMES = ("stored", "failed", "rejected", "unchanged", "replaced", "refused")
 
-# Save call durations, in seconds: an inline batch of a few images takes ~10 ms,
-# a 10,000-image chunk ~1.5 s, and a call waiting on locks up to the lock timeout
+# Save call durations, in seconds: from a few images (milliseconds) to a large chunk
+# (seconds; docs/benchmarks.md) and a call waiting on locks up to the lock timeout
 # (90 s by default); the buckets cover that range about evenly on a log scale.
 _DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 IMAGES = Counter(
-    "loader_images", "Inputs of save calls by outcome (stored, failed, rejected, unchanged)", ["outcome"]
+    "loader_images",
+    "Inputs of save calls by outcome (stored, failed, rejected, unchanged, replaced, refused)",
+    ["outcome"],
 )
 REPLACED = Counter(
-    "loader_images_replaced", "Of the stored images: those whose earlier stored failure a success replaced"
+    "loader_images_replaced",
+    "Stored results replaced in place (re-OCR, repaired failures); loader_images_total{outcome='replaced'}",
 )
 SAVE_DURATION = Histogram(
     "loader_save_duration_seconds", "Duration of one save call (one transaction)", buckets=_DURATION_BUCKETS

@@ -27,9 +27,9 @@ DEFAULT_QUEUE = "loader"
 # 16 MiB default max_message_size (4.x), and a message that size still moves in
 # milliseconds. Anything larger travels as a file reference.
 DEFAULT_INLINE_MAX_BYTES = 4 * 1024 * 1024
-# Images per save_batch call when a worker streams a referenced file: one
-# transaction of 10,000 images (5 boxes each) takes ~1.5 s on 2 cores:
-# short enough to keep locks brief, big enough that per-call overhead is noise.
+# Images per save_batch call when a worker streams a referenced file: short
+# enough to keep each transaction's locks brief, big enough that the per-call
+# overhead (8 statements) is noise (docs/benchmarks.md has the per-call times).
 DEFAULT_CHUNK_IMAGES = 10_000
 # Retries of a transient failure before the task fails for good.
 DEFAULT_MAX_RETRIES = 5

@@ -245,6 +245,6 @@ def cli() -> None:
     """Bulk-load OCR batch results into PostgreSQL, exactly once.
 
     Each chunk of a load is one transaction (binary COPY into staging tables,
-    one merge that also recomputes the batch totals): a chunk is stored
+    one merge that also brings the batch's totals up to date): a chunk is stored
     whole or not at all, and loading the same input again changes nothing.
     """

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import CliRunner
-from helpers.celery_harness import Broker, Worker, pick_broker
+from helpers.celery_harness import DEFAULT_AMQP_URL, Broker, Worker, _amqp_answers, pick_broker
 from helpers.checks import recount, stored_totals
 
 from loader import PositionConflictError, register_batch, save_batch
@@ -101,6 +101,41 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Broker:
     return pick_broker(tmp_path_factory.mktemp("identity-broker"))
 
 
+@pytest.fixture(scope="module")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Broker:
+    """RabbitMQ as the broker (results in files: RabbitMQ stores none), whatever pick_broker prefers."""
+    if not _amqp_answers(DEFAULT_AMQP_URL):
+        pytest.skip(f"RabbitMQ does not answer at {DEFAULT_AMQP_URL} (.ci/run starts it)")
+    results = tmp_path_factory.mktemp("rabbitmq-results")
+    return Broker("rabbitmq", DEFAULT_AMQP_URL, results.as_uri())
+
+
+def _celery_chunks(broker: Broker, dsn: str, scratch: Path, lines: list[bytes], size: int) -> None:
+    worker = Worker(broker, dsn, scratch).start()
+    try:
+        client = worker.client()
+        for start in range(0, len(lines), size):
+            chunk = [line.decode() for line in lines[start : start + size]]
+            submission = submit_batch(
+                BATCH, chunk, position_offset=start, total_images=len(lines), app=client
+            )
+            submission.result.get(timeout=RESULT_TIMEOUT_S)
+        client.close()
+    finally:
+        worker.stop()
+
+
+def test_the_batch_through_rabbitmq_in_chunks_ends_as_one_call(
+    databases: Callable[[], str], tmp_path: Path, rabbitmq: Broker
+) -> None:
+    lines = hostile_lines()
+    one, chunked = databases(), databases()
+    with psycopg.connect(one) as conn:
+        save_batch(conn, BATCH, lines)
+    _celery_chunks(rabbitmq, chunked, tmp_path / "worker", lines, 6)
+    assert state(chunked) == state(one)
+
+
 def _cli(*args: str) -> None:
     result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -144,18 +179,7 @@ def test_one_hostile_batch_cut_every_way_ends_in_one_state(
     states["one call, replayed three ways"] = state(dsn)
 
     dsn = databases()
-    worker = Worker(broker, dsn, tmp_path / "worker").start()
-    try:
-        client = worker.client()
-        for start in range(0, len(lines), 9):
-            chunk = [line.decode() for line in lines[start : start + 9]]
-            submission = submit_batch(
-                BATCH, chunk, position_offset=start, total_images=len(lines), app=client
-            )
-            submission.result.get(timeout=RESULT_TIMEOUT_S)
-        client.close()
-    finally:
-        worker.stop()
+    _celery_chunks(broker, dsn, tmp_path / "worker", lines, 9)
     states["celery task in chunks of 9"] = state(dsn)
 
     reference = states["cli chunks of 1000"]

@@ -561,7 +561,7 @@ def test_original_models_read_and_write_schema_v3(dsn: str, driver: str, pool: A
     """The application's own models, changed only in their enums, work on schema v3:
     the old row-by-row writes (no error, no position, no ids) go in, and rows the loader
     stored read back through them."""
-    from tests import orm_app as app
+    from helpers import orm_app as app
 
     save_batch(pool, "loader-side", results("loader-side", 0, 4))
 
@@ -624,7 +624,7 @@ def test_original_models_read_and_write_schema_v3(dsn: str, driver: str, pool: A
 
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_original_failed_row_gets_the_placeholder_error(dsn: str, driver: str) -> None:
-    from tests import orm_app as app
+    from helpers import orm_app as app
 
     def flow(session: Session) -> int:
         batch = app.BatchExecution(batch_id="old-failed", total_images=1)

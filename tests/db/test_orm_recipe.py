@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from helpers import orm_app, orm_recipe
 from helpers.oldapp import Shape, make_models
 from sqlalchemy import Column, Integer, MetaData, Table, Text, create_engine, select
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
@@ -21,7 +22,6 @@ from sqlalchemy.orm import Session
 from loader import orm, save_batch
 from loader.datagen import make_batch
 from loader.orm import engine_url, include_object
-from tests import orm_app, orm_recipe
 
 DRIVERS = ["psycopg", "asyncpg"]
 APPLICATION_MODELS: dict[str, Callable[[], MetaData]] = {
