@@ -52,8 +52,12 @@ class Served:
         return hub
 
 
+# Seconds a condition may take: generous, for a loaded 2-core machine (a bound, not a timing).
+UNTIL_S = 120
+
+
 def _until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + UNTIL_S
     while not condition():
         assert time.monotonic() < deadline, what
         time.sleep(0.05)
