@@ -36,7 +36,17 @@ from loader.datagen import make_batch
 from loader.testing import TemplateDatabases, embedded_server
 from loader.validate import prepare
 
-TABLES = "batch_executions, chain_executions, ocr_executions, ocr_text_boxes, load_rejects, task_logs, loader_calls"
+TABLES = ", ".join(
+    [
+        "batch_executions",
+        "chain_executions",
+        "ocr_executions",
+        "ocr_text_boxes",
+        "load_rejects",
+        "task_logs",
+        "loader_calls",
+    ]
+)
 
 
 class _Explained(Exception):

@@ -33,7 +33,17 @@ ROUND_BUDGET_S = 20.0
 MIN_ROUNDS = 3
 MAX_ROUNDS = 15
 
-TABLES = "batch_executions, chain_executions, ocr_executions, ocr_text_boxes, load_rejects, task_logs, loader_calls"
+TABLES = ", ".join(
+    [
+        "batch_executions",
+        "chain_executions",
+        "ocr_executions",
+        "ocr_text_boxes",
+        "load_rejects",
+        "task_logs",
+        "loader_calls",
+    ]
+)
 
 CASES = [(n, name) for n in SIZES for name in report.ORDER if not ONLY or name in ONLY]
 
