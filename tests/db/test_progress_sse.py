@@ -167,8 +167,12 @@ async def _open_streams(url: str, n: int, opened: Callable[[], None]) -> list[di
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=n)) as client:
         streams = [client.stream("GET", url) for _ in range(n)]
         responses = await asyncio.gather(*(s.__aenter__() for s in streams))
-        for response in responses:
-            async for line in response.aiter_lines():
+        # Each stream's line iterator is kept until the end: one dropped after its first
+        # line is closed whenever the garbage collector gets to it, and closing it closes
+        # its connection, which the server rightly sees as the browser going away.
+        readers = [response.aiter_lines() for response in responses]
+        for reader in readers:
+            async for line in reader:
                 if line.startswith("data: "):
                     firsts.append(json.loads(line[len("data: ") :]))
                     break
