@@ -4,13 +4,14 @@ None of them may leave the batch's counts different from a recount of its rows."
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
 from click.testing import CliRunner
-from helpers.checks import recount, stored_totals
+from helpers.checks import LoginRole, recount, stored_totals
 from psycopg import sql
 
 from loader import BatchNotFoundError, DatabaseError, get_progress, recount_batch, save_batch
@@ -246,28 +247,16 @@ def test_delete_batch_removes_it_and_everything_under_it_and_nothing_else(
 
 
 def test_the_worker_role_may_not_delete_a_batch_and_loader_admin_may(
-    dsn: str, db: psycopg.Connection[Any]
+    login_role: Callable[..., LoginRole], dsn: str
 ) -> None:
+    writer = login_role("w", in_role="loader_writer")
+    admin = login_role("a", in_role="loader_admin")
     with psycopg.connect(dsn) as owner:
         save_batch(owner, "roles", [result("/role/a")])
-    suffix = db.info.dbname
-    for role, group in ((f"{suffix}_w", "loader_writer"), (f"{suffix}_a", "loader_admin")):
-        db.execute(
-            sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(sql.Identifier(role), sql.Identifier(group))
-        )
-    try:
-        with (
-            psycopg.connect(dsn, user=f"{suffix}_w") as worker,
-            pytest.raises(DatabaseError, match="permission"),
-        ):
-            delete_batch(worker, "roles")
-        with psycopg.connect(dsn, user=f"{suffix}_a") as admin:
-            assert delete_batch(admin, "roles").images == 1
-    finally:
-        for role in (f"{suffix}_w", f"{suffix}_a"):
-            db.execute(
-                sql.SQL("DROP OWNED BY {}; DROP ROLE {}").format(sql.Identifier(role), sql.Identifier(role))
-            )
+    with psycopg.connect(writer.dsn(dsn)) as worker, pytest.raises(DatabaseError, match="permission"):
+        delete_batch(worker, "roles")
+    with psycopg.connect(admin.dsn(dsn)) as janitor:
+        assert delete_batch(janitor, "roles").images == 1
 
 
 def test_retention_deletes_finished_batches_before_a_date_one_by_one(
