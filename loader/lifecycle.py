@@ -9,6 +9,7 @@ from typing import NamedTuple
 from psycopg.rows import class_row
 
 from loader import queries
+from loader.batch_ids import check_batch_id
 from loader.connection import Connectable, connection
 from loader.errors import BatchNotFoundError, ConfigurationError, quoted, translating
 
@@ -53,8 +54,7 @@ def delete_batch(pool_or_conn: Connectable, batch_id: str) -> Deleted:
     loader_admin role (DELETE), which the workers' loader_writer lacks.
     Raises BatchNotFoundError when there is no such batch.
     """
-    if not isinstance(batch_id, str) or not batch_id:
-        raise ConfigurationError(f"batch_id must be a non-empty string, got {batch_id!r}")
+    batch_id = check_batch_id(batch_id)
     doing = f"deleting batch {quoted(batch_id)}"
     with connection(pool_or_conn) as conn, translating(doing), conn.transaction():
         conn.execute(queries.get("batch_lock"), {"batch_id": batch_id})

@@ -57,6 +57,9 @@ def tally_report(
     rows: list[MergeRow],
     images: list[Image],
     rejects: list[Reject],
+    *,
+    statements: int,
+    attempts: int,
     duration: float,
 ) -> LoadReport:
     """Every input counted in exactly one outcome, with an issue for each that is not a fresh success."""
@@ -77,7 +80,8 @@ def tally_report(
         refused=tally.refused,
         resolved=sum(1 for row in rows if row.pos is not None and row.resolved),
         boxes=tally.boxes,
-        statements=0,
+        statements=statements,
+        attempts=attempts,
         duration_s=duration,
         progress=rows[0].progress(batch_id),
         issues=sorted(tally.issues, key=lambda i: i.position),

@@ -349,7 +349,7 @@ def save_prepared(
     positions = [im.pos for im in prepared.images] + [rj.pos for rj in prepared.rejects]
     check_last_position(max(positions, default=-1))
     if prepared.digest is None:
-        raise ConfigurationError("save_judged takes what loader.judge() returned")
+        raise ConfigurationError("save_judged takes what loader.pipeline.judge() returned")
     call = _Call(
         batch_id,
         _mode(repair, replace),
@@ -402,8 +402,15 @@ def _store(
         report = _replay_report(call, attempt.replayed, duration)
     else:
         report = tally_report(
-            batch_id, call.prepared().received, attempt.rows, attempt.images, attempt.rejects, duration
-        ).model_copy(update={"statements": statements, "attempts": attempt_no})
+            batch_id,
+            call.prepared().received,
+            attempt.rows,
+            attempt.images,
+            attempt.rejects,
+            statements=statements,
+            attempts=attempt_no,
+            duration=duration,
+        )
     log.info("saved batch", extra=report.log_fields())
     _warn_if_grown(batch_id, attempt.total_before, report.progress)
     return report

@@ -31,11 +31,14 @@ WITH be AS (
     WHERE b.batch_id = %(batch_id)s
 ),
 figures AS (
+    -- The recount sits in the CASE branches, so only a stale batch pays for it (a
+    -- LATERAL join on totals_stale would run it for every read, filtered afterwards).
     SELECT be.*,
-           CASE WHEN be.totals_stale THEN rc.completed ELSE be.completed_images END AS completed,
-           CASE WHEN be.totals_stale THEN rc.failed + rc.rejected ELSE be.failed_images END AS failed
+           CASE WHEN be.totals_stale THEN (SELECT rc.completed FROM loader_recount(be.batch_id) rc)
+                ELSE be.completed_images END AS completed,
+           CASE WHEN be.totals_stale THEN (SELECT rc.failed + rc.rejected FROM loader_recount(be.batch_id) rc)
+                ELSE be.failed_images END AS failed
     FROM be
-    LEFT JOIN LATERAL loader_recount(be.batch_id) rc ON be.totals_stale
 )
 SELECT batch_id,
        (CASE WHEN totals_stale THEN loader_batch_status(declared, completed, failed, status)

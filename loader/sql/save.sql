@@ -357,10 +357,8 @@ base AS (
            be.updated_at, be.status AS current,
            CASE WHEN be.totals_stale THEN (SELECT rc.completed FROM loader_recount(be.batch_id) rc)
                 ELSE be.completed_images END AS completed,
-           CASE WHEN be.totals_stale THEN (SELECT rc.failed FROM loader_recount(be.batch_id) rc)
-                ELSE be.failed_images - (SELECT count(*) FROM load_rejects r
-                                         WHERE r.batch_id = be.batch_id AND r.resolved_at IS NULL)
-           END AS failed,
+           CASE WHEN be.totals_stale THEN (SELECT rc.failed + rc.rejected FROM loader_recount(be.batch_id) rc)
+                ELSE be.failed_images END AS failed,
            (SELECT count(*) FROM load_rejects r
             WHERE r.batch_id = be.batch_id AND r.resolved_at IS NULL) AS rejected
     FROM batch_executions be
@@ -369,7 +367,7 @@ base AS (
 counted AS (
     SELECT b.declared, b.created_at, b.updated_at, b.current,
            b.completed + d.completed AS completed,
-           b.failed + d.failed + b.rejected + d.rejected AS failed,
+           b.failed + d.failed + d.rejected AS failed,
            b.rejected + d.rejected AS rejected
     FROM base b, delta d
 ),
