@@ -1,5 +1,5 @@
 -- =============================================================================
--- loader schema, version 4
+-- loader schema, version 5
 --
 -- The contract between the loader and the DBA. Deploy with:
 --
@@ -7,13 +7,13 @@
 --
 -- * All or nothing: the whole file is one transaction; any error rolls it all back.
 -- * Safe to run twice: every object is created only when missing, so re-running
---   the file on a version-4 database changes nothing.
+--   the file on a version-5 database changes nothing.
 -- * Refuses to run on a database holding another schema version (it raises and
 --   rolls back). An older one is upgraded in place by the numbered migrations
 --   in loader/migrations/ (`loader schema upgrade`), never by this file; a
 --   database the OCR application's ORM created is converted by `loader schema adopt`.
--- * A fresh install is created at version 4 directly and records versions 1
---   to 4, exactly as a version-1 database upgraded by migrations 0002 to 0004.
+-- * A fresh install is created at version 5 directly and records versions 1
+--   to 5, exactly as a version-1 database upgraded by migrations 0002 to 0005.
 -- * The application's own SQLAlchemy models (loader.orm) read and write these
 --   tables; docs/application.md lists every difference from its original
 --   models and why none of them breaks what those models read and write.
@@ -48,11 +48,11 @@ DECLARE
     deployed integer;
 BEGIN
     SELECT max(version) INTO deployed FROM loader_schema_version;
-    IF deployed < 4 THEN
-        RAISE EXCEPTION 'loader schema.sql is version 4 but this database holds schema version %', deployed
+    IF deployed < 5 THEN
+        RAISE EXCEPTION 'loader schema.sql is version 5 but this database holds schema version %', deployed
             USING HINT = 'Upgrade it in place with `loader schema upgrade` (or apply loader/migrations/*.sql in order with psql); this file does not upgrade.';
-    ELSIF deployed > 4 THEN
-        RAISE EXCEPTION 'loader schema.sql is version 4 but this database holds the newer schema version %', deployed
+    ELSIF deployed > 5 THEN
+        RAISE EXCEPTION 'loader schema.sql is version 5 but this database holds the newer schema version %', deployed
             USING HINT = 'Use the schema.sql of the loader release that matches the database.';
     END IF;
 END
@@ -267,6 +267,8 @@ COMMENT ON COLUMN loader_calls.digest IS
     'SHA-256 of the call: its kind (plain, repair, replace), and every input with its position, byte for byte.';
 COMMENT ON COLUMN loader_calls.first_position IS 'Position of the call''s first input (NULL for a call with none).';
 
+-- [v5 tables: result history]
+
 -- -----------------------------------------------------------------------------
 -- Triggers
 -- -----------------------------------------------------------------------------
@@ -388,6 +390,10 @@ CREATE OR REPLACE TRIGGER load_rejects_written_outside
     FOR EACH ROW WHEN (current_setting('loader.keeping_totals', true) IS DISTINCT FROM 'on')
     EXECUTE FUNCTION loader_note_outside_write();
 
+-- [v5 triggers: counters and replays]
+
+-- [v5 functions: merge verdicts and positions]
+
 -- The one recount of a batch from its rows (merge of a stale batch,
 -- recount_batch, adopt, migrations): images by OCR status, and open rejects.
 CREATE OR REPLACE FUNCTION loader_recount(batch text)
@@ -435,6 +441,8 @@ CREATE INDEX IF NOT EXISTS load_rejects_open_by_position_idx ON load_rejects (ba
 -- FK reject -> the OCR row that resolved it (ON DELETE SET NULL looks it up).
 CREATE INDEX IF NOT EXISTS load_rejects_resolved_by_idx ON load_rejects (resolved_by)
     WHERE resolved_by IS NOT NULL;
+
+-- [v5 indexes: plans]
 
 -- -----------------------------------------------------------------------------
 -- Grants: least privilege for the loader
@@ -498,6 +506,8 @@ BEGIN
 END
 $$;
 
+-- [v5 grants: roles and threat model]
+
 -- -----------------------------------------------------------------------------
 -- Record the version (last, so a failure above leaves no version row behind)
 -- -----------------------------------------------------------------------------
@@ -507,7 +517,8 @@ INSERT INTO loader_schema_version (version, description)
 VALUES (1, 'initial schema: batches, chains, task logs, OCR executions, text boxes, load rejects'),
        (2, 'index the unfinished batches (PENDING or STARTED) by age; loader_writer may not update text boxes or rejects'),
        (3, 'fit the application''s models: task_logs.chain_execution_id, identities by default, defaults for writers without error/position; rejects resolved by later inputs'),
-       (4, 'one identity per input (chain_executions.position), call ledger, model_version, counters kept by the loader (declared_images, totals_stale, loader_recount), loader_admin deletes batches')
+       (4, 'one identity per input (chain_executions.position), call ledger, model_version, counters kept by the loader (declared_images, totals_stale, loader_recount), loader_admin deletes batches'),
+       (5, 'exact under overlap: replays confirmed by rows, counters only the loader sets, retention under the batch lock; plans that cannot flip; result history')
 ON CONFLICT (version) DO NOTHING;
 
 COMMIT;

