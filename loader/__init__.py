@@ -24,7 +24,8 @@ from loader.errors import (
 from loader.lifecycle import delete_batch
 from loader.models import BatchProgress, LoadReport, OCRResult, ProcessStatus, TextBox
 from loader.progress import follow_progress, get_progress, recount_batch
-from loader.save import Settings, register_batch, save_batch
+from loader.save import register_batch, save_batch
+from loader.settings import Settings
 
 # The front a caller needs, at most 20 names (python3 dev.py check holds it there).
 # The rest lives in named modules: loader.pipeline (judge / save_judged), loader.repair

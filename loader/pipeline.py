@@ -15,7 +15,8 @@ from typing import TypeAlias
 from loader.connection import Connectable
 from loader.errors import ConfigurationError
 from loader.models import LoadReport
-from loader.save import DEFAULT_SETTINGS, Settings, save_prepared
+from loader.save import save_prepared
+from loader.settings import Settings
 from loader.validate import Input, Prepared, call_digest, prepare
 
 #: What ``judge`` returns: opaque, for ``save_judged`` with the same batch_id only.
@@ -40,13 +41,14 @@ def save_judged(
     judged: Judged,
     *,
     total_images: int | None = None,
-    settings: Settings = DEFAULT_SETTINGS,
+    settings: Settings | None = None,
     repair: bool = False,
     replace: bool = False,
 ) -> LoadReport:
     """Store what ``judge(batch_id, ...)`` returned, in one transaction; duration_s covers the storing.
 
-    ``repair``, ``replace``: as save_batch's.
+    ``settings``, ``repair``, ``replace``: as save_batch's (no settings: ``Settings()``,
+    read from the environment at the call).
     """
     return save_prepared(
         pool_or_conn,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from loader.errors import quoted
 from loader.models import InputIssue, LoadReport
 from loader.rows import MergeRow
 from loader.validate import Image, Reject
@@ -85,4 +87,36 @@ def tally_report(
         duration_s=duration,
         progress=rows[0].progress(batch_id),
         issues=sorted(tally.issues, key=lambda i: i.position),
+    )
+
+
+def _remark(report: LoadReport) -> str:
+    if report.refused:
+        return f", {report.refused} refused"
+    return " (a redelivery: nothing written)" if report.replayed else ""
+
+
+def log_saved(log: logging.Logger, report: LoadReport) -> None:
+    """The one INFO line of a committed call, readable in any log format.
+
+    The message itself names the batch and gives the counts, statements and
+    duration (Celery's and ``logging.basicConfig``'s formats show only the
+    message); the same figures are structured fields of the record (``extra``:
+    ``report.log_fields()``) for a formatter that renders them (docs/deployment.md,
+    "Logging").
+    """
+    log.info(
+        "saved batch %s: %d inputs: %d stored, %d failed, %d rejected, %d unchanged, %d replaced%s; "
+        "%d statements, %.3f s",
+        quoted(report.batch_id),
+        report.received,
+        report.stored,
+        report.failed,
+        report.rejected,
+        report.unchanged,
+        report.replaced,
+        _remark(report),
+        report.statements,
+        report.duration_s,
+        extra=report.log_fields(),
     )

@@ -27,29 +27,13 @@ from loader.errors import (
 )
 from loader.models import BatchProgress, LoadReport
 from loader.progress import get_progress
-from loader.report import tally_report
+from loader.report import log_saved, tally_report
 from loader.rows import LockRow, MergeRow
+from loader.settings import Settings, current_settings
 from loader.validate import Image, Input, Prepared, Reject, call_digest, prepare
 
 log = logging.getLogger("loader")
 
-
-@dataclass(frozen=True)
-class Settings:
-    """Per-transaction server settings the loader applies (SET LOCAL, never session-wide)."""
-
-    # Memory for the merge's sorts and hashes; the 4MB default spills 10,000-image
-    # calls to disk. Per sort node, for this transaction only.
-    work_mem: str = "64MB"
-    # Bound on any one statement of the call: a 100,000-image call merges in a
-    # few seconds on 2 cores, so a minute means something is stuck.
-    statement_timeout: str = "60s"
-    # Bound on waiting for a lock (another call of the same batch holds it while
-    # it loads). Longer than statement_timeout: the holder finishes or is cancelled first.
-    lock_timeout: str = "90s"
-
-
-DEFAULT_SETTINGS = Settings()
 
 # Transactions a call may run: the fast one and, only when the database refused
 # some input's data despite validation, one more isolating it (loader/isolate.py).
@@ -283,7 +267,7 @@ def save_batch(
     *,
     total_images: int | None = None,
     position_offset: int = 0,
-    settings: Settings = DEFAULT_SETTINGS,
+    settings: Settings | None = None,
     repair: bool = False,
     replace: bool = False,
 ) -> LoadReport:
@@ -297,6 +281,9 @@ def save_batch(
     reason), rejected into load_rejects (with its raw input), or unchanged (its
     position already received it: a redelivery changes nothing).
 
+    ``settings``: the transaction's server settings; without them ``Settings()``,
+    read from the environment (LOADER_WORK_MEM, LOADER_STATEMENT_TIMEOUT,
+    LOADER_LOCK_TIMEOUT) at the call.
     ``repair=True``: each input fixes the open reject at its position, or the
     stored failure of its image; one that fixes nothing is refused, never added.
     ``replace=True`` (re-OCR): each input replaces the stored result of its
@@ -324,7 +311,7 @@ def save_batch(
         offset if inputs else None,
         lambda: prepare(batch_id, inputs, offset),
     )
-    return _store(pool_or_conn, call, total_images, settings, started)
+    return _store(pool_or_conn, call, total_images, settings or current_settings(), started)
 
 
 def save_prepared(
@@ -333,7 +320,7 @@ def save_prepared(
     prepared: Prepared,
     *,
     total_images: int | None = None,
-    settings: Settings = DEFAULT_SETTINGS,
+    settings: Settings | None = None,
     repair: bool = False,
     replace: bool = False,
 ) -> LoadReport:
@@ -358,7 +345,7 @@ def save_prepared(
         min(positions, default=None),
         lambda: prepared,
     )
-    return _store(pool_or_conn, call, total_images, settings, started)
+    return _store(pool_or_conn, call, total_images, settings or current_settings(), started)
 
 
 def _store(
@@ -411,7 +398,7 @@ def _store(
             attempts=attempt_no,
             duration=duration,
         )
-    log.info("saved batch", extra=report.log_fields())
+    log_saved(log, report)
     _warn_if_grown(batch_id, attempt.total_before, report.progress)
     return report
 

@@ -33,14 +33,15 @@ from psycopg.types import TypeInfo
 from loader import queries
 from loader.connection import SCHEMA_VERSION
 from loader.copy import STAGE_BOXES, STAGE_IMAGES, copy_rows
-from loader.save import DEFAULT_SETTINGS, _box_rows, _image_rows
+from loader.save import _box_rows, _image_rows
+from loader.settings import Settings
 from loader.validate import Prepared, _Call
 
 HERE = Path(__file__).resolve().parent
 
 
 def _lock_batch(conn: psycopg.Connection[Any], batch_id: str, total: int, prepared: Prepared) -> None:
-    settings = DEFAULT_SETTINGS
+    settings = Settings()
     row = conn.execute(
         queries.get("lock_batch"),
         {

@@ -10,10 +10,10 @@ from typing import Annotated, Any
 
 from annotated_types import Ge
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from loader.errors import ConfigurationError, redact_dsn
-from loader.save import Settings
+from loader.settings import Settings, describe_errors
 
 #: The loader's task, by the name publishers use (``send_task(TASK_NAME, ...)``).
 TASK_NAME = "loader.save_ocr_batch"
@@ -67,18 +67,18 @@ def _default_backend(broker_url: str) -> str:
     )
 
 
-class CeleryConfig(BaseSettings):
+class CeleryConfig(Settings):
     """Everything the loader's Celery app, workers and submit helper read from the environment.
 
-    ``CeleryConfig()`` reads the ``LOADER_*`` variables named below (pydantic-settings;
-    unset or empty ones take the defaults, values are stripped); ``CeleryConfig(queue="q")``
+    ``CeleryConfig()`` reads the ``LOADER_*`` variables named below, and the server
+    settings of loader.Settings (LOADER_WORK_MEM, LOADER_STATEMENT_TIMEOUT,
+    LOADER_LOCK_TIMEOUT), the same way as ``Settings()`` (pydantic-settings; unset or
+    empty ones take the defaults, values are stripped); ``CeleryConfig(queue="q")``
     takes the fields given by name over the environment. A bad value is a
-    ConfigurationError naming the variable (see from_env).
+    ConfigurationError naming the variable.
     """
 
-    model_config = SettingsConfigDict(
-        frozen=True, validate_by_name=True, env_ignore_empty=True, str_strip_whitespace=True, extra="ignore"
-    )
+    model_config = SettingsConfigDict(extra="ignore")
 
     dsn: str | None = Field(None, validation_alias="LOADER_DSN")
     pool_min: Annotated[int, Ge(0)] = Field(1, validation_alias="LOADER_POOL_MIN")
@@ -123,9 +123,6 @@ class CeleryConfig(BaseSettings):
     broker_transport_options: Annotated[dict[str, Any], NoDecode] = Field(
         default_factory=dict, validation_alias="LOADER_BROKER_TRANSPORT_OPTIONS"
     )
-    work_mem: str = Field(Settings.work_mem, validation_alias="LOADER_WORK_MEM")
-    statement_timeout: str = Field(Settings.statement_timeout, validation_alias="LOADER_STATEMENT_TIMEOUT")
-    lock_timeout: str = Field(Settings.lock_timeout, validation_alias="LOADER_LOCK_TIMEOUT")
 
     @field_validator("broker_transport_options", mode="before")
     @classmethod
@@ -162,14 +159,12 @@ class CeleryConfig(BaseSettings):
         try:
             return cls()
         except ValidationError as exc:
-            raise ConfigurationError(_describe(exc)) from None
+            raise ConfigurationError(describe_errors(exc)) from None
 
     @property
     def save_settings(self) -> Settings:
-        """The per-transaction server settings of the worker's saves."""
-        return Settings(
-            work_mem=self.work_mem, statement_timeout=self.statement_timeout, lock_timeout=self.lock_timeout
-        )
+        """The per-transaction server settings of the worker's saves: this configuration's."""
+        return self
 
     def backend(self) -> str:
         """The result backend of the loader's own app. Asked only when that app is
@@ -184,16 +179,6 @@ class CeleryConfig(BaseSettings):
                 "LOADER_DSN=postgresql://ocr_worker@db.internal/ocr (password in ~/.pgpass or PGPASSWORD)"
             )
         return self.dsn
-
-
-def _describe(exc: ValidationError) -> str:
-    """A pydantic error as one line per bad value: ``LOADER_POOL_MAX='many': ...``."""
-    parts = []
-    for err in exc.errors(include_url=False):
-        name = ".".join(str(p) for p in err["loc"])
-        message = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{name}={err['input']!r}: {message}" if name else message)
-    return "; ".join(parts)
 
 
 @cache

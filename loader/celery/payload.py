@@ -36,7 +36,8 @@ from loader.metrics import record_save
 from loader.models import LoadReport, OCRResult
 from loader.pipeline import Judged, save_judged
 from loader.progress import get_progress
-from loader.save import Settings, save_batch
+from loader.save import save_batch
+from loader.settings import Settings
 from loader.validate import Input
 
 __all__ = ["BatchReferenceError", "encode_line", "load_file", "read_lines", "resolve_reference"]

@@ -40,6 +40,7 @@ from loader.pipeline import Judged, save_judged
 from loader.progress import get_progress
 from loader.retry import Backoff
 from loader.save import register_batch
+from loader.settings import Settings
 
 # Retries of a chunk after a transient database failure (lost connection,
 # deadlock, server restart); each retry reconnects after the loader's one backoff
@@ -134,6 +135,8 @@ class RetryingStore:
         self.batch_id = request.batch_id
         self.retries = request.retries
         self.request = request
+        # Read once, before anything is written: a bad LOADER_* value stops the load at once.
+        self.settings = Settings()
         self.conn = session.connect()
 
     def _save(self, judged: Judged) -> LoadReport:
@@ -143,6 +146,7 @@ class RetryingStore:
             self.batch_id,
             judged,
             total_images=request.total,
+            settings=self.settings,
             repair=request.repair,
             replace=request.replace,
         )
