@@ -22,8 +22,10 @@ from psycopg_pool import ConnectionPool
 from loader.celery.config import CeleryConfig, config
 from loader.connection import make_pool
 from loader.errors import LoaderError, redact_dsn
+from loader.metrics import record_save
 from loader.models import LoadReport
 from loader.save import save_batch
+from loader.settings import Settings
 from loader.validate import Input
 
 log = logging.getLogger("loader.celery")
@@ -114,20 +116,31 @@ def save_with_worker_pool(
     *,
     total_images: int | None = None,
     position_offset: int = 0,
+    settings: Settings | None = None,
+    repair: bool = False,
+    replace: bool = False,
 ) -> LoadReport:
-    """``save_batch`` with this worker process's pool and the configured settings.
+    """``save_batch`` with this worker process's pool, counted in the worker's metrics.
 
     For a pipeline stage that saves its own results inside its own task, rather
-    than sending them to ``loader.save_ocr_batch``. Raises what save_batch raises.
+    than sending them to ``loader.save_ocr_batch``. ``settings`` default to the
+    worker's configuration (LOADER_WORK_MEM, LOADER_STATEMENT_TIMEOUT,
+    LOADER_LOCK_TIMEOUT); ``repair`` and ``replace`` are save_batch's. Each call
+    is recorded like the loader's own task's (loader.metrics.record_save), so the
+    worker's endpoint counts it. Raises what save_batch raises.
     """
-    return save_batch(
+    report = save_batch(
         worker_pool(),
         batch_id,
         results,
         total_images=total_images,
         position_offset=position_offset,
-        settings=config().save_settings,
+        settings=settings or config().save_settings,
+        repair=repair,
+        replace=replace,
     )
+    record_save(report)
+    return report
 
 
 @worker_process_init.connect

@@ -199,7 +199,7 @@ def test_json_log_format_writes_one_object_per_line(dsn: str, demo_file: Path) -
     )
 
     records = [json.loads(line) for line in result.stderr.splitlines()]
-    saved = [r for r in records if r["message"] == "saved batch"]
+    saved = [r for r in records if r["message"].startswith("saved batch 'B1': 1000 inputs: ")]
     assert saved and saved[0]["batch_id"] == "B1" and saved[0]["received"] == 1000
     assert saved[0]["statements"] == 8 and isinstance(saved[0]["duration_s"], float)
     assert records[-1]["logger"] == "loader.cli.progress" and records[-1]["stored"] == 988

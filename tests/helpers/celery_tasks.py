@@ -29,13 +29,19 @@ def echo_unlogged(value: int) -> int:
 
 @app.task(name="tests.ocr_stage", bind=True, acks_late=True)
 def ocr_stage(
-    self: Any, batch_id: str, images: int, first: int = 0, batch_size: int | None = None
+    self: Any,
+    batch_id: str,
+    images: int,
+    first: int = 0,
+    batch_size: int | None = None,
+    replace: bool = False,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """A pipeline stage that saves its own results: images first .. first + images - 1 of a
-    batch of batch_size (the docs/celery.md example)."""
-    results = make_batch(first + images, prefix=batch_id)[first:]  # stands in for running the OCR
+    batch of batch_size (the docs/celery.md example); ``replace`` with another ``seed``: a re-OCR."""
+    results = make_batch(first + images, prefix=batch_id, seed=seed)[first:]  # stands in for running the OCR
     report = save_with_worker_pool(
-        batch_id, results, position_offset=first, total_images=batch_size or images
+        batch_id, results, position_offset=first, total_images=batch_size or images, replace=replace
     )
     pool = worker_pool()
     return {"report": report.model_dump(mode="json"), "pid": os.getpid(), "pool": pool.name}
