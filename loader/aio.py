@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -245,7 +245,7 @@ async def _next_event_for(conn: psycopg.AsyncConnection[Any], batch_id: str, dea
 
 async def follow_progress(
     conninfo: str, batch_id: str, *, idle_timeout: float | None = None, listen_dsn: str | None = None
-) -> AsyncIterator[BatchProgress]:
+) -> AsyncGenerator[BatchProgress, None]:
     """loader.follow_progress as an async iterator, on a listening connection of its own.
 
     For many followers in one process, use a ProgressHub (one connection for all).
@@ -419,7 +419,7 @@ class ProgressHub:
 
     async def follow(
         self, batch_id: str, *, idle_timeout: float | None = None
-    ) -> AsyncIterator[BatchProgress]:
+    ) -> AsyncGenerator[BatchProgress, None]:
         """The batch's progress now, then at every committed change, until it finishes.
 
         loader.follow_progress's contract (BatchNotFoundError, TimeoutError after
@@ -452,7 +452,7 @@ class ProgressHub:
                 del self._topics[batch_id]
 
 
-async def with_heartbeats(source: AsyncIterator[T], every: float) -> AsyncIterator[T | None]:
+async def with_heartbeats(source: AsyncIterator[T], every: float) -> AsyncGenerator[T | None, None]:
     """``source``'s items, and None after every ``every`` seconds in which none came.
 
     Closes ``source`` when the iteration ends, however it ends.

@@ -98,7 +98,11 @@ class BatchReferenceError(ConfigurationError):
 
 
 class BatchNotFoundError(LoaderError):
-    """No batch with that batch_id exists."""
+    """No batch with that batch_id exists; ``batch_id`` is the one asked for."""
+
+    def __init__(self, message: str, batch_id: str | None = None) -> None:
+        super().__init__(message)
+        self.batch_id = batch_id
 
 
 class InputFileError(LoaderError):

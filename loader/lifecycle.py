@@ -61,7 +61,9 @@ def delete_batch(pool_or_conn: Connectable, batch_id: str) -> Deleted:
         cur = conn.cursor(row_factory=class_row(_Counts))
         counts = cur.execute(queries.get("delete_batch"), {"batch_id": batch_id}).fetchone()
     if counts is None or counts.batches == 0:
-        raise BatchNotFoundError(f"no batch {quoted(batch_id)} in this database; nothing was deleted")
+        raise BatchNotFoundError(
+            f"no batch {quoted(batch_id)} in this database; nothing was deleted", batch_id
+        )
     return Deleted(batch_id, counts.chains, counts.images, counts.boxes, counts.task_logs, counts.rejects)
 
 

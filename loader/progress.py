@@ -69,7 +69,8 @@ def get_progress(pool_or_conn: Connectable, batch_id: str) -> BatchProgress:
 
 def not_found(batch_id: str) -> BatchNotFoundError:
     return BatchNotFoundError(
-        f"no batch {quoted(batch_id)} in this database; check the id, or list batches with `loader status`"
+        f"no batch {quoted(batch_id)} in this database; check the id, or list batches with `loader status`",
+        batch_id,
     )
 
 
@@ -178,10 +179,10 @@ def follow_progress(
     meanwhile is not missed, and at each event naming the batch. Yields only
     states that differ from the last one yielded (a replay, or a forged event,
     yields nothing). Ends after yielding a SUCCESS or FAILURE state (at once
-    for a finished batch). Raises BatchNotFoundError for an unknown batch,
-    ConfigurationError when notifications do not reach the connection (a
-    transaction pooler), and TimeoutError when ``idle_timeout`` seconds pass
-    without a change of this batch.
+    for a finished batch, which needs no notifications). Raises BatchNotFoundError
+    for an unknown batch, ConfigurationError when notifications do not reach the
+    connection (a transaction pooler) of an unfinished batch, and TimeoutError
+    when ``idle_timeout`` seconds pass without a change of this batch.
     """
     target = listen_conninfo(conninfo, listen_dsn)
     check_dsn(target)
@@ -193,6 +194,11 @@ def follow_progress(
         translating(f"following batch {quoted(batch_id)}", lost),
         psycopg.connect(target, autocommit=True, prepare_threshold=None) as conn,
     ):
+        first = get_progress(conn, batch_id)
+        if first.status in FINISHED:
+            # Nothing to listen for: the final state, through a transaction pooler too.
+            yield first
+            return
         check_delivery(conn, target)
         conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
         last = get_progress(conn, batch_id)

@@ -35,12 +35,19 @@ from loader.orm._tables import (
     SchemaVersion,
     TaskLog,
 )
-from loader.orm._tools import LOADER_TABLES, engine_url, include_object
+from loader.orm._tools import (
+    LOADER_TABLES,
+    SHARED_TABLES,
+    engine_url,
+    include_except_loader_objects,
+    include_object,
+)
 
 __all__ = [
     "LOADER_TABLES",
     "OCR_STATUS",
     "PROCESS_STATUS",
+    "SHARED_TABLES",
     "Base",
     "BatchExecution",
     "ChainExecution",
@@ -54,5 +61,6 @@ __all__ = [
     "TaskLog",
     "batch_status",
     "engine_url",
+    "include_except_loader_objects",
     "include_object",
 ]
