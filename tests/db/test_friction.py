@@ -35,6 +35,7 @@ from loader import (
     delete_batch,
     follow_progress,
     get_progress,
+    register_batch,
     save_batch,
 )
 from loader.celery import submit_batch
@@ -352,7 +353,21 @@ def test_following_a_finished_batch_through_a_transaction_pooler_prints_it_and_e
     assert only.status == ProcessStatus.SUCCESS
 
 
-# --------------------------------------------------------------------------- errors, Alembic
+# --------------------------------------------------------------------------- errors, statuses, Alembic
+
+
+def test_running_is_the_applications_label_which_the_loader_never_keeps(
+    dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    register_batch(conn, "app-running", 4)
+    conn.execute("UPDATE batch_executions SET status = 'RUNNING' WHERE batch_id = 'app-running'")
+    conn.commit()
+    unfinished = CliRunner().invoke(cli, ["status", "--unfinished", "--json", "--dsn", dsn])
+
+    report = save_batch(conn, "app-running", make_batch(2, prefix="app-running"))
+
+    assert unfinished.exit_code == 0 and json.loads(unfinished.stdout) == []  # PENDING and STARTED only
+    assert report.progress.status == ProcessStatus.STARTED  # the loader's rule: images outstanding
 
 
 def test_batch_not_found_names_the_batch(conn: psycopg.Connection[Any]) -> None:
