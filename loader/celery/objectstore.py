@@ -111,7 +111,8 @@ def s3_client() -> S3Client:
             from botocore.config import Config  # noqa: PLC0415
         except ImportError as exc:
             raise ConfigurationError(
-                "LOADER_SPOOL_URL is an s3:// URL but boto3 is not installed: pip install 'ocr-batch-loader[s3]'"
+                "LOADER_SPOOL_URL is an s3:// URL but boto3 is not installed: "
+                "pip install 'ocr-batch-loader[s3]'"
             ) from exc
         config = Config(retries={"mode": "standard", "max_attempts": _MAX_ATTEMPTS})
         client = _clients[os.getpid()] = boto3.client("s3", config=config)
