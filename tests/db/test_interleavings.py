@@ -215,6 +215,7 @@ def test_the_tester_reports_an_input_lost_and_a_spec_expectation_broken(dsn: str
                 "a_hide",
                 BEHIND_THE_LOADERS_BACK,
                 "DELETE FROM chain_executions WHERE batch_id = %(b)s AND position = 1",
+                "UPDATE batch_executions SET completed_images = 1, status = 'STARTED' WHERE batch_id = %(b)s",
                 params=lambda w: {"b": w.batch("b")},
             ),
             commit("a_commit"),
