@@ -12,14 +12,12 @@ silently stops running its interleavings fails.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
 import pytest
+from helpers import orm_app
 from helpers.isolation import (
     InvariantBroken,
     Outcome,
@@ -27,6 +25,7 @@ from helpers.isolation import (
     SessionContext,
     Spec,
     Step,
+    StepFn,
     Summary,
     World,
     count_interleavings,
@@ -35,8 +34,7 @@ from helpers.isolation import (
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session as OrmSession
 
-from loader import LoadReport, delete_batch, register_batch, save_batch
-from loader import queries
+from loader import LoadReport, get_progress, queries, register_batch, save_batch
 from loader.lifecycle import delete_finished
 from loader.orm import BatchExecution
 
@@ -139,9 +137,7 @@ def hold_path(name: str, n: int) -> Step:
     def run(ctx: SessionContext) -> None:
         w = ctx.world
         holder, chain = f"{w.ns}-holder", f"{w.ns}-holder-chain"
-        ctx.conn.execute(
-            "INSERT INTO batch_executions (batch_id, total_images) VALUES (%s, 1)", [holder]
-        )
+        ctx.conn.execute("INSERT INTO batch_executions (batch_id, total_images) VALUES (%s, 1)", [holder])
         ctx.conn.execute("INSERT INTO chain_executions (chain_id, batch_id) VALUES (%s, %s)", [chain, holder])
         ctx.conn.execute(
             "INSERT INTO ocr_executions (chain_id, image_path, status) VALUES (%s, %s, 'success')",
@@ -230,3 +226,255 @@ def test_the_tester_reports_an_input_lost_and_a_spec_expectation_broken(dsn: str
     plain = Session("app", (save("a_save", "b", [item(0), item(1)], total=2),))
     with pytest.raises(InvariantBroken, match="expected 3 stored"):
         run_spec(Spec("expect", (plain,), check=expect_three), dsn)
+
+
+# --------------------------------------------------------------------------- merge x application
+
+
+def _app_write(kind: str) -> Step:
+    """One write of the application's, committed in one step, on the batch "b"."""
+    b: Params = lambda w: {"b": w.batch("b"), "path": w.path(0)}  # noqa: E731
+    if kind == "status":
+        return sql_step(
+            "a_write",
+            "UPDATE ocr_executions SET status = 'failed', error = 'marked failed by the application'"
+            " WHERE image_path = %(path)s",
+            "COMMIT",
+            params=b,
+        )
+    if kind == "chain delete":
+
+        def delete_chain(ctx: SessionContext) -> int:
+            batch_id = ctx.world.batch("b")
+            deleted = ctx.conn.execute(
+                "DELETE FROM chain_executions WHERE batch_id = %s AND position = 0", [batch_id]
+            ).rowcount
+            ctx.conn.commit()
+            ctx.world.record_freed(batch_id, [0])
+            return deleted
+
+        return Step("a_write", delete_chain)
+    if kind == "counter":
+        return sql_step(
+            "a_write",
+            "UPDATE batch_executions SET completed_images = completed_images + 1 WHERE batch_id = %(b)s",
+            "COMMIT",
+            params=b,
+        )
+    return Step("a_write", _complete_execution(own=kind == "the application's complete_execution()"))
+
+
+def _complete_execution(*, own: bool) -> StepFn:
+    """BatchExecution.complete_execution() through SQLAlchemy: loader.orm's, or the
+    application's own (docs/application.md option (b) keeps it: it sets SUCCESS)."""
+
+    def run(ctx: SessionContext) -> str:
+        engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(ctx.dsn))
+        try:
+            with OrmSession(engine) as session:
+                model = orm_app.BatchExecution if own else BatchExecution
+                batch: Any = session.scalars(
+                    select(model).where(model.batch_id == ctx.world.batch("b"))
+                ).one()
+                session.refresh(batch)
+                if own:
+                    batch.status = orm_app.ProcessStatus.SUCCESS  # what its complete_execution() does
+                else:
+                    batch.complete_execution()
+                session.commit()
+                return str(batch.status)
+        finally:
+            engine.dispose()
+
+    return run
+
+
+APP_WRITES = [
+    "status",
+    "chain delete",
+    "counter",
+    "loader.orm complete_execution()",
+    "the application's complete_execution()",
+]
+
+
+@pytest.mark.parametrize("write", APP_WRITES)
+def test_an_application_write_during_a_merge_is_never_forgotten(dsn: str, write: str) -> None:
+    """The merge of positions 2-3 (of 5) waits, after its snapshot, for an uncommitted row of
+    image 3 while the application writes to the batch: whatever the order, the counters and
+    status end equal to a recount, or the batch reads stale and get_progress equals it
+    (issue 20, items 3 and 12)."""
+    sessions = (
+        Session("holder", (hold_path("h_hold", 3), rollback("h_release"))),
+        Session("loader", (save("l_save", "b", [item(2), item(3)], offset=2, total=5),)),
+        Session("app", (_app_write(write),)),
+    )
+    spec = Spec(
+        f"merge-x-{write.split(maxsplit=1)[0]}",
+        sessions,
+        setup=_setup_saved("b", [item(0), item(1)], 5),
+    )
+    summary = _run(spec, dsn)
+    assert summary.run == count_interleavings(sessions) == 12
+    waited = [o for o in summary.outcomes if "step l_save: <waiting ...>" in o.transcript]
+    assert any(o.before("a_write", "l_save") for o in waited)  # the write landed mid-merge
+
+
+# --------------------------------------------------------------------------- redelivery x delete
+
+
+def _deleting(name: str) -> Step:
+    """delete_batch's statement, by hand, after batch_lock: the operator's transaction held open."""
+
+    def run(ctx: SessionContext) -> Any:
+        row = ctx.conn.execute(queries.get("delete_batch"), {"batch_id": ctx.world.batch("b")}).fetchone()
+        ctx.world.notes["deleted"] = bool(row and row[0])
+        return row
+
+    return Step(name, run)
+
+
+def _committing_delete(name: str) -> Step:
+    def run(ctx: SessionContext) -> None:
+        ctx.conn.commit()
+        if ctx.world.notes.get("deleted"):
+            ctx.world.record_freed(ctx.world.batch("b"))
+
+    return Step(name, run)
+
+
+def test_a_redelivery_waiting_for_a_delete_stores_its_inputs_again(dsn: str) -> None:
+    """Issue 20, item 1: a call redelivered while the batch is being deleted must not be taken
+    for a replay once the delete committed (its ledger went with the batch)."""
+    call = [item(0), item(1)]
+    sessions = (
+        Session(
+            "operator",
+            (
+                sql_step("d_lock", queries.get("batch_lock"), params=lambda w: {"batch_id": w.batch("b")}),
+                _deleting("d_delete"),
+                _committing_delete("d_commit"),
+            ),
+        ),
+        Session("celery", (save("r_redeliver", "b", call, total=2),)),
+    )
+
+    def expect(world: World, outcome: Outcome) -> None:
+        report = outcome.results["r_redeliver"]
+        if outcome.before("d_commit", "r_redeliver"):
+            assert (report.replayed, report.stored) == (False, 2), report
+
+    summary = _run(Spec("redeliver-x-delete", sessions, setup=_setup_saved("b", call, 2), check=expect), dsn)
+    assert summary.run == count_interleavings(sessions) == 4
+
+
+# --------------------------------------------------------------------------- retention x re-OCR
+
+
+def _retention_setup(world: World) -> None:
+    """Two finished batches (b1 older than b2), and a retention cut just after both."""
+    with psycopg.connect(world.dsn) as conn:
+        conn.execute("DELETE FROM batch_executions")  # earlier permutations' batches: retention is global
+        conn.commit()
+        saving(world, conn, "b1", [item(0), item(1)], total=2)
+        saving(world, conn, "b2", [item(2), item(3)], total=2)
+        world.notes["cut"] = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+        conn.commit()
+
+
+def _retention_first(ctx: SessionContext) -> Any:
+    """delete_finished's first batch: it has listed its page, and deleted the oldest."""
+    batches = delete_finished(ctx.conn, ctx.world.notes["cut"])
+    ctx.world.notes["retention"] = batches
+    return _freed(ctx.world, [next(batches)])
+
+
+def _retention_rest(ctx: SessionContext) -> Any:
+    return _freed(ctx.world, list(ctx.world.notes["retention"]))
+
+
+def _freed(world: World, deleted: list[Any]) -> list[str]:
+    for d in deleted:
+        world.record_freed(d.batch_id)
+    return [d.batch_id for d in deleted]
+
+
+def _box_texts(world: World, key: str) -> list[str]:
+    rows = world.admin.execute(
+        "SELECT b.text FROM chain_executions c JOIN ocr_executions o USING (chain_id)"
+        " JOIN ocr_text_boxes b ON b.ocr_execution_id = o.id WHERE c.batch_id = %s ORDER BY c.position",
+        [world.batch(key)],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def test_retention_never_deletes_a_batch_re_ocrd_after_its_cut(dsn: str) -> None:
+    """Issue 20, item 2: a re-OCR whose results stay successes still changes its batch; a
+    retention pass that listed it before must not delete it afterwards."""
+    sessions = (
+        Session("retention", (Step("t_first", _retention_first), Step("t_rest", _retention_rest))),
+        Session(
+            "reocr", (save("o_replace", "b2", [item(2, "new"), item(3, "new")], total=2, mode="replace"),)
+        ),
+    )
+
+    def expect(world: World, outcome: Outcome) -> None:
+        assert _box_texts(world, "b2") == ["new 2", "new 3"], "the re-OCR'd batch is gone"
+        if not outcome.before("t_rest", "o_replace"):
+            assert outcome.results["t_rest"] == [], "retention deleted a batch re-OCR'd after its cut"
+
+    summary = _run(Spec("retention-x-reocr", sessions, setup=_retention_setup, check=expect), dsn)
+    assert summary.run == count_interleavings(sessions) == 3
+
+
+# --------------------------------------------------------------------------- repair x replace
+
+
+def test_repairs_and_re_ocr_of_one_batch_end_alike_in_every_order(dsn: str) -> None:
+    """A repair of a reject and of a stored failure, and re-OCR of two images, in every order:
+    the same rows and counts."""
+    sessions = (
+        Session(
+            "repair",
+            (
+                save("p_fix_reject", "b", [item(10)], offset=1, total=3, mode="repair"),
+                save("p_fix_failure", "b", [item(2, "r")], offset=2, total=3, mode="repair"),
+            ),
+        ),
+        Session(
+            "reocr",
+            (
+                save("q_reocr0", "b", [item(0, "q")], offset=0, total=3, mode="replace"),
+                save("q_reocr2", "b", [item(2, "r")], offset=2, total=3, mode="replace"),
+            ),
+        ),
+    )
+
+    def expect(world: World, outcome: Outcome) -> None:
+        batch_id = world.batch("b")
+        images = world.admin.execute(
+            "SELECT c.position, o.image_path, o.status::text FROM chain_executions c JOIN ocr_executions o"
+            " USING (chain_id) WHERE c.batch_id = %s ORDER BY c.position",
+            [batch_id],
+        ).fetchall()
+        assert images == [
+            (0, world.path(0), "success"),
+            (1, world.path(10), "success"),
+            (2, world.path(2), "success"),
+        ]
+        assert _box_texts(world, "b") == ["q 0", "t 10", "r 2"]
+        rejects = world.admin.execute(
+            "SELECT position, resolved_at IS NOT NULL FROM load_rejects WHERE batch_id = %s", [batch_id]
+        ).fetchall()
+        assert rejects == [(1, True)]
+        progress = get_progress(world.admin, batch_id)
+        assert (progress.completed_images, progress.failed_images, str(progress.status)) == (3, 0, "SUCCESS")
+
+    spec = Spec(
+        "repair-x-replace",
+        sessions,
+        setup=_setup_saved("b", [item(0), junk(), failed(2)], 3),
+        check=expect,
+    )
+    summary = _run(spec, dsn)
+    assert summary.run == count_interleavings(sessions) == 6
