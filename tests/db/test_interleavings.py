@@ -12,11 +12,14 @@ silently stops running its interleavings fails.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 from helpers import orm_app
 from helpers.isolation import (
     InvariantBroken,
@@ -31,10 +34,13 @@ from helpers.isolation import (
     count_interleavings,
     run_spec,
 )
+from helpers.oldapp import OldApp, Shape, old_images
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session as OrmSession
 
-from loader import LoadReport, get_progress, queries, register_batch, save_batch
+from loader import LoadReport, delete_batch, get_progress, queries, register_batch, save_batch
+from loader.adopt import adopt
+from loader.cli import cli
 from loader.lifecycle import delete_finished
 from loader.orm import BatchExecution
 
@@ -478,3 +484,124 @@ def test_repairs_and_re_ocr_of_one_batch_end_alike_in_every_order(dsn: str) -> N
     )
     summary = _run(spec, dsn)
     assert summary.run == count_interleavings(sessions) == 6
+
+
+# --------------------------------------------------------------------------- loader load x delete
+
+LINES = 8
+CHUNK = 2
+
+
+def test_a_load_whose_batch_is_deleted_never_ends_in_a_false_success(dsn: str, tmp_path: Path) -> None:
+    """Issue 20, item 10: `loader load` (the CLI, in-process) in chunks of 2 while an operator
+    deletes the batch; the second chunk waits for an uncommitted row of image 3, so the
+    delete can land between two chunks. A load that says it succeeded holds every line; one
+    whose batch vanished under it stops, saying so."""
+
+    def setup(world: World) -> None:
+        lines = [json.dumps(good(world, n)) for n in range(LINES)]
+        world.notes["file"] = tmp_path / f"{world.ns}.jsonl"
+        world.notes["file"].write_text("\n".join(lines) + "\n")
+
+    def load(ctx: SessionContext) -> Any:
+        batch_id = ctx.world.batch("b")
+        args = ["load", str(ctx.world.notes["file"]), "-b", batch_id, "--chunk-size", str(CHUNK)]
+        result = CliRunner().invoke(cli, [*args, "--dsn", ctx.dsn])
+        if result.exit_code == 0:
+            ctx.world.record_sent(batch_id, range(LINES))
+        return result
+
+    def delete(ctx: SessionContext) -> Any:
+        deleted = delete_batch(ctx.conn, ctx.world.batch("b"))
+        ctx.world.record_freed(deleted.batch_id)
+        return deleted
+
+    def expect(world: World, outcome: Outcome) -> None:
+        result = outcome.results["l_load"]
+        order = outcome.permutation
+        during = (
+            outcome.error("d_delete") is None
+            and order.index("l_load") < order.index("d_delete")
+            and outcome.before("d_delete", "l_load")
+        )
+        if during:
+            assert result.exit_code != 0, f"the load ended well though its batch was deleted: {result.output}"
+            assert world.batch("b") in result.output
+        else:
+            assert result.exit_code == 0, result.output
+
+    sessions = (
+        Session("holder", (hold_path("h_hold", 3), rollback("h_release"))),
+        Session("cli", (Step("l_load", load),), app_names=("loader-cli",)),
+        Session("operator", (Step("d_delete", delete),)),
+    )
+    summary = _run(Spec("load-x-delete", sessions, setup=setup, check=expect), dsn)
+    assert summary.run == count_interleavings(sessions) == 12
+
+
+# --------------------------------------------------------------------------- adopt x live writer
+
+
+def test_adopt_while_the_application_writes_leaves_every_position_fillable(
+    old_app: Callable[[Shape], OldApp],
+) -> None:
+    """Issue 20, item 5: the application's old save path writes a chain (its OCR row never
+    follows: the worker crashed) before, while or after `loader schema adopt` converts its
+    tables; the whole batch loaded afterwards ends with every input stored at its position."""
+    images = old_images("old", 3)
+    new = {"image_path": "/new/3.png", "public_path": "/new/pub/3.png", "text_boxes": []}
+
+    def database() -> tuple[str, Callable[[], None]]:
+        app = old_app(Shape())
+        app.save_batch("old", images, total_images=4)
+        return app.dsn, lambda: None  # dropped with the test's other databases
+
+    def load_all(ctx: SessionContext) -> LoadReport:
+        replay = [
+            {
+                "image_path": i.image_path,
+                "public_path": i.public_path,
+                "status": i.status,
+                "error": None if i.status == "success" else "OCR failed",
+                "text_boxes": i.boxes,
+            }
+            for i in images
+        ]
+        ctx.world.batches.add("old")
+        report = save_batch(ctx.conn, "old", [*replay, new], total_images=4)
+        ctx.world.record_sent("old", range(4))
+        return report
+
+    def expect(world: World, outcome: Outcome) -> None:
+        held = world.admin.execute(
+            "SELECT c.position, o.image_path FROM chain_executions c JOIN ocr_executions o USING (chain_id)"
+            " WHERE c.batch_id = 'old' AND c.position IS NOT NULL ORDER BY c.position"
+        ).fetchall()
+        assert held == [
+            (n, path) for n, path in enumerate([*(i.image_path for i in images), new["image_path"]])
+        ]
+
+    in_flight = (
+        # As the application's models write it (their Python defaults spelled out).
+        "INSERT INTO chain_executions (chain_id, batch_id, status, total_tasks, completed_tasks,"
+        " failed_tasks, created_at, updated_at)"
+        " VALUES (%(c)s, 'old', 'STARTED', 1, 0, 0, localtimestamp, localtimestamp)"
+    )
+    sessions = (
+        Session("adopt", (Step("x_adopt", lambda ctx: adopt(ctx.dsn)),)),
+        Session(
+            "app",
+            (sql_step("w_chain", in_flight, params=lambda w: {"c": f"{w.ns}-crashed"}), commit("w_commit")),
+        ),
+        Session("loader", (Step("l_load_all", load_all),)),
+    )
+    # The batch is loaded once adopt and the writer are done: 3 of the 4 interleavings' orders.
+    orders = (
+        ("x_adopt", "w_chain", "w_commit", "l_load_all"),
+        ("w_chain", "x_adopt", "w_commit", "l_load_all"),
+        ("w_chain", "w_commit", "x_adopt", "l_load_all"),
+    )
+    spec = Spec("adopt-x-writer", sessions, check=expect, permutations=orders, database=database)
+    summary = _run(spec, "")
+    assert summary.run == 3
+    assert any("step x_adopt: <waiting ...>" in o.transcript for o in summary.outcomes)

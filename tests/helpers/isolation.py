@@ -367,7 +367,7 @@ def _counts(admin: psycopg.Connection[Any], batch_id: str) -> dict[str, Any] | N
         " rc.completed, rc.failed + rc.rejected, rc.rejected,"
         " loader_batch_status(coalesce(b.declared_images, b.total_images), rc.completed,"
         "                     rc.failed + rc.rejected, b.status)::text"
-        " FROM batch_executions b, loader_recount(b.batch_id) rc WHERE b.batch_id = %s",
+        " FROM batch_executions b, loader_recount(b.batch_id::text) rc WHERE b.batch_id = %s",
         [batch_id],
     ).fetchone()
     if row is None:
@@ -493,7 +493,7 @@ def run_spec(spec: Spec, dsn: str, *, tag: str = "") -> Summary:
                 try:
                     check_invariants(world, outcome)
                     spec.check(world, outcome)
-                except AssertionError as broken:
+                except Exception as broken:  # an assertion, or a check that could not even read the state
                     raise InvariantBroken(f"{spec.name}: {broken}\n{outcome.text()}") from broken
         finally:
             drop()
