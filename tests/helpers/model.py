@@ -17,8 +17,9 @@ identity for every input"; issue 20's rules):
 * A position whose image the application deleted is free for a valid input.
 * repair: fixes the open reject at its position (resolved; a still-bad input takes its
   place) or the stored failure of its image; anything else is refused (not counted).
-  replace: replaces the stored result of its image in place; a new image is stored as in
-  a plain call; a line that cannot be parsed refuses that line only.
+  replace: replaces the stored result of its image in place (a free position of the call
+  is then judged as in a plain call: a duplicate); a new image is stored as in a plain
+  call; a line that cannot be parsed refuses that line only.
 """
 
 from __future__ import annotations
@@ -135,11 +136,13 @@ class Model:
             getattr(trial, f"_{mode}")(position, given)
         self.__dict__.update(trial.__dict__)
 
-    def _received(self, position: int, given: Input) -> bool:
+    def _received(self, position: int, given: Input, *, exactly: bool = False) -> bool:
+        """Whether ``position`` received ``given`` (a plain call: any result for the image
+        it holds; a repair: exactly this input), now or before a repair replaced it."""
         held = self.held.get(position)
         if given in self.before.get(position, set()):
             return True
-        if isinstance(held, Stored):
+        if isinstance(held, Stored) and not exactly:
             return not given.junk and given.image == held.input.image
         return held is not None and held.input == given
 
@@ -170,7 +173,7 @@ class Model:
 
     def _repair(self, position: int, given: Input) -> None:
         held = self.held.get(position)
-        if self._received(position, given):
+        if self._received(position, given, exactly=True):
             return
         if isinstance(held, Rejected):
             self.resolved.append((position, held.reason))
@@ -189,9 +192,11 @@ class Model:
         at = self.holder(given.image)
         if at is None:
             self._plain(position, given)
-        else:
-            self.held[at] = Stored(given)
-            self.flipped.pop(at, None)
+            return
+        self.held[at] = Stored(given)  # the image's result, replaced where it is stored
+        self.flipped.pop(at, None)
+        if at != position and position not in self.held:
+            self._place(position, given)  # this position: as in a plain call (a duplicate)
 
     def _failed(self, position: int) -> bool:
         held = self.held[position]
