@@ -13,7 +13,7 @@ silently stops running its interleavings fails.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +43,28 @@ from loader.adopt import adopt
 from loader.cli import cli
 from loader.lifecycle import delete_finished
 from loader.orm import BatchExecution
+from loader.testing import TemplateDatabases
 
 # Every spec's summary, so the module's last test can say how many permutations ran.
 RUN: dict[str, Summary] = {}
+
+
+@pytest.fixture(scope="module")
+def dsn(templates: TemplateDatabases) -> Iterator[str]:
+    """One database for the module: every permutation works in a namespace of its own (World.ns),
+    and a database costs a checkpoint to create (seconds on a busy server)."""
+    url = templates.create()
+    yield url
+    templates.drop(url)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _count_permutations() -> Iterator[None]:
+    """Say how many permutations the module ran (``pytest -s`` shows it)."""
+    yield
+    ran = sum(s.run for s in RUN.values())
+    skipped = sum(s.invalid + s.skipped for s in RUN.values())
+    print(f"\ninterleavings: {ran} permutations run in {len(RUN)} specs ({skipped} invalid or skipped)")
 
 
 def _run(spec: Spec, dsn: str) -> Summary:

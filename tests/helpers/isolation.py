@@ -50,11 +50,16 @@ from loader import BatchNotFoundError, LoadReport, get_progress, make_pool
 #: Seconds a step may run without completing or blocking before the tester gives up on it
 #: (a step that neither ends nor waits for a lock is a bug in the step or the loader).
 STEP_TIMEOUT_S = 60.0
-#: Seconds between two looks at a running step (the lock table is read each time).
-POLL_S = 0.003
+#: Seconds between two looks at a running step (the lock table is read each time): short
+#: against a step's tens of milliseconds, long enough not to load a busy server.
+POLL_S = 0.01
 #: How long a waiting step is awaited while other sessions' steps that block it still run
 #: (a deadlock is broken by the server after deadlock_timeout, 1 s by default).
 AWAIT_TIMEOUT_S = 30.0
+
+#: A waiting step is declared stuck (its blockers idle) after this many looks, this far apart.
+IDLE_CHECKS = 3
+IDLE_PAUSE_S = 0.05
 
 StepFn = Callable[["SessionContext"], Any]
 
@@ -132,6 +137,14 @@ class SessionContext:
             self._pool = make_pool(self.dsn, min_size=1, max_size=2)
             self._pool.open(wait=True)
         return self._pool
+
+    def reset(self, world: World) -> None:
+        """Ready for the next permutation: no transaction left open, a live connection."""
+        with contextlib.suppress(psycopg.Error):
+            self.conn.rollback()
+        if self.conn.closed or self.conn.broken:
+            self.conn = psycopg.connect(self.dsn)
+        self.world = world
 
     def close(self) -> None:
         if self._pool is not None:
@@ -231,6 +244,50 @@ class _Worker:
         self.ctx.close()
 
 
+class _Sessions:
+    """The spec's sessions in one database: threads and connections kept from one
+    permutation to the next (connecting costs more than most steps)."""
+
+    def __init__(self, spec: Spec, dsn: str, tag: str) -> None:
+        self.tag = tag
+        self.workers: dict[str, _Worker] = {}
+        for session in spec.sessions:
+            where = make_conninfo(dsn, application_name=_app_name(tag, session.name))
+            ctx = SessionContext(session.name, where, psycopg.connect(where), World("", dsn, None))  # type: ignore[arg-type]
+            self.workers[session.name] = _Worker(session, ctx)
+
+    def names(self, worker: _Worker) -> list[str]:
+        return [_app_name(self.tag, worker.session.name), *worker.session.app_names]
+
+    def begin(self, world: World) -> None:
+        for worker in self.workers.values():
+            worker.ctx.reset(world)
+
+    def end(self, admin: psycopg.Connection[Any]) -> None:
+        """After a permutation: steps still waiting (an invalid permutation) are ended with
+        every backend of the sessions, then awaited."""
+        stuck = [w for w in self.workers.values() if w.pending is not None]
+        if not stuck:
+            return
+        for worker in self.workers.values():
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND application_name = ANY (%s)",
+                [self.names(worker)],
+            )
+        for worker in stuck:
+            assert worker.pending is not None
+            with contextlib.suppress(BaseException):
+                worker.pending[1].result(timeout=STEP_TIMEOUT_S)
+            worker.pending = None
+            worker.ctx.close()  # its pool's connections were terminated too
+            worker.ctx._pool = None
+
+    def stop(self) -> None:
+        for worker in self.workers.values():
+            worker.stop()
+
+
 def _app_name(ns: str, session: str) -> str:
     return f"iso {ns} {session}"
 
@@ -251,21 +308,13 @@ def _blockers(admin: psycopg.Connection[Any], app_names: list[str]) -> set[str]:
 
 
 class _Permutation:
-    def __init__(self, spec: Spec, world: World, order: tuple[str, ...]) -> None:
+    def __init__(self, spec: Spec, world: World, order: tuple[str, ...], sessions: _Sessions) -> None:
         self.spec, self.world = spec, world
         self.outcome = Outcome(order)
         self.owner = {step.name: s.name for s in spec.sessions for step in s.steps}
         self.steps = {step.name: step for s in spec.sessions for step in s.steps}
-        self.workers: dict[str, _Worker] = {}
-
-    def start(self) -> None:
-        for session in self.spec.sessions:
-            dsn = make_conninfo(self.world.dsn, application_name=_app_name(self.world.ns, session.name))
-            ctx = SessionContext(session.name, dsn, psycopg.connect(dsn), self.world)
-            self.workers[session.name] = _Worker(session, ctx)
-
-    def _names(self, worker: _Worker) -> list[str]:
-        return [_app_name(self.world.ns, worker.session.name), *worker.session.app_names]
+        self.workers = sessions.workers
+        self._names = sessions.names
 
     def _log(self, line: str) -> None:
         self.outcome.transcript.append(line)
@@ -311,6 +360,7 @@ class _Permutation:
         """Await a waiting step; False when it waits only for idle sessions (never ends)."""
         assert worker.pending is not None
         deadline = time.monotonic() + AWAIT_TIMEOUT_S
+        idle_seen = 0
         while not self._settle(worker):
             blockers = _blockers(self.world.admin, self._names(worker))
             running = {
@@ -319,8 +369,12 @@ class _Permutation:
                 if w.pending is not None and w is not worker
                 for name in self._names(w)
             }
-            if not blockers & running or time.monotonic() > deadline:
+            # Seen twice, some time apart: a backend that just released its lock may still
+            # be listed for an instant (a step returns before its backend is done exiting).
+            idle_seen = 0 if blockers & running else idle_seen + 1
+            if idle_seen >= IDLE_CHECKS or time.monotonic() > deadline:
                 return False
+            time.sleep(IDLE_PAUSE_S if idle_seen else 0)
             self._settle_waiting()
         return True
 
@@ -343,18 +397,6 @@ class _Permutation:
         self.outcome.permutation = self.outcome.permutation[: index + 1]
         self._log("invalid permutation detected: a step waits for sessions that have nothing left to run")
         return self.outcome
-
-    def stop(self) -> None:
-        if any(w.pending is not None for w in self.workers.values()):
-            # Steps waiting for ever: end every backend of the permutation so they return.
-            for worker in self.workers.values():
-                self.world.admin.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND application_name = ANY (%s)",
-                    [self._names(worker)],
-                )
-        for worker in self.workers.values():
-            worker.stop()
 
 
 # --------------------------------------------------------------------------- invariants
@@ -475,36 +517,48 @@ def run_spec(spec: Spec, dsn: str, *, tag: str = "") -> Summary:
     summary = Summary(spec.name)
     invalid_prefixes: list[tuple[str, ...]] = []
     orders = spec.permutations or tuple(interleavings(spec.sessions))
-    for index, order in enumerate(orders):
-        if any(order[: len(p)] == p for p in invalid_prefixes):
-            summary.skipped += 1
-            continue
-        where, drop = spec.database() if spec.database else (dsn, lambda: None)
-        try:
-            with psycopg.connect(where, autocommit=True) as admin:
-                world = World(f"{tag or spec.name}{index}", where, admin)
-                outcome = _run_one(spec, world, order)
-                summary.outcomes.append(outcome)
-                if outcome.invalid:
-                    summary.invalid += 1
-                    invalid_prefixes.append(outcome.permutation)
-                    continue
-                summary.run += 1
-                try:
-                    check_invariants(world, outcome)
-                    spec.check(world, outcome)
-                except Exception as broken:  # an assertion, or a check that could not even read the state
-                    raise InvariantBroken(f"{spec.name}: {broken}\n{outcome.text()}") from broken
-        finally:
-            drop()
+    tag = tag or spec.name
+    shared = None if spec.database else _Sessions(spec, dsn, tag)
+    try:
+        for index, order in enumerate(orders):
+            if any(order[: len(p)] == p for p in invalid_prefixes):
+                summary.skipped += 1
+                continue
+            where, drop = spec.database() if spec.database else (dsn, lambda: None)
+            sessions = shared or _Sessions(spec, where, tag)
+            try:
+                with psycopg.connect(where, autocommit=True) as admin:
+                    world = World(f"{tag}{index}", where, admin)
+                    outcome = _run_one(spec, world, order, sessions)
+                    summary.outcomes.append(outcome)
+                    if outcome.invalid:
+                        summary.invalid += 1
+                        invalid_prefixes.append(outcome.permutation)
+                        continue
+                    summary.run += 1
+                    _check(spec, world, outcome)
+            finally:
+                if sessions is not shared:
+                    sessions.stop()
+                drop()
+    finally:
+        if shared is not None:
+            shared.stop()
     return summary
 
 
-def _run_one(spec: Spec, world: World, order: tuple[str, ...]) -> Outcome:
-    spec.setup(world)
-    permutation = _Permutation(spec, world, order)
-    permutation.start()
+def _check(spec: Spec, world: World, outcome: Outcome) -> None:
     try:
-        return permutation.run()
+        check_invariants(world, outcome)
+        spec.check(world, outcome)
+    except Exception as broken:  # an assertion, or a check that could not even read the state
+        raise InvariantBroken(f"{spec.name}: {broken}\n{outcome.text()}") from broken
+
+
+def _run_one(spec: Spec, world: World, order: tuple[str, ...], sessions: _Sessions) -> Outcome:
+    spec.setup(world)
+    sessions.begin(world)
+    try:
+        return _Permutation(spec, world, order, sessions).run()
     finally:
-        permutation.stop()
+        sessions.end(world.admin)
