@@ -194,7 +194,7 @@ def _contenders() -> tuple[Session, Session]:
 
 
 def test_the_tester_sees_a_step_wait_for_an_advisory_lock_and_skips_what_cannot_end(dsn: str) -> None:
-    summary = run_spec(Spec("selftest", _contenders()), dsn)
+    summary = _run(Spec("selftest", _contenders()), dsn)
     assert count_interleavings(_contenders()) == 6
     # Valid: the two without overlap, and the two where the second lock waits for the first
     # commit. Invalid: a session waits while the holder's commit comes after its own.
