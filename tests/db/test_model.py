@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import psycopg
 from helpers.model import JUNK, Input, Model, Refused
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -46,6 +46,9 @@ from loader.orm import ProcessStatus as OrmStatus
 POSITIONS = 6
 #: Images a batch draws from (fewer than its positions: duplicates are common).
 IMAGES = 4
+
+#: An image a second batch owns.
+FOREIGN = 99
 
 _example = itertools.count()
 #: Steps run in this process (the report quotes it: `pytest -s` prints it).
@@ -174,6 +177,14 @@ class LoaderAndModel(RuleBasedStateMachine):
     def replace(self, start: int, length: int, status: str, text: str) -> None:
         rerun = [i if i.junk else Input(i.image, status, text) for i in self.plan[start : start + length]]
         self.call("replace", start, rerun, POSITIONS)
+
+    @rule(position=st.integers(0, POSITIONS - 1))
+    def replace_another_batchs_image(self, position: int) -> None:
+        """Re-OCR of an image another batch owns: refused, never taken (issue 20, item 13)."""
+        if FOREIGN not in self.model.foreign:
+            save_batch(self.db, f"{self.ns}-other", [self.payload(Input(FOREIGN))])
+            self.model.foreign.add(FOREIGN)
+        self.call("replace", position, [Input(FOREIGN, "success", "x")], POSITIONS)
 
     # ------------------------------------------------------------------ everyone else
 
@@ -314,3 +325,19 @@ def test_the_loader_holds_what_the_model_of_the_identity_rule_says_after_every_s
         ),
     )
     print(f"\nmodel: {next(STEPS)} steps compared with the database")
+
+
+@settings(max_examples=100, deadline=None)
+@given(plan=st.lists(inputs_st, min_size=1, max_size=POSITIONS), data=st.data())
+def test_the_model_ends_in_one_state_for_every_cut_and_order(plan: list[Input], data: st.DataObject) -> None:
+    """The model itself keeps the rule it stands for: however a batch is cut and in whatever
+    order (and how often) the calls arrive, the same rows and counts (pure Python)."""
+    whole = Model()
+    whole.call("plain", 0, plan, len(plan))
+    bounds = sorted(set(data.draw(st.lists(st.integers(1, max(1, len(plan) - 1)), max_size=4))))
+    spans = [(a, b) for a, b in itertools.pairwise([0, *bounds, len(plan)]) if a < b]
+    calls = data.draw(st.permutations(spans + data.draw(st.lists(st.sampled_from(spans), max_size=2))))
+    cut = Model()
+    for start, end in calls:
+        cut.call("plain", start, plan[start:end], len(plan))
+    assert (cut.images(), cut.rejects(), cut.counts()) == (whole.images(), whole.rejects(), whole.counts())

@@ -19,7 +19,8 @@ identity for every input"; issue 20's rules):
   place) or the stored failure of its image; anything else is refused (not counted).
   replace: replaces the stored result of its image in place (a free position of the call
   is then judged as in a plain call: a duplicate); a new image is stored as in a plain
-  call; a line that cannot be parsed refuses that line only.
+  call; a line that cannot be parsed, or an image another batch owns, is refused (that
+  line only, not counted).
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ class Model:
     before: dict[int, set[Input]] = field(default_factory=dict)
     #: Statuses the application wrote: (position -> error) of results it flipped to failed.
     flipped: dict[int, str] = field(default_factory=dict)
+    #: Images other batches own: a replace of one is refused (never taken from another batch).
+    foreign: set[int] = field(default_factory=set)
 
     # ----------------------------------------------------------------- reading
 
@@ -186,8 +189,8 @@ class Model:
         # Anything else fixes nothing: refused, not counted.
 
     def _replace(self, position: int, given: Input) -> None:
-        if given.junk:
-            return  # a line that cannot be parsed refuses that line only
+        if given.junk or given.image in self.foreign:
+            return  # a line that cannot be parsed, or another batch's image: that line refused
         assert given.image is not None
         at = self.holder(given.image)
         if at is None:
@@ -216,7 +219,7 @@ class Model:
             self.flipped.pop(position, None)
 
     def delete_batch(self) -> None:
-        self.__dict__.update(Model().__dict__)
+        self.__dict__.update(Model(foreign=self.foreign).__dict__)
 
 
 def box_texts(given: Input) -> list[str]:
