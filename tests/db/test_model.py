@@ -317,7 +317,7 @@ def test_the_loader_holds_what_the_model_of_the_identity_rule_says_after_every_s
     run_state_machine_as_test(
         LoaderAndModel,
         settings=settings(
-            max_examples=15,
+            max_examples=12,
             stateful_step_count=10,
             report_multiple_bugs=False,  # shrink the first failure only: CI time stays bounded
             deadline=None,
