@@ -152,7 +152,7 @@ def commit(name: str) -> Step:
 
 
 def rollback(name: str) -> Step:
-    return Step(name, lambda ctx: ctx.conn.rollback())
+    return Step(name, lambda ctx: ctx.conn.rollback(), writes=False)
 
 
 def hold_path(name: str, n: int) -> Step:
@@ -169,7 +169,7 @@ def hold_path(name: str, n: int) -> Step:
             [chain, w.path(n)],
         )
 
-    return Step(name, run)
+    return Step(name, run, writes=False)  # rolled back: it never changes a batch
 
 
 def _setup_saved(key: str, items: Sequence[Item], total: int) -> Callable[[World], None]:
