@@ -16,13 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
-from pydantic_core import from_json, to_json
+from pydantic_core import from_json
 
 from loader import fastcheck
 from loader.copy import bbox_json
-from loader.digest import (
-    call_digest as call_digest,
-)  # re-exported: the save path and the pipeline take it from here
+from loader.digest import call_digest as _typed_call_digest
 from loader.fastcheck import BoxRow
 from loader.models import MAX_ERROR_CHARS, MAX_MODEL_VERSION_CHARS, MAX_PATH_BYTES, OCRResult
 
@@ -43,6 +41,10 @@ _QUOTER.maxstring = _QUOTE_CHARS
 _QUOTER.maxother = _QUOTE_CHARS
 
 Input = OCRResult | Mapping[str, Any] | str | bytes
+
+#: SHA-256 of a call's inputs with their positions over their typed canonical
+#: form (loader/digest.py): what the batch's ledger remembers of a call.
+call_digest = _typed_call_digest
 
 
 @dataclass(frozen=True)

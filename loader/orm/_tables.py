@@ -128,6 +128,14 @@ class BatchExecution(Timestamps, Base):
         "they count (trigger loader_note_outside_write); the next merge recounts the batch from its "
         "rows instead of adding to the stored counters, and clears it.",
     )
+    outside_writes: Mapped[int] = mapped_column(
+        BigInteger,
+        server_default=text("0"),
+        server_onupdate=FetchedValue(),
+        comment="Version 5: how many writes by writers other than the loader touched the batch or the rows "
+        "it counts (trigger loader_note_batch_write); a merge clears totals_stale only when this is still "
+        "the value it counted from.",
+    )
 
     chains: Mapped[list[ChainExecution]] = relationship(
         back_populates="batch",

@@ -154,7 +154,8 @@ def test_a_call_whose_rows_were_deleted_is_judged_and_restores_them(db: psycopg.
     results = make_batch(2, prefix="outlived")
     save_batch(db, "L", results)
     db.execute(
-        "DELETE FROM chain_executions c USING ocr_executions o WHERE o.chain_id = c.chain_id AND o.image_path = %s",
+        "DELETE FROM chain_executions c USING ocr_executions o"
+        " WHERE o.chain_id = c.chain_id AND o.image_path = %s",
         [results[1]["image_path"]],
     )
 
