@@ -43,6 +43,14 @@ ALTER TABLE batch_executions ADD COLUMN IF NOT EXISTS outside_writes bigint NOT 
 COMMENT ON COLUMN batch_executions.outside_writes IS
     'Version 5: how many writes by writers other than the loader touched the batch or the rows it counts (trigger loader_note_batch_write); a merge clears totals_stale only when this is still the value it counted from.';
 
+-- Version 5: what the ledger and the mark now mean (the comments above are version 4's).
+COMMENT ON TABLE loader_calls IS
+    'The calls each batch committed. A redelivered call is a replay (nothing judged or written) only when the rows at its positions confirm it (loader_locked_call); otherwise it is judged. Deleted with the batch.';
+COMMENT ON COLUMN loader_calls.digest IS
+    'SHA-256 of the call: its kind (plain, repair, replace), and every input with its position, over a typed canonical form (loader/digest.py: a Decimal and a string, bytes and str never share one).';
+COMMENT ON COLUMN batch_executions.totals_stale IS
+    'True when a writer other than the loader changed the counters, the status, the total or the rows they count (triggers loader_note_batch_write, loader_note_outside_write); readers then read the rows'' figures, and the next merge recounts the batch and clears it, unless another outside write came meanwhile (outside_writes). Only the loader clears it.';
+
 -- Replaces the version-4 definition above: the status and the total are the
 -- loader's too (the application's start_execution() / complete_execution(), a
 -- hand-written UPDATE mark the batch stale, and readers derive the status from
@@ -72,7 +80,10 @@ $$;
 
 -- Replaces the version-4 definition above: the batch row is written even when
 -- it is already stale, so the write counts (outside_writes) for a merge
--- running meanwhile.
+-- running meanwhile; once per transaction (a row this transaction already
+-- marked is skipped: the transaction holds its lock until it commits, so a
+-- merge's UPDATE sees that one bump, and the application's bulk writes do not
+-- write the batch row once per row).
 CREATE OR REPLACE FUNCTION loader_note_outside_write() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -91,7 +102,8 @@ BEGIN
                               ELSE ARRAY[OLD.batch_id, NEW.batch_id] END;
     END IF;
     -- A batch being deleted in this statement is no longer visible: nothing to mark.
-    UPDATE batch_executions SET totals_stale = true WHERE batch_id = ANY (touched);
+    UPDATE batch_executions SET totals_stale = true
+    WHERE batch_id = ANY (touched) AND NOT (totals_stale AND xmin = pg_current_xact_id()::xid);
     RETURN NULL;
 END
 $$;

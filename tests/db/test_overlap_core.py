@@ -220,6 +220,26 @@ def test_another_writer_cannot_clear_the_stale_mark(db: psycopg.Connection[Any])
     assert get_progress(db, "K").completed_images == 2
 
 
+def test_an_application_transaction_counts_as_one_outside_write_of_its_batch(
+    dsn: str, db: psycopg.Connection[Any]
+) -> None:
+    results = make_batch(3, prefix="bulk")
+    save_batch(db, "W", results)
+
+    with psycopg.connect(dsn) as app:
+        for result in results:
+            app.execute(
+                "UPDATE ocr_executions SET status = 'failed' WHERE image_path = %s", [result["image_path"]]
+            )
+    db.execute(
+        "UPDATE ocr_executions SET status = 'success' WHERE image_path = %s", [results[0]["image_path"]]
+    )
+
+    # Three rows in one transaction write the batch row once; the next transaction once more.
+    assert db.execute("SELECT totals_stale, outside_writes FROM batch_executions").fetchone() == (True, 2)
+    _counts_match_recount(db, "W")
+
+
 # Item 2, the merge's part: every change to a batch moves its updated_at and is announced.
 def test_a_reocr_that_stays_success_moves_updated_at_and_is_announced(
     dsn: str, db: psycopg.Connection[Any]
