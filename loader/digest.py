@@ -136,8 +136,8 @@ def canonical(item: Any) -> bytes:
                 + marshal.dumps(item.model_dump(warnings=False), MARSHAL_VERSION)
             )
         return b"M" + marshal.dumps(item, MARSHAL_VERSION)
-    except ValueError:
-        pass  # a value marshal does not take (a Decimal, a subclass, too deep): value by value
+    except (ValueError, TypeError):
+        pass  # marshal (or the model's dump) refused a value (a Decimal, a subclass, too deep)
     parts: list[bytes] = []
     try:
         _typed(item, parts.append)
