@@ -392,6 +392,154 @@ CREATE OR REPLACE TRIGGER load_rejects_written_outside
 
 -- [v5 triggers: counters and replays]
 
+-- Version 5: a merge never clears what it did not see. Every write by another
+-- writer to a batch or to the rows it counts bumps outside_writes (the
+-- triggers below, even when the batch is already stale); a merge or
+-- recount_batch clears totals_stale only if the outside_writes it counted from
+-- is still the row's when it writes (its UPDATE re-reads the newest row version
+-- after waiting for the row's lock), so a write committed while it ran keeps
+-- the mark for the next reader.
+ALTER TABLE batch_executions ADD COLUMN IF NOT EXISTS outside_writes bigint NOT NULL DEFAULT 0;
+COMMENT ON COLUMN batch_executions.outside_writes IS
+    'Version 5: how many writes by writers other than the loader touched the batch or the rows it counts (trigger loader_note_batch_write); a merge clears totals_stale only when this is still the value it counted from.';
+
+-- Version 5: what the ledger and the mark now mean (the comments above are version 4's).
+COMMENT ON TABLE loader_calls IS
+    'The calls each batch committed. A redelivered call is a replay (nothing judged or written) only when the rows at its positions confirm it (loader_locked_call); otherwise it is judged. Deleted with the batch.';
+COMMENT ON COLUMN loader_calls.digest IS
+    'SHA-256 of the call: its kind (plain, repair, replace), and every input with its position, over a typed canonical form (loader/digest.py: a Decimal and a string, bytes and str never share one).';
+COMMENT ON COLUMN batch_executions.totals_stale IS
+    'True when a writer other than the loader changed the counters, the status, the total or the rows they count (triggers loader_note_batch_write, loader_note_outside_write); readers then read the rows'' figures, and the next merge recounts the batch and clears it, unless another outside write came meanwhile (outside_writes). Only the loader clears it.';
+
+-- Replaces the version-4 definition above: the status and the total are the
+-- loader's too (the application's start_execution() / complete_execution(), a
+-- hand-written UPDATE mark the batch stale, and readers derive the status from
+-- the rows by loader_batch_status); the mark cannot be cleared, nor the count
+-- of outside writes set, by another writer.
+CREATE OR REPLACE FUNCTION loader_note_batch_write() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        NEW.declared_images := coalesce(NEW.declared_images, NEW.total_images);
+        NEW.totals_stale := NEW.totals_stale OR NEW.completed_images <> 0 OR NEW.failed_images <> 0
+                            OR NEW.status NOT IN ('PENDING', 'STARTED');
+        NEW.outside_writes := 0;
+        RETURN NEW;
+    END IF;
+    -- Another writer setting total_images declares the batch's size.
+    IF NEW.total_images IS DISTINCT FROM OLD.total_images THEN
+        NEW.declared_images := NEW.total_images;
+    END IF;
+    NEW.totals_stale := OLD.totals_stale OR NEW.totals_stale
+        OR (NEW.completed_images, NEW.failed_images, NEW.status, NEW.total_images)
+           IS DISTINCT FROM (OLD.completed_images, OLD.failed_images, OLD.status, OLD.total_images);
+    NEW.outside_writes := OLD.outside_writes + (CASE WHEN NEW.totals_stale THEN 1 ELSE 0 END);
+    RETURN NEW;
+END
+$$;
+
+-- Replaces the version-4 definition above: the batch row is written even when
+-- it is already stale, so the write counts (outside_writes) for a merge
+-- running meanwhile; once per transaction (a row this transaction already
+-- marked is skipped: the transaction holds its lock until it commits, so a
+-- merge's UPDATE sees that one bump, and the application's bulk writes do not
+-- write the batch row once per row).
+CREATE OR REPLACE FUNCTION loader_note_outside_write() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    touched text[];
+BEGIN
+    IF TG_TABLE_NAME = 'ocr_executions' THEN
+        -- An OCR row names its chain; the chain names the batch.
+        SELECT array_agg(c.batch_id) INTO touched
+        FROM chain_executions c
+        WHERE c.chain_id = ANY (CASE TG_OP WHEN 'INSERT' THEN ARRAY[NEW.chain_id]
+                                           WHEN 'DELETE' THEN ARRAY[OLD.chain_id]
+                                           ELSE ARRAY[OLD.chain_id, NEW.chain_id] END);
+    ELSE
+        touched := CASE TG_OP WHEN 'INSERT' THEN ARRAY[NEW.batch_id]
+                              WHEN 'DELETE' THEN ARRAY[OLD.batch_id]
+                              ELSE ARRAY[OLD.batch_id, NEW.batch_id] END;
+    END IF;
+    -- A batch being deleted in this statement is no longer visible: nothing to mark.
+    UPDATE batch_executions SET totals_stale = true
+    WHERE batch_id = ANY (touched) AND NOT (totals_stale AND xmin = pg_current_xact_id()::xid);
+    RETURN NULL;
+END
+$$;
+
+-- A batch's progress as readers see it: the stored totals, or, while another
+-- writer left them stale, the rows' recount and the status loader_batch_status
+-- gives it (so an outside SUCCESS at 20 % reads STARTED). get_progress reads it;
+-- lock_batch reads it for a replayed call, so its report says what get_progress says.
+CREATE OR REPLACE FUNCTION loader_progress(batch text)
+RETURNS TABLE (batch_id text, status text, total_images bigint, declared_images integer,
+               completed_images bigint, failed_images bigint, rejected_images bigint,
+               created_at timestamptz, updated_at timestamptz)
+-- plpgsql: resolved when run, as loader_recount is defined further down.
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN QUERY
+    SELECT f.batch_id,
+           (CASE WHEN f.totals_stale THEN loader_batch_status(f.declared, f.completed, f.failed, f.status)
+                 ELSE f.status END)::text,
+           CASE WHEN f.totals_stale THEN greatest(f.declared, f.completed + f.failed) ELSE f.total_images END,
+           f.declared, f.completed, f.failed, f.rejected, f.created_at, f.updated_at
+    FROM (
+        -- The recount sits in the CASE branches, so only a stale batch pays for it.
+        SELECT b.*, coalesce(b.declared_images, b.total_images) AS declared,
+               CASE WHEN b.totals_stale THEN (SELECT rc.completed FROM loader_recount(b.batch_id) rc)
+                    ELSE b.completed_images END AS completed,
+               CASE WHEN b.totals_stale THEN (SELECT rc.failed + rc.rejected FROM loader_recount(b.batch_id) rc)
+                    ELSE b.failed_images END AS failed,
+               (SELECT count(*) FROM load_rejects r
+                WHERE r.batch_id = b.batch_id AND r.resolved_at IS NULL) AS rejected
+        FROM batch_executions b
+        WHERE b.batch_id = batch
+    ) AS f;
+END
+$$;
+COMMENT ON FUNCTION loader_progress(text) IS
+    'A batch''s progress as read (get_progress, a replayed call''s report): stored totals, or the rows'' recount and derived status while totals_stale.';
+
+-- A replay is believed only when the rows confirm it. lock_batch calls this
+-- after its advisory lock was granted: VOLATILE, so under READ COMMITTED its
+-- query takes a snapshot of its own, newer than the lock (lock_batch's own
+-- snapshot predates it: a delete committed while it waited is invisible there).
+-- A call is a replay when the ledger holds its digest for the same first
+-- position and number of inputs, and the positions it covers ([first, last],
+-- the call's own, not the ledger's, so a forged ledger row confirms nothing)
+-- hold as many inputs (a stored image or an open reject) as the call has: a
+-- range probe of two indexes. Otherwise the call is judged, which for a true
+-- redelivery only finds every input unchanged: the ledger is a shortcut, never
+-- the truth.
+CREATE OR REPLACE FUNCTION loader_locked_call(
+    call_batch text, call_digest bytea, call_first integer, call_last integer, call_inputs integer,
+    OUT replayed boolean, OUT total_images bigint, OUT declared_images integer,
+    OUT completed_images bigint, OUT failed_images bigint, OUT rejected_images bigint,
+    OUT status text, OUT created_at timestamptz, OUT updated_at timestamptz
+)
+LANGUAGE sql VOLATILE AS $$
+    SELECT EXISTS (SELECT FROM loader_calls l
+                   WHERE l.batch_id = call_batch AND l.digest = call_digest
+                     AND l.first_position IS NOT DISTINCT FROM call_first AND l.inputs = call_inputs)
+           AND (SELECT count(DISTINCT h.position) FROM (
+                    SELECT c.position FROM chain_executions c
+                    WHERE c.batch_id = call_batch AND c.position BETWEEN call_first AND call_last
+                      AND EXISTS (SELECT FROM ocr_executions o WHERE o.chain_id = c.chain_id)
+                    UNION ALL
+                    SELECT r.position FROM load_rejects r
+                    WHERE r.batch_id = call_batch AND r.resolved_at IS NULL
+                      AND r.position BETWEEN call_first AND call_last
+                ) AS h) = call_inputs,
+           p.total_images, p.declared_images, p.completed_images, p.failed_images, p.rejected_images,
+           p.status, p.created_at, p.updated_at
+    FROM (SELECT) AS one
+    LEFT JOIN loader_progress(call_batch) AS p ON true
+$$;
+COMMENT ON FUNCTION loader_locked_call(text, bytea, integer, integer, integer) IS
+    'Called by lock_batch once it holds the batch''s lock: whether the call is a replay the ledger holds and the rows at its positions confirm, and the batch''s progress, both as of after the lock.';
+
 -- [v5 functions: merge verdicts and positions]
 
 -- The one recount of a batch from its rows (merge of a stale batch,

@@ -9,7 +9,12 @@ from loader.models import BatchProgress, ProcessStatus
 
 
 class LockRow(NamedTuple):
-    """What lock_batch says about the batch before a call writes anything."""
+    """What lock_batch says about the batch before a call writes anything.
+
+    Read after the batch's lock was granted (schema.sql, loader_locked_call), so
+    it is the batch as the call's merge will find it; for a replay, the figures
+    are get_progress's (a stale batch recounted), so its report says the same.
+    """
 
     schema_version: int | None
     created: bool
@@ -21,7 +26,8 @@ class LockRow(NamedTuple):
     created_at: datetime | None
     updated_at: datetime | None
     rejected_images: int
-    #: The batch's ledger holds this call's digest: a redelivery, nothing to do.
+    #: The batch's ledger holds this call's digest and the rows at its positions
+    #: confirm it: a redelivery, nothing to do.
     replayed: bool
 
     def progress(self, batch_id: str) -> BatchProgress:

@@ -89,6 +89,9 @@ class _Call:
     digest: bytes
     received: int
     first_position: int | None
+    #: The position of the call's last input: with first_position, the range
+    #: whose rows must confirm a ledger hit (schema.sql, loader_locked_call).
+    last_position: int | None
     judge: Callable[[], Prepared]
     _prepared: Prepared | None = field(default=None, repr=False)
 
@@ -163,6 +166,9 @@ def _lock(
                 "batch_id": call.batch_id,
                 "total_images": total_images if total_images is not None else call.received,
                 "digest": call.key,
+                "first_position": call.first_position,
+                "last_position": call.last_position,
+                "inputs": call.received,
                 "work_mem": settings.work_mem,
                 "statement_timeout": settings.statement_timeout,
                 "lock_timeout": settings.lock_timeout,
@@ -309,6 +315,7 @@ def save_batch(
         call_digest(enumerate(inputs, offset)),
         len(inputs),
         offset if inputs else None,
+        offset + len(inputs) - 1 if inputs else None,
         lambda: prepare(batch_id, inputs, offset),
     )
     return _store(pool_or_conn, call, total_images, settings or current_settings(), started)
@@ -343,6 +350,7 @@ def save_prepared(
         prepared.digest,
         prepared.received,
         min(positions, default=None),
+        max(positions, default=None),
         lambda: prepared,
     )
     return _store(pool_or_conn, call, total_images, settings or current_settings(), started)
@@ -378,7 +386,11 @@ def _store(
                     batch_id,
                     refused,
                 )
-            except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
+            except (
+                psycopg.errors.UndefinedTable,
+                psycopg.errors.UndefinedColumn,
+                psycopg.errors.UndefinedFunction,
+            ) as exc:
                 # An older (or no) schema: the statement failed before its version check.
                 check_schema_version(conn)
                 raise SchemaVersionError(SCHEMA_VERSION, None) from exc

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
-from pydantic_core import from_json, to_json
+from pydantic_core import from_json
 
 from loader import fastcheck
 from loader.copy import bbox_json
+from loader.digest import call_digest as _typed_call_digest
 from loader.fastcheck import BoxRow
 from loader.models import MAX_ERROR_CHARS, MAX_MODEL_VERSION_CHARS, MAX_PATH_BYTES, OCRResult
 
@@ -40,6 +41,10 @@ _QUOTER.maxstring = _QUOTE_CHARS
 _QUOTER.maxother = _QUOTE_CHARS
 
 Input = OCRResult | Mapping[str, Any] | str | bytes
+
+#: SHA-256 of a call's inputs with their positions over their typed canonical
+#: form (loader/digest.py): what the batch's ledger remembers of a call.
+call_digest = _typed_call_digest
 
 
 @dataclass(frozen=True)
@@ -139,33 +144,6 @@ def raw_bytes(item: Input) -> bytes:
             return repr(item).encode("utf-8", "surrogatepass")
         except RecursionError:
             return _QUOTER.repr(item).encode("utf-8", "surrogatepass")
-
-
-def _canonical(item: Input) -> bytes:
-    """The bytes a call's digest takes for one input: a line as received, an object as JSON."""
-    if isinstance(item, str | bytes):
-        return raw_bytes(item)
-    try:
-        if isinstance(item, OCRResult):
-            return item.model_dump_json().encode("utf-8")
-        return to_json(item)
-    except (ValueError, TypeError, RecursionError):  # pydantic-core refused it: the slow, total path
-        return raw_bytes(item)
-
-
-def call_digest(inputs: Iterable[tuple[int, Input]]) -> bytes:
-    """SHA-256 of a call's inputs with their positions: what the batch's ledger remembers.
-
-    The same inputs at the same positions give the same digest however they
-    arrive (lines, dicts or OCRResult objects hash by their JSON), so a
-    redelivered call is recognised before anything is judged.
-    """
-    digest = hashlib.sha256()
-    for pos, item in inputs:
-        data = _canonical(item)
-        digest.update(pos.to_bytes(8, "little") + len(data).to_bytes(8, "little"))
-        digest.update(data)
-    return digest.digest()
 
 
 def _quote(value: Any) -> str:

@@ -124,9 +124,18 @@ class BatchExecution(Timestamps, Base):
         Boolean,
         server_default=text("false"),
         server_onupdate=FetchedValue(),
-        comment="Version 4: true when a writer other than the loader changed the counters or the rows "
-        "they count (trigger loader_note_outside_write); the next merge recounts the batch from its "
-        "rows instead of adding to the stored counters, and clears it.",
+        comment="True when a writer other than the loader changed the counters, the status, the total or "
+        "the rows they count (triggers loader_note_batch_write, loader_note_outside_write); readers then "
+        "read the rows' figures, and the next merge recounts the batch and clears it, unless another "
+        "outside write came meanwhile (outside_writes). Only the loader clears it.",
+    )
+    outside_writes: Mapped[int] = mapped_column(
+        BigInteger,
+        server_default=text("0"),
+        server_onupdate=FetchedValue(),
+        comment="Version 5: how many writes by writers other than the loader touched the batch or the rows "
+        "it counts (trigger loader_note_batch_write); a merge clears totals_stale only when this is still "
+        "the value it counted from.",
     )
 
     chains: Mapped[list[ChainExecution]] = relationship(
@@ -439,8 +448,9 @@ class LoaderCall(Base):
         CheckConstraint("first_position >= 0", name="loader_calls_first_position_check"),
         CheckConstraint("inputs >= 0", name="loader_calls_inputs_check"),
         {
-            "comment": "Version 4: the calls each batch committed, so a redelivered call is recognised in "
-            "one probe and changes nothing (at a fraction of a save's cost). Deleted with the batch."
+            "comment": "The calls each batch committed. A redelivered call is a replay (nothing judged or "
+            "written) only when the rows at its positions confirm it (loader_locked_call); otherwise it "
+            "is judged. Deleted with the batch."
         },
     )
 
@@ -451,7 +461,8 @@ class LoaderCall(Base):
         LargeBinary,
         primary_key=True,
         comment="SHA-256 of the call: its kind (plain, repair, replace), and every input with its "
-        "position, byte for byte.",
+        "position, over a typed canonical form (loader/digest.py: a Decimal and a string, bytes and "
+        "str never share one).",
     )
     first_position: Mapped[int | None] = mapped_column(
         Integer, comment="Position of the call's first input (NULL for a call with none)."

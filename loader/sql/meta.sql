@@ -21,29 +21,8 @@ WHERE batch_id = %(batch_id)s AND NOT EXISTS (SELECT FROM created);
 
 -- name: batch_progress
 -- One batch's totals: as stored, or as a recount of its rows gives them while another writer left them stale.
--- A stale batch (schema.sql, totals_stale) reads as its next merge or
--- recount_batch will store it, so the figures read are always the rows'.
-WITH be AS (
-    SELECT b.*, coalesce(b.declared_images, b.total_images) AS declared,
-           (SELECT count(*) FROM load_rejects r
-            WHERE r.batch_id = b.batch_id AND r.resolved_at IS NULL) AS rejected_images
-    FROM batch_executions b
-    WHERE b.batch_id = %(batch_id)s
-),
-figures AS (
-    -- The recount sits in the CASE branches, so only a stale batch pays for it (a
-    -- LATERAL join on totals_stale would run it for every read, filtered afterwards).
-    SELECT be.*,
-           CASE WHEN be.totals_stale THEN (SELECT rc.completed FROM loader_recount(be.batch_id) rc)
-                ELSE be.completed_images END AS completed,
-           CASE WHEN be.totals_stale THEN (SELECT rc.failed + rc.rejected FROM loader_recount(be.batch_id) rc)
-                ELSE be.failed_images END AS failed
-    FROM be
-)
-SELECT batch_id,
-       (CASE WHEN totals_stale THEN loader_batch_status(declared, completed, failed, status)
-             ELSE status END)::text AS status,
-       CASE WHEN totals_stale THEN greatest(declared, completed + failed) ELSE total_images END AS total_images,
-       completed AS completed_images, failed AS failed_images, rejected_images,
-       created_at, updated_at
-FROM figures;
+-- schema.sql, loader_progress: a stale batch (totals_stale) reads as its next
+-- merge or recount_batch will store it, its status included, so the figures
+-- read are always the rows'. A replayed call's report reads the same function.
+SELECT batch_id, status, total_images, completed_images, failed_images, rejected_images, created_at, updated_at
+FROM loader_progress(%(batch_id)s);

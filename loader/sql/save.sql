@@ -9,8 +9,9 @@
 -- in a statement of its own, so a call costs the same on a fresh connection.
 -- The advisory lock is transaction-scoped: a concurrent call for the same batch
 -- waits here until this one commits, so its merge sees this call's rows.
--- A call whose digest the batch's ledger (loader_calls) holds is a redelivery:
--- the client then commits at once, without judging, staging or merging.
+-- A call whose digest the batch's ledger (loader_calls) holds, and whose
+-- positions the rows confirm (loader_locked_call), is a redelivery: the client
+-- then commits at once, without judging, staging or merging.
 WITH tuned AS (
     -- Statistics of the fresh staging tables are unknown; without this the
     -- planner overestimates them and spends a fifth of the merge compiling JIT.
@@ -62,22 +63,35 @@ created AS (
     RETURNING batch_id, total_images, declared_images, completed_images, failed_images, status,
               created_at, updated_at
 ),
+seen AS (
+    -- Evaluated for locked's row, so only once the lock is granted; and
+    -- loader_locked_call (schema.sql) is VOLATILE, so under READ COMMITTED its
+    -- query reads the ledger, the rows and the batch in a snapshot of its own,
+    -- newer than the lock. This statement's snapshot predates the wait: a
+    -- delete committed meanwhile is invisible to it, and a replay judged from it
+    -- would acknowledge a call whose rows are gone. A function rather than one
+    -- more statement keeps a call at 8 statements and a replay at 3.
+    SELECT loader_locked_call(%(batch_id)s, %(digest)s, %(first_position)s, %(last_position)s,
+                              %(inputs)s) AS v
+    FROM locked, deployed
+    WHERE deployed.version = %(schema_version)s
+),
 batch AS (
-    SELECT * FROM created
+    SELECT c.total_images::bigint AS total_images, c.declared_images, c.completed_images::bigint AS completed_images,
+           c.failed_images::bigint AS failed_images, 0::bigint AS rejected_images, c.status::text AS status,
+           c.created_at, c.updated_at, false AS replayed
+    FROM created c
     UNION ALL
-    SELECT be.batch_id, be.total_images, coalesce(be.declared_images, be.total_images), be.completed_images,
-           be.failed_images, be.status, be.created_at, be.updated_at
-    FROM batch_executions be, locked
-    WHERE be.batch_id = %(batch_id)s AND NOT EXISTS (SELECT FROM created)
+    SELECT (s.v).total_images, (s.v).declared_images, (s.v).completed_images, (s.v).failed_images,
+           (s.v).rejected_images, (s.v).status, (s.v).created_at, (s.v).updated_at, (s.v).replayed
+    FROM seen s
+    WHERE NOT EXISTS (SELECT FROM created) AND (s.v).status IS NOT NULL
 )
 SELECT deployed.version AS schema_version,
        EXISTS (SELECT FROM created) AS created,
        b.total_images, b.declared_images, b.completed_images, b.failed_images,
-       b.status::text AS status, b.created_at, b.updated_at,
-       (SELECT count(*) FROM load_rejects r
-        WHERE r.batch_id = %(batch_id)s AND r.resolved_at IS NULL) AS rejected_images,
-       EXISTS (SELECT FROM loader_calls l, locked
-               WHERE l.batch_id = %(batch_id)s AND l.digest = %(digest)s) AS replayed
+       b.status, b.created_at, b.updated_at, coalesce(b.rejected_images, 0) AS rejected_images,
+       coalesce(b.replayed, false) AS replayed
 FROM deployed, tuned
 LEFT JOIN batch b ON true;
 
@@ -348,13 +362,21 @@ delta AS MATERIALIZED (
            (SELECT count(*) FROM new_rejects)
            - (SELECT count(*) FROM resolved)
            - (SELECT count(*) FROM superseded) AS rejected,
-           (SELECT count(*) FROM ledger) AS recorded
+           (SELECT count(*) FROM ledger) AS recorded,
+           -- Rows this call wrote: a change to the batch even when its totals
+           -- stay (a re-OCR whose results stay successes), which moves the
+           -- batch's updated_at (retention reads it) and is announced.
+           (SELECT count(*) FROM new_ocr) + (SELECT count(*) FROM replaced_ocr) + (SELECT count(*) FROM claimed)
+           + (SELECT count(*) FROM new_rejects) + (SELECT count(*) FROM resolved)
+           + (SELECT count(*) FROM superseded) > 0 AS changed
 ),
 base AS (
     -- A batch another writer touched (totals_stale) is recounted from its rows,
     -- once: the statement's snapshot holds them as they were before this call.
+    -- outside_writes as counted from: the batch UPDATE below clears the mark
+    -- only if no other writer has written since.
     SELECT be.batch_id, coalesce(be.declared_images, be.total_images) AS declared, be.created_at,
-           be.updated_at, be.status AS current,
+           be.updated_at, be.status AS current, be.outside_writes,
            CASE WHEN be.totals_stale THEN (SELECT rc.completed FROM loader_recount(be.batch_id) rc)
                 ELSE be.completed_images END AS completed,
            CASE WHEN be.totals_stale THEN (SELECT rc.failed + rc.rejected FROM loader_recount(be.batch_id) rc)
@@ -365,7 +387,7 @@ base AS (
     WHERE be.batch_id = %(batch_id)s
 ),
 counted AS (
-    SELECT b.declared, b.created_at, b.updated_at, b.current,
+    SELECT b.declared, b.created_at, b.updated_at, b.current, b.outside_writes, d.changed,
            b.completed + d.completed AS completed,
            b.failed + d.failed + d.rejected AS failed,
            b.rejected + d.rejected AS rejected
@@ -379,15 +401,22 @@ totals AS (
     FROM counted c
 ),
 batch AS (
-    -- A replay changes nothing, so the row (and its updated_at) stays as is
-    -- and nothing is announced.
+    -- A call that wrote no row and changes no total (a replay, another cut of
+    -- stored inputs) leaves the row (and its updated_at) as is and announces
+    -- nothing; any other is written and announced. The mark of another writer
+    -- is cleared only when the outside_writes counted from is the row's: this
+    -- UPDATE, when it waited for the row's lock, re-reads the newest version
+    -- (EvalPlanQual), WHERE and SET alike, so a write committed while the merge
+    -- ran (its trigger bumped outside_writes) keeps the batch stale for the
+    -- next reader, and its totals are recounted then, never lost.
     UPDATE batch_executions AS be
     SET total_images = t.total_images, completed_images = t.completed, failed_images = t.failed,
-        status = t.status, totals_stale = false
+        status = t.status, totals_stale = be.outside_writes IS DISTINCT FROM t.outside_writes
     FROM totals t
     WHERE be.batch_id = %(batch_id)s
-      AND (be.total_images, be.completed_images, be.failed_images, be.status, be.totals_stale)
-          IS DISTINCT FROM (t.total_images, t.completed, t.failed, t.status, false)
+      AND (t.changed
+           OR (be.total_images, be.completed_images, be.failed_images, be.status, be.totals_stale)
+              IS DISTINCT FROM (t.total_images, t.completed, t.failed, t.status, false))
     RETURNING be.batch_id, be.total_images, be.completed_images, be.failed_images, be.status, be.updated_at
 ),
 announced AS (
@@ -424,7 +453,7 @@ WITH keeping AS (
 ),
 counted AS (
     SELECT be.batch_id, coalesce(be.declared_images, be.total_images) AS declared, be.status AS current,
-           rc.completed, rc.failed + rc.rejected AS failed
+           be.outside_writes, rc.completed, rc.failed + rc.rejected AS failed
     FROM batch_executions be, keeping, loader_recount(be.batch_id) rc
     WHERE be.batch_id = %(batch_id)s
 ),
@@ -435,9 +464,10 @@ totals AS (
     FROM counted c
 ),
 batch AS (
+    -- As the merge's: a write by another writer committed meanwhile keeps the mark.
     UPDATE batch_executions AS be
     SET total_images = t.total_images, completed_images = t.completed, failed_images = t.failed,
-        status = t.status, totals_stale = false
+        status = t.status, totals_stale = be.outside_writes IS DISTINCT FROM t.outside_writes
     FROM totals t
     WHERE be.batch_id = t.batch_id
       AND (be.total_images, be.completed_images, be.failed_images, be.status, be.totals_stale)
