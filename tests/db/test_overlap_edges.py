@@ -76,8 +76,8 @@ def test_delete_finished_deletes_when_called_without_iterating(
     save_batch(conn, "old", [result("/eager/a")])
     age(db)
     deleted = delete_finished(conn, cut_off())
+    assert batches(db) == set()  # before anything iterates what it returned
     assert [d.batch_id for d in deleted] == ["old"]
-    assert batches(db) == set()
 
 
 def test_delete_finished_reports_each_batch_to_a_progress_callback(
