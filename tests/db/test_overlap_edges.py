@@ -217,8 +217,9 @@ def test_finished_before_takes_iso_8601_as_people_type_it(
         ("loader_calls", "committed_at", "batch_id"),
     ):
         db.execute(
-            f"UPDATE {table} SET {column} = CASE {key} WHEN 'before' THEN timestamptz '2026-12-07 16:42:49+00'"  # type: ignore[arg-type]
-            f" ELSE timestamptz '2026-12-07 16:42:51+00' END"
+            f"UPDATE {table} SET {column} = CASE {key}"  # type: ignore[arg-type]
+            " WHEN 'before' THEN timestamptz '2026-12-07 16:42:49+00'"
+            " ELSE timestamptz '2026-12-07 16:42:51+00' END"
         )
     db.execute("RESET session_replication_role")
     done = CliRunner().invoke(cli, ["delete", "--finished-before", typed, "--yes", "--dsn", dsn])
@@ -251,7 +252,7 @@ def test_a_nested_payload_stops_no_follower(
     def follow() -> None:
         try:
             seen.extend(follow_progress(dsn, "followed", idle_timeout=60))
-        except BaseException as exc:  # noqa: BLE001  (reported by the assertion)
+        except BaseException as exc:  # reported by the assertion below
             errors.append(exc)
 
     follower = threading.Thread(target=follow)

@@ -98,7 +98,7 @@ def test_finished_before_reads_iso_8601_as_people_type_it(typed: str, meant: dat
 
 
 def test_finished_before_refuses_what_is_no_date_with_examples() -> None:
-    with pytest.raises(click.BadParameter, match="ISO 8601.*2026-09-01 16:42:50"):
+    with pytest.raises(click.BadParameter, match=r"ISO 8601.*2026-09-01 16:42:50"):
         IsoDateTime().convert("last tuesday\x1b", None, None)
 
 
