@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -119,3 +121,34 @@ def test_ordinary_gzip_jsonl_reads_whole(tmp_path: Path) -> None:
     source = tmp_path / "ok.jsonl.gz"
     source.write_bytes(gzip.compress(b"\n".join(rows) + b"\n"))
     assert [line for _, line in Sources([str(source)]).lines()] == rows
+
+
+_CTRL_C_WHILE_IMPORTING = (
+    "import os, signal, sys, time\n"
+    "sys.argv[0] = {argv0!r}\n"
+    "import loader\n"  # the guard is loader's first import
+    "os.kill(os.getpid(), signal.SIGINT)\n"  # as if Ctrl-C came while the rest still loads
+    "time.sleep(30)\n"
+)
+
+
+def test_ctrl_c_while_the_command_starts_prints_one_line_and_no_traceback() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _CTRL_C_WHILE_IMPORTING.format(argv0="/usr/bin/loader")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (130, "loader: interrupted\n")
+
+
+def test_importing_loader_as_a_library_keeps_pythons_ctrl_c() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _CTRL_C_WHILE_IMPORTING.format(argv0="app.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "KeyboardInterrupt" in done.stderr
