@@ -335,3 +335,14 @@ def test_a_bug_building_copy_rows_raises_instead_of_rejecting_every_input(
     with pytest.raises(TypeError):
         save_batch(conn, "bug", [result(f"/bug/{i}") for i in range(8)])
     assert batches(db) == set()
+
+
+def test_a_file_name_in_an_os_error_is_printed_escaped(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Any
+) -> None:
+    save_batch(conn, "files", [b"junk"])
+    target = tmp_path / "missing\x1b]0;pwned\x07" / "out.jsonl"
+    done = CliRunner().invoke(cli, ["rejects", "files", "--export", str(target), "--dsn", dsn])
+    assert done.exit_code == 1
+    assert "\x1b" not in done.output and "\x07" not in done.output
+    assert "missing\\x1b]0;pwned\\x07" in done.output and "No such file" in done.output
