@@ -20,7 +20,13 @@ from psycopg.rows import class_row
 
 from loader import queries
 from loader.connection import Connectable, connection
-from loader.errors import BatchNotFoundError, ConfigurationError, quoted, translating
+from loader.errors import (
+    BatchNotFoundError,
+    ConfigurationError,
+    TransientDatabaseError,
+    quoted,
+    translating,
+)
 
 log = logging.getLogger("loader")
 
@@ -33,6 +39,10 @@ NEEDS_ADMIN = (
     "deleting batches needs the loader_admin role (GRANT loader_admin TO <login role>); "
     "the workers' loader_writer may not delete; nothing was deleted"
 )
+
+# Failures of one batch's delete that mean "someone is writing it": deadlock
+# with a writer that takes no batch lock, serialization failure, lock_timeout.
+_BUSY_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
 
 # The keyset before every (updated_at, id) a batch can have.
 _FIRST = (datetime.min.replace(tzinfo=UTC), 0)
@@ -148,7 +158,22 @@ def _verdict(verdict: _Verdict | None, before: datetime) -> str | None:
 
 
 def _retire(pool_or_conn: Connectable, batch_id: str, before: datetime) -> Deleted | Skipped:
-    """Judge one candidate under its lock and, when its rows say finished and old, delete it."""
+    """Judge one candidate under its lock and, when its rows say finished and old, delete it.
+
+    A batch being written meanwhile by a writer that takes no batch lock (the
+    application) may deadlock with the delete; that batch is skipped (it is
+    changing, so not due), and the pass goes on.
+    """
+    try:
+        return _retire_locked(pool_or_conn, batch_id, before)
+    except TransientDatabaseError as exc:
+        state = getattr(exc.__cause__, "sqlstate", None)
+        if state not in _BUSY_SQLSTATES:
+            raise
+        return Skipped(batch_id, f"being written meanwhile (SQLSTATE {state}); it is due again next pass")
+
+
+def _retire_locked(pool_or_conn: Connectable, batch_id: str, before: datetime) -> Deleted | Skipped:
     doing = f"deleting batch {quoted(batch_id)}"
     with connection(pool_or_conn) as conn, translating(doing, denied=NEEDS_ADMIN), conn.transaction():
         conn.execute(queries.get("batch_lock"), {"batch_id": batch_id})

@@ -109,14 +109,18 @@ rc AS (
     SELECT rc.* FROM b, loader_recount(b.batch_id) rc
 ),
 last_rows AS (
+    -- One aggregate per table (joins the planner may hash), NULLs ignored by greatest.
     SELECT greatest(
-        (SELECT max(greatest(c.updated_at, o.updated_at, t.updated_at, x.updated_at))
+        (SELECT max(greatest(c.updated_at, o.updated_at))
+         FROM chain_executions c LEFT JOIN ocr_executions o ON o.chain_id = c.chain_id
+         WHERE c.batch_id = %(batch_id)s),
+        (SELECT max(x.updated_at)
          FROM chain_executions c
-         LEFT JOIN ocr_executions o ON o.chain_id = c.chain_id
-         LEFT JOIN LATERAL (SELECT max(bx.updated_at) AS updated_at
-                            FROM ocr_text_boxes bx WHERE bx.ocr_execution_id = o.id) x ON true
-         LEFT JOIN LATERAL (SELECT max(tl.updated_at) AS updated_at
-                            FROM task_logs tl WHERE tl.chain_execution_id = c.id) t ON true
+         JOIN ocr_executions o ON o.chain_id = c.chain_id
+         JOIN ocr_text_boxes x ON x.ocr_execution_id = o.id
+         WHERE c.batch_id = %(batch_id)s),
+        (SELECT max(t.updated_at)
+         FROM chain_executions c JOIN task_logs t ON t.chain_execution_id = c.id
          WHERE c.batch_id = %(batch_id)s),
         (SELECT max(r.updated_at) FROM load_rejects r WHERE r.batch_id = %(batch_id)s),
         (SELECT max(l.committed_at) FROM loader_calls l WHERE l.batch_id = %(batch_id)s)

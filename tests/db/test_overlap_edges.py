@@ -132,13 +132,17 @@ def test_retention_judges_a_batch_again_after_waiting_for_its_lock(
 
 def _wait_for_lock_waiter(db: psycopg.Connection[Any]) -> None:
     """Until some session waits for an advisory lock (retention, blocked on the batch's)."""
+    _wait_for_a_lock_waiter(db, "advisory")
+
+
+def _wait_for_a_lock_waiter(db: psycopg.Connection[Any], locktype: str) -> None:
     for _ in range(600):
         if db.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            "SELECT count(*) FROM pg_locks WHERE locktype = %s AND NOT granted", [locktype]
         ).fetchone() != (0,):
             return
         time.sleep(0.05)
-    raise AssertionError("retention never waited for the batch's lock")
+    raise AssertionError(f"retention never waited for a lock ({locktype})")
 
 
 def _stale_by_an_application_delete(conn: psycopg.Connection[Any], db: psycopg.Connection[Any]) -> None:
@@ -346,3 +350,42 @@ def test_a_file_name_in_an_os_error_is_printed_escaped(
     assert done.exit_code == 1
     assert "\x1b" not in done.output and "\x07" not in done.output
     assert "missing\\x1b]0;pwned\\x07" in done.output and "No such file" in done.output
+
+
+def test_retention_passes_over_a_batch_it_deadlocks_with_and_goes_on(
+    dsn: str, conn: psycopg.Connection[Any], db: psycopg.Connection[Any]
+) -> None:
+    """A writer that takes no batch lock (the application) holds a box of batch 'a', then
+    touches a's row, which retention holds: one of the two is chosen as the deadlock's victim.
+    Either way the pass ends normally, and 'a' is gone exactly when the writer lost."""
+    save_batch(conn, "a", [result("/dl/a")])
+    save_batch(conn, "b", [result("/dl/b")])
+    age(db)
+    outcome: dict[str, Any] = {}
+
+    def retention() -> None:
+        with psycopg.connect(dsn) as janitor:
+            try:
+                outcome["deleted"] = [d.batch_id for d in delete_finished(janitor, cut_off())]
+            except BaseException as exc:  # reported by the assertion below
+                outcome["error"] = exc
+
+    with psycopg.connect(dsn) as app:
+        app.execute(
+            "UPDATE ocr_text_boxes SET text = 'edited' WHERE ocr_execution_id ="
+            " (SELECT id FROM ocr_executions WHERE image_path = '/dl/a')"
+        )
+        runner = threading.Thread(target=retention)
+        runner.start()
+        _wait_for_a_lock_waiter(db, "transactionid")
+        try:
+            app.execute("UPDATE batch_executions SET total_images = total_images WHERE batch_id = 'a'")
+            app.commit()
+            writer_lost = False
+        except psycopg.errors.DeadlockDetected:
+            app.rollback()
+            writer_lost = True
+        runner.join()
+    assert "error" not in outcome, outcome
+    assert sorted(outcome["deleted"]) == (["a", "b"] if writer_lost else ["b"])
+    assert batches(db) == (set() if writer_lost else {"a"})
