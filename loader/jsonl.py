@@ -53,14 +53,15 @@ MAX_NUL_LINE_SHARE = 0.25
 GZIP_MAGIC = b"\x1f\x8b"
 
 # Decompression is bounded: a gzip source may not unpack to more than
-# MAX_GZIP_RATIO times the compressed bytes read so far, plus GZIP_FREE_BYTES.
+# MAX_GZIP_RATIO times the compressed bytes read so far, plus GZIP_FREE_BYTES
+# (64 KiB: what a small file may hold before the ratio is judged).
 # JSON lines of OCR results compress 5 to 20 times (datagen's, very repetitive:
 # ~25); gzip's own limit is ~1,030, which a bomb reaches (4.9 KB holding
-# 5,000,000 newlines). The check costs one comparison per 1 MiB read, and a
-# bomb is refused after at most a few MiB. A legitimately extreme file (a
+# 5,000,000 newlines). The check costs one comparison per 1 MiB read; a
+# bomb is refused at its first MiB, when opened. A legitimately extreme file (a
 # sparse export of a huge batch, mostly blank lines) loads once gunzipped.
 MAX_GZIP_RATIO = 200
-GZIP_FREE_BYTES = 1024 * 1024
+GZIP_FREE_BYTES = 64 * 1024
 # Formats that are not JSON lines and that the loader does not unpack, by their
 # magic bytes: the message names the format so the operator knows what to do.
 _OTHER_FORMATS = {
