@@ -389,3 +389,41 @@ def test_retention_passes_over_a_batch_it_deadlocks_with_and_goes_on(
     assert "error" not in outcome, outcome
     assert sorted(outcome["deleted"]) == (["a", "b"] if writer_lost else ["b"])
     assert batches(db) == (set() if writer_lost else {"a"})
+
+
+def test_the_hubs_listener_restarts_after_any_failure(
+    monkeypatch: pytest.MonkeyPatch, dsn: str, conn: psycopg.Connection[Any], db: psycopg.Connection[Any]
+) -> None:
+    """Whatever breaks the listening task once (here: reading one payload raises a
+    RuntimeError), the hub listens again and reads every followed batch."""
+    save_batch(conn, "again", [result("/again/a")], total_images=2)
+    real = aio.event_batch_id
+    failures: list[str] = []
+
+    def breaks_once(payload: str) -> str | None:
+        if payload == "break":
+            failures.append(payload)
+            raise RuntimeError("a failure nobody foresaw")
+        return real(payload)
+
+    monkeypatch.setattr(aio, "event_batch_id", breaks_once)
+
+    async def scenario() -> list[ProcessStatus]:
+        pool = aio.make_async_pool(dsn, max_size=2)
+        await pool.open(wait=True)
+        try:
+            async with aio.ProgressHub(pool) as hub:
+                stream: AsyncIterator[Any] = hub.follow("again")
+                first = await anext(stream)
+                await asyncio.to_thread(db.execute, "SELECT pg_notify(%s, 'break')", [CHANNEL])
+                while not failures:
+                    await asyncio.sleep(0.05)
+                await asyncio.to_thread(_save, dsn, "again", [result("/again/b")], 1)
+                second = await anext(stream)
+                await stream.aclose()  # type: ignore[attr-defined]
+                return [first.status, second.status]
+        finally:
+            await pool.close()
+
+    statuses = asyncio.run(asyncio.wait_for(scenario(), timeout=120))
+    assert statuses == [ProcessStatus.STARTED, ProcessStatus.SUCCESS]
