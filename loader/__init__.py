@@ -11,6 +11,12 @@ is here; the modules behind it (save, validate, copy, isolate, ...) are internal
 #: pyproject.toml reads it, and ``importlib.metadata`` reports it once installed.
 __version__ = "0.4.0.dev0"
 
+# The `loader` command: a Ctrl-C while the modules below load (~0.6 s) ends it
+# with one line, not a traceback. Only for the console script (loader.cli.main
+# puts Python's own handler back before running a command); importing loader
+# as a library changes nothing.
+import loader._interrupt  # noqa: F401, I001
+
 from loader.connection import make_pool
 from loader.errors import (
     BatchConflictError,

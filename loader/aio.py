@@ -18,6 +18,7 @@ neither believed nor fatal. Idle timeouts count per batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -377,14 +378,24 @@ class ProgressHub:
                     batch_id = event_batch_id(notify.payload)
                     if batch_id is not None and batch_id in self._topics:
                         self._wake(batch_id)
-            except (psycopg.Error, LoaderError) as exc:
+            except Exception as exc:  # whatever broke it, the hub listens again
+                # A lost connection, a refused reconnect, or anything else: the
+                # followers of every batch depend on this one task, so it never
+                # ends but by close() (CancelledError is no Exception).
                 log.warning(
-                    "progress hub lost its listening connection (%s); again in %g s", exc, RECONNECT_S
+                    "progress hub stopped listening (%s: %s); again in %g s",
+                    type(exc).__name__,
+                    redact_dsn(str(exc)),
+                    RECONNECT_S,
                 )
-                if self._conn is not None:
-                    await self._conn.close()
-                self._conn = None
+                await self._drop_listener()
                 await asyncio.sleep(RECONNECT_S)
+
+    async def _drop_listener(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
 
     def _wake(self, batch_id: str) -> None:
         topic = self._topics.get(batch_id)

@@ -95,7 +95,12 @@ def list_batches(
     pool_or_conn: Connectable, *, unfinished: bool = False, limit: int = 20
 ) -> list[BatchProgress]:
     """The most recent batches, newest first; or (``unfinished``) those still PENDING
-    or STARTED, oldest first."""
+    or STARTED, oldest first.
+
+    Figures and status as get_progress gives them: a batch another writer left
+    stale (totals_stale) is recounted from its rows, so one whose stored counters
+    say SUCCESS while its rows do not is listed as unfinished.
+    """
     name = "batch_list_unfinished" if unfinished else "batch_list_recent"
     with (
         connection(pool_or_conn) as conn,

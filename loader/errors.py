@@ -29,12 +29,14 @@ psycopg errors become DatabaseError through ``translate`` / ``translating``.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 if TYPE_CHECKING:
     from loader.adopt import BrokenRule
@@ -217,10 +219,34 @@ _TIMEOUT_SETTINGS = {"57014": "statement_timeout", "55P03": "lock_timeout"}
 # Characters of an id or a path a message quotes: enough to recognise it, never a screenful.
 QUOTED_CHARS = 80
 
+# What a terminal could act on or hide: C0/C1 controls and DEL (Cc: ESC starts a
+# sequence that moves the cursor or retitles the window, a newline breaks a line),
+# format characters (Cf: bidirectional overrides reorder what is shown), line and
+# paragraph separators, lone surrogates. Each is written as an escape.
+_UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(char: str) -> str:
+    code = ord(char)
+    return _ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def printable(value: str, *, keep: str = "") -> str:
+    """``value`` with every character a terminal could act on written as an escape
+    (``\\x1b``, ``\\n``, ``\\u202e``); characters in ``keep`` (a message's own line
+    breaks) stay. The one escaping rule of every message, prompt and printed value."""
+    if value.isprintable():
+        return value  # the common case, in C
+    return "".join(
+        _escape_char(c) if c not in keep and unicodedata.category(c) in _UNPRINTABLE_CATEGORIES else c
+        for c in value
+    )
+
 
 def quoted(value: str) -> str:
-    """``value`` as a message quotes it: repr (control characters escaped), cut to
-    QUOTED_CHARS characters with an ellipsis and the full length when longer."""
+    """``value`` as a message quotes it: repr (every unprintable character escaped), cut
+    to QUOTED_CHARS characters with an ellipsis and the full length when longer."""
     if len(value) <= QUOTED_CHARS:
         return repr(value)
     return f"{value[:QUOTED_CHARS]!r}… ({len(value):,} characters)"
@@ -241,18 +267,44 @@ _POOLER_ADVICE = (
     "(make_pool(prepare_threshold=None)), or enable max_prepared_statements (PgBouncer >= 1.21)"
 )
 
-_PASSWORD_IN_DSN = re.compile(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)|(://[^:/@\s]*:)([^@\s]*)(@)")
+# A password in text that quotes a DSN among other words (a server's or libpq's
+# message): password=value (an unquoted value ends at an unescaped space: libpq
+# reads ``\\ `` as a space of the value), password='quoted value', and the
+# password of a URI's user info.
+_PASSWORD_IN_TEXT = re.compile(
+    r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'?|(?:\\.|[^\s\\])+\\?)|(://[^:/@\s]*:)([^@\s]*)(@)"
+)
+MASK = "***"
+
+
+def _redact_text(text: str) -> str:
+    def _sub(m: re.Match[str]) -> str:
+        if m.group(1):
+            return f"{m.group(1)}{MASK}"
+        return f"{m.group(3)}{MASK}{m.group(5)}"
+
+    return _PASSWORD_IN_TEXT.sub(_sub, text)
 
 
 def redact_dsn(text: str) -> str:
-    """Hide passwords in anything that may quote a DSN (URIs or key=value strings)."""
+    """Hide passwords in a DSN, or in anything that may quote one.
 
-    def _sub(m: re.Match[str]) -> str:
-        if m.group(1):
-            return f"{m.group(1)}***"
-        return f"{m.group(3)}***{m.group(5)}"
-
-    return _PASSWORD_IN_DSN.sub(_sub, text)
+    A whole DSN (key=value or URI) is read by libpq's own parser and written
+    back as key=value with the password masked: what libpq would use is what is
+    hidden, however it was escaped or encoded (``password=a\\ b``, ``%20``,
+    ``?password=``). Other text (a message quoting a DSN) has every
+    password-looking value masked.
+    """
+    if "=" in text or "://" in text:
+        try:
+            params = conninfo_to_dict(text)
+        except (psycopg.Error, ValueError, TypeError):
+            params = None
+        if params is not None:
+            if "password" in params:
+                params["password"] = MASK
+            return make_conninfo("", **params)
+    return _redact_text(text)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -268,15 +320,21 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def translate(exc: psycopg.Error, doing: str, lost: str | None = None) -> DatabaseError:
+def translate(
+    exc: psycopg.Error, doing: str, lost: str | None = None, denied: str | None = None
+) -> DatabaseError:
     """Wrap a psycopg error raised while ``doing`` something; use with ``raise ... from exc``.
 
     ``lost``: the advice when the connection went away, for callers that write nothing
-    (the default speaks of a call that may have committed).
+    (the default speaks of a call that may have committed). ``denied``: what the
+    role lacks, when the server refused a privilege (SQLSTATE 42501).
     """
     kind = TransientDatabaseError if is_transient(exc) else DatabaseError
     sqlstate = f" [SQLSTATE {exc.sqlstate}]" if exc.sqlstate else ""
-    detail = redact_dsn(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    detail = printable(_redact_text(first))
+    if denied is not None and isinstance(exc, pg_errors.InsufficientPrivilege):
+        return kind(f"{doing} refused: {denied} (the server said: {detail})")
     if exc.sqlstate is None or exc.sqlstate.startswith("08"):
         # The connection itself went away: if that happened while COMMIT was in
         # flight, the server may have committed without telling us.
@@ -303,9 +361,9 @@ def translate(exc: psycopg.Error, doing: str, lost: str | None = None) -> Databa
 
 
 @contextmanager
-def translating(doing: str, lost: str | None = None) -> Iterator[None]:
+def translating(doing: str, lost: str | None = None, denied: str | None = None) -> Iterator[None]:
     """Raise any psycopg error of the block as the DatabaseError ``translate`` makes of it."""
     try:
         yield
     except psycopg.Error as exc:
-        raise translate(exc, doing, lost) from exc
+        raise translate(exc, doing, lost, denied) from exc

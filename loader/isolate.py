@@ -63,8 +63,11 @@ Unit = Image | Reject
 def is_data_error(exc: BaseException) -> bool:
     """True when ``exc`` (raised by COPY or the merge) says some row's values were refused.
 
-    Connection losses, timeouts, deadlocks and the like are not: those are
-    failures of the database, and the call is not kept.
+    Only errors input data can cause: the server's data exceptions and
+    integrity violations (SQLSTATE classes 22, 23; 54000), and psycopg's
+    encoder refusing a value. Connection losses, timeouts, deadlocks and the
+    like are failures of the database (the call is not kept); an exception
+    raised by the loader's own code is a bug and raises.
     """
     if isinstance(exc, psycopg.Error):
         state = exc.sqlstate
@@ -72,8 +75,28 @@ def is_data_error(exc: BaseException) -> bool:
             # psycopg itself refused to encode a value.
             return isinstance(exc, psycopg.DataError)
         return state.startswith(_DATA_CLASSES) or state in _DATA_STATES
-    # Raised while encoding a COPY row: a lone surrogate, a value of the wrong type.
-    return isinstance(exc, UnicodeEncodeError | TypeError | ValueError | OverflowError)
+    # Raised while encoding a COPY row (a lone surrogate, a value of the wrong
+    # type), but only by psycopg's encoder: the same exception raised by the
+    # loader's own code (building the rows, a misspelt keyword) is a bug, which
+    # must raise, not turn every input of the call into a reject.
+    return isinstance(
+        exc, UnicodeEncodeError | TypeError | ValueError | OverflowError
+    ) and _raised_by_encoder(exc)
+
+
+# Packages whose code encodes COPY rows: psycopg, and its C implementations.
+_ENCODERS = frozenset({"psycopg", "psycopg_binary", "psycopg_c"})
+
+
+def _raised_by_encoder(exc: BaseException) -> bool:
+    """Whether the innermost Python frame ``exc`` passed through is psycopg's (the
+    encoder's); C code has no frame, so a C dumper's error shows as its caller's."""
+    tb = exc.__traceback__
+    module = ""
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        tb = tb.tb_next
+    return module.partition(".")[0] in _ENCODERS
 
 
 def describe_refusal(exc: BaseException) -> str:

@@ -51,6 +51,17 @@ MAX_INVALID_UTF8_SHARE = 0.25
 MAX_NUL_LINE_SHARE = 0.25
 
 GZIP_MAGIC = b"\x1f\x8b"
+
+# Decompression is bounded: a gzip source may not unpack to more than
+# MAX_GZIP_RATIO times the compressed bytes read so far, plus GZIP_FREE_BYTES
+# (64 KiB: what a small file may hold before the ratio is judged).
+# JSON lines of OCR results compress 5 to 20 times (datagen's, very repetitive:
+# ~25); gzip's own limit is ~1,030, which a bomb reaches (4.9 KB holding
+# 5,000,000 newlines). The check costs one comparison per 1 MiB read; a
+# bomb is refused at its first MiB, when opened. A legitimately extreme file (a
+# sparse export of a huge batch, mostly blank lines) loads once gunzipped.
+MAX_GZIP_RATIO = 200
+GZIP_FREE_BYTES = 64 * 1024
 # Formats that are not JSON lines and that the loader does not unpack, by their
 # magic bytes: the message names the format so the operator knows what to do.
 _OTHER_FORMATS = {
@@ -92,6 +103,50 @@ def _stdin() -> io.BufferedReader:
     return io.BufferedReader(stdin, READ_BUFFER_BYTES)  # type: ignore[arg-type]
 
 
+class _Counted(io.RawIOBase):
+    """The compressed side of a gzip source: counts the bytes GzipFile reads."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.count += len(data)
+        return data
+
+
+class GzipBombError(InputFileError):
+    """A gzip source unpacks to far more than real JSON lines do (MAX_GZIP_RATIO)."""
+
+
+class _Bounded(io.RawIOBase):
+    """The decompressed side: refuses to unpack past MAX_GZIP_RATIO x the compressed bytes."""
+
+    def __init__(self, name: str, unzipped: gzip.GzipFile, compressed: _Counted) -> None:
+        self.name_ = name
+        self.unzipped = unzipped
+        self.compressed = compressed
+        self.produced = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = self.unzipped.readinto(buffer)
+        self.produced += n
+        if self.produced > MAX_GZIP_RATIO * self.compressed.count + GZIP_FREE_BYTES:
+            raise GzipBombError(
+                f"{display_name(self.name_)}: gzip unpacks to more than {MAX_GZIP_RATIO} times its size "
+                f"({self.produced:,} bytes from {self.compressed.count:,}), far beyond JSON lines; "
+                "nothing more is read. If the file is genuine, gunzip it and load the plain file"
+            )
+        return n
+
+
 @contextlib.contextmanager
 def _open_binary(name: str) -> Iterator[BinaryIO]:
     """The source as a buffered binary stream, gunzipped when it starts with the gzip magic."""
@@ -103,8 +158,9 @@ def _open_binary(name: str) -> Iterator[BinaryIO]:
             raw = stack.enter_context(io.BufferedReader(io.FileIO(name, "rb"), READ_BUFFER_BYTES))
         if raw.peek(2)[:2] == GZIP_MAGIC:
             # GzipFile does not close the file it reads; the ExitStack does.
-            unzipped = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
-            yield io.BufferedReader(unzipped, READ_BUFFER_BYTES)
+            compressed = _Counted(raw)
+            unzipped = stack.enter_context(gzip.GzipFile(fileobj=compressed, mode="rb"))
+            yield io.BufferedReader(_Bounded(name, unzipped, compressed), READ_BUFFER_BYTES)
         else:
             yield raw
 

@@ -82,9 +82,11 @@ def event_batch_id(payload: str) -> str | None:
     """
     try:
         data: Any = json.loads(payload)
-    except ValueError:
-        data = None
-    batch_id = data.get("batch_id") if isinstance(data, dict) else None
+        batch_id = data.get("batch_id") if isinstance(data, dict) else None
+    except Exception:  # RecursionError for [[[...]]], or anything else
+        # Any role that may connect may send anything: a payload that cannot be
+        # read, however it fails, is ignored like one that names no batch.
+        batch_id = None
     if not isinstance(batch_id, str):
         log.debug("ignored a %s payload that names no batch: %.200r", CHANNEL, payload)
         return None

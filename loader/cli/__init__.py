@@ -8,6 +8,7 @@ and a non-zero exit status, never a traceback:
 3 `schema check` found differences, 130 interrupted (Ctrl-C).
 """
 
+from loader import _interrupt
 from loader.cli import adopt, delete, demo, load, rejects, schema, status  # noqa: F401  (each registers its command)
 from loader.cli.base import cli
 from loader.cli.resume import DEFAULT_CHUNK_SIZE
@@ -17,4 +18,5 @@ __all__ = ["DEFAULT_CHUNK_SIZE", "cli", "main"]
 
 def main() -> None:
     """Console-script entry point (`loader`)."""
+    _interrupt.release()  # from here on, click and LoaderGroup print a Ctrl-C as one line
     cli(prog_name="loader")

@@ -172,9 +172,19 @@ def _broken_pipe(_exc: BrokenPipeError) -> int:
 
 
 def _os_error(exc: OSError) -> int:
-    where = f"{exc.filename}: " if exc.filename else ""
-    click.echo(f"loader: error: {where}{exc.strerror or exc}", err=True)
+    # A file name is any bytes the shell passed: escaped like every printed value.
+    name = exc.filename
+    name = os.fsdecode(name) if isinstance(name, str | bytes | os.PathLike) else str(name)
+    where = f"{out.printable(name)}: " if exc.filename else ""
+    out.echo(f"loader: error: {where}{exc.strerror or exc}", err=True)
     return EXIT_ERROR
+
+
+def _keyboard_interrupt(_exc: KeyboardInterrupt) -> int:
+    # Ctrl-C outside a load's own handling (connecting, a query, the first
+    # moments of any command): one line, no traceback.
+    out.echo("loader: interrupted", err=True)
+    return EXIT_INTERRUPTED
 
 
 _HANDLERS: list[tuple[type[BaseException], Callable[[Any], int]]] = [
@@ -188,6 +198,7 @@ _HANDLERS: list[tuple[type[BaseException], Callable[[Any], int]]] = [
     (psycopg.Error, _database_error),
     (BrokenPipeError, _broken_pipe),
     (OSError, _os_error),
+    (KeyboardInterrupt, _keyboard_interrupt),
 ]
 _HANDLED = tuple(kind for kind, _ in _HANDLERS)
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from loader.errors import redact_dsn
+from loader.errors import printable, redact_dsn
 
 #: The plain-mode progress display of `loader load` (shown without --verbose).
 progress_log = logging.getLogger("loader.cli.progress")
@@ -37,7 +37,8 @@ class KeyValueFormatter(logging.Formatter):
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
         text = f"{stamp} {record.levelname.lower()} {record.name}: {record.getMessage()}"
         text += "".join(f" {key}={_kv(value)}" for key, value in _fields(record).items())
-        return redact_dsn(text)
+        # One line whatever a value holds (a batch id with ESC or a newline): escaped.
+        return redact_dsn(printable(text))
 
 
 class JsonFormatter(logging.Formatter):

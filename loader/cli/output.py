@@ -15,29 +15,18 @@ from typing import Any
 
 import click
 
+from loader.errors import printable as escape
 from loader.models import BatchProgress
-
-# Unicode category Cc: C0 controls, DEL and C1 controls. A terminal acts on them (ESC
-# starts a sequence that moves the cursor or retitles the window, CSI U+009B too, a
-# newline breaks a table's row), so values from the database never reach it raw.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-# The same, but keeping the line breaks and tabs of text the loader itself lays out.
-_CONTROL_BUT_LAYOUT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escape(match: re.Match[str]) -> str:
-    char = match.group()
-    return _ESCAPES.get(char) or f"\\x{ord(char):02x}"
 
 
 def printable(value: str) -> str:
     """``value`` with every control character written as an escape (``\\x1b``, ``\\n``).
 
     Used for every value from the database or the command line that is printed:
-    batch ids, image paths, reasons.
+    batch ids, image paths, reasons. The rule is errors.printable, the one of
+    every message and prompt.
     """
-    return _CONTROL.sub(_escape, value)
+    return escape(value)
 
 
 def n(value: int) -> str:
@@ -80,7 +69,7 @@ def batch_line(progress: BatchProgress) -> str:
 
 def echo(text: str = "", *, err: bool = False) -> None:
     """``text`` on stdout (or stderr); a control character a value slipped in is escaped."""
-    click.echo(_CONTROL_BUT_LAYOUT.sub(_escape, text), err=err)
+    click.echo(escape(text, keep="\n\t"), err=err)
 
 
 def echo_json(data: Any) -> None:
@@ -118,3 +107,8 @@ def table(
             for i, (c, w) in enumerate(zip(line, widths, strict=True))
         ]
         click.echo((indent + "  ".join(cells)).rstrip())
+
+
+def confirm(question: str) -> bool:
+    """Ask yes/no on the terminal; the question's values escaped like every printed line."""
+    return click.confirm(escape(question))

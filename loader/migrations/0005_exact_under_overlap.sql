@@ -187,6 +187,26 @@ COMMENT ON FUNCTION loader_locked_call(text, bytea, integer, integer, integer) I
 -- [v5 indexes: plans]
 
 -- [v5 grants: roles and threat model]
+-- Version 5: loader_writer updates in place only the columns a save writes,
+-- not whole rows (docs/security.md, the threat model). A compromised worker
+-- can no longer move a chain or an image to another batch, rename a batch,
+-- change a path, an id, a declared total, a creation time or a task id;
+-- updated_at is granted but kept by the touch triggers (now(), whatever is
+-- written). REVOKE first: revoking a table privilege revokes its column
+-- privileges too. Each list is what loader/sql writes:
+--   batch_executions: the merge's and recount_batch's totals and status;
+--   chain_executions: a claimed position, a replaced result's status and task counts;
+--   ocr_executions:   a replaced result;
+--   task_logs:        the Celery task log's upsert (loader/sql/tasklog.sql).
+REVOKE UPDATE ON batch_executions, chain_executions, task_logs, ocr_executions FROM loader_writer;
+GRANT UPDATE (status, total_images, completed_images, failed_images, totals_stale, updated_at)
+    ON batch_executions TO loader_writer;
+GRANT UPDATE (status, completed_tasks, failed_tasks, position, updated_at)
+    ON chain_executions TO loader_writer;
+GRANT UPDATE (status, error, public_path, model_version, updated_at)
+    ON ocr_executions TO loader_writer;
+GRANT UPDATE (task_name, chain_execution_id, status, retries, error, started_at, finished_at, updated_at)
+    ON task_logs TO loader_writer;
 
 INSERT INTO loader_schema_version (version, description)
 VALUES (5, 'exact under overlap: replays confirmed by rows, counters only the loader sets, retention under the batch lock; plans that cannot flip; result history');

@@ -35,6 +35,7 @@ from loader import (
     TextBox,
     get_progress,
     make_pool,
+    recount_batch,
     register_batch,
     save_batch,
 )
@@ -55,7 +56,11 @@ _MINIMAL_GRANTS = [
     "GRANT SELECT ON loader_schema_version TO {role}",
     "GRANT SELECT, INSERT ON batch_executions, chain_executions, ocr_executions,"
     " ocr_text_boxes, load_rejects, loader_calls TO {role}",
-    "GRANT UPDATE ON batch_executions, chain_executions, ocr_executions TO {role}",
+    # Version 5: only the columns the merge and recount_batch write.
+    "GRANT UPDATE (status, total_images, completed_images, failed_images, totals_stale)"
+    " ON batch_executions TO {role}",
+    "GRANT UPDATE (status, completed_tasks, failed_tasks, position) ON chain_executions TO {role}",
+    "GRANT UPDATE (status, error, public_path, model_version) ON ocr_executions TO {role}",
     # The merge resolves rejects that later inputs repair.
     "GRANT UPDATE (resolved_at, resolved_by) ON load_rejects TO {role}",
     # The merge replaces a re-OCRed or repaired result's boxes (checked for every merge).
@@ -306,3 +311,97 @@ def test_a_dsn_libpq_cannot_parse_is_refused_without_quoting_it() -> None:
         make_pool("postgresql://u:Pw-1x9 secret@h/db")
     assert "Pw-1x9" not in str(info.value) and "secret" not in str(info.value)
     assert info.value.__cause__ is None and info.value.__context__ is None
+
+
+# What a compromised worker (the loader_writer role) may not do beyond the save
+# path's own writes (docs/security.md): each statement must be refused.
+_NOT_A_SAVES_WRITE = {
+    "rename a batch": "UPDATE batch_executions SET batch_id = 'renamed'",
+    "change a declared total": "UPDATE batch_executions SET declared_images = 1",
+    "backdate a batch": "UPDATE batch_executions SET created_at = now() - interval '1 year'",
+    "move a chain to another batch": "UPDATE chain_executions SET batch_id = 'other'",
+    "change a chain id": "UPDATE chain_executions SET chain_id = 'forged'",
+    "steal an image path": "UPDATE ocr_executions SET image_path = image_path || '.stolen'",
+    "re-point an OCR row": "UPDATE ocr_executions SET chain_id = chain_id",
+    "rename a task": "UPDATE task_logs SET task_id = 'forged'",
+    "edit the call ledger": "UPDATE loader_calls SET inputs = 0",
+    "empty the call ledger": "DELETE FROM loader_calls",
+    "delete rejects": "DELETE FROM load_rejects",
+    "delete results": "DELETE FROM ocr_executions",
+    "delete chains": "DELETE FROM chain_executions",
+    "delete task logs": "DELETE FROM task_logs",
+    "edit a reject's input": "UPDATE load_rejects SET raw = 'x'",
+    "edit a box": "UPDATE ocr_text_boxes SET text = 'forged'",
+}
+
+
+def test_the_writer_role_updates_only_the_columns_a_save_writes(
+    writer: Role, db: psycopg.Connection[Any]
+) -> None:
+    with psycopg.connect(writer.dsn) as c:
+        save_batch(c, "kept", [*make_batch(2, prefix="cols"), b"junk"])
+    db.execute("INSERT INTO batch_executions (batch_id, total_images) VALUES ('other', 1)")
+    db.execute("INSERT INTO task_logs (task_id, status) VALUES ('t1', 'SUCCESS')")
+    before = snapshot(db)
+    allowed = []
+    with psycopg.connect(writer.dsn, autocommit=True) as c:
+        for what, statement in _NOT_A_SAVES_WRITE.items():
+            try:
+                c.execute(statement)  # type: ignore[arg-type]
+                allowed.append(what)
+            except psycopg.errors.InsufficientPrivilege:
+                pass
+    assert allowed == []
+    assert snapshot(db) == before
+
+
+def test_replace_repair_and_the_task_log_run_with_only_the_writer_grants(
+    writer: Role, db: psycopg.Connection[Any]
+) -> None:
+    role = writer
+    from loader import queries
+
+    first = make_batch(4, prefix="cols")
+    broken = [*first[:3], b"not json"]
+    with psycopg.connect(role.dsn) as c:
+        save_batch(c, "grants", broken)
+        again = [dict(r, model_version="v2") for r in first]
+        replaced = save_batch(c, "grants", again[:3], replace=True)
+        repaired = save_batch(c, "grants", [again[3]], position_offset=3, repair=True)
+        task = {"task_id": "t-1", "task_name": "ocr", "chain_id": None, "retries": 0, "error": None}
+        c.execute(queries.get("tasklog_upsert"), {**task, "status": "STARTED"})
+        c.execute(queries.get("tasklog_upsert"), {**task, "status": "SUCCESS", "retries": 1})
+        c.commit()
+    assert (replaced.replaced, repaired.stored) == (3, 1)
+    assert_totals_match_recount(db, "grants")
+    assert db.execute("SELECT status::text, retries FROM task_logs WHERE task_id = 't-1'").fetchone() == (
+        "SUCCESS",
+        1,
+    )
+    assert db.execute("SELECT count(*) FROM ocr_executions WHERE model_version = 'v2'").fetchone() == (4,)
+
+
+def test_forged_counters_cannot_make_retention_delete_an_unfinished_batch(
+    writer: Role, conn: psycopg.Connection[Any], db: psycopg.Connection[Any]
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from loader.lifecycle import delete_finished
+
+    with psycopg.connect(writer.dsn) as c:
+        save_batch(c, "half", make_batch(1, prefix="half"), total_images=2)
+    with psycopg.connect(writer.dsn, autocommit=True) as c:
+        # What a compromised worker can write: the counters, the status, the stale mark.
+        c.execute(
+            "SELECT set_config('loader.keeping_totals', 'on', false);"
+            "UPDATE batch_executions SET status = 'SUCCESS', completed_images = 2, totals_stale = false"
+        )
+    assert stored_totals(db, "half")[1:] == (2, 0, "SUCCESS")
+    db.execute("SET session_replication_role = replica")
+    for table in ("batch_executions", "chain_executions", "ocr_executions", "ocr_text_boxes"):
+        db.execute(f"UPDATE {table} SET updated_at = now() - interval '40 days'")  # type: ignore[arg-type]
+    db.execute("UPDATE loader_calls SET committed_at = now() - interval '40 days'")
+    db.execute("RESET session_replication_role")
+
+    assert delete_finished(conn, datetime.now(UTC) - timedelta(days=30)) == []
+    assert recount_batch(conn, "half").status == "STARTED"  # the rows' figures, back in place
