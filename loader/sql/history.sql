@@ -1,0 +1,171 @@
+-- Result history (docs/history.md): the results a re-OCR, a repair or a rollback
+-- replaced, kept by the merge (save.sql, kept_results) in ocr_result_history,
+-- read, compared, restored and pruned here. A result's boxes read as one JSON
+-- array of {"text", "confidence", "bbox"} in reading order, current or kept.
+
+-- name: image_versions
+-- Every result of one image, newest first: the current one (current true, from ocr_executions) and the kept ones.
+WITH image AS (
+    SELECT o.id, o.image_path, c.batch_id, c.position, o.result_version, o.model_version, o.status,
+           o.error, o.public_path, o.updated_at
+    FROM ocr_executions o
+    JOIN chain_executions c ON c.chain_id = o.chain_id
+    WHERE o.image_path = %(image_path)s
+)
+SELECT i.image_path, i.batch_id, i.position, i.result_version AS version, true AS current, i.model_version,
+       i.status::text AS status, i.error, i.public_path,
+       coalesce((SELECT jsonb_agg(jsonb_build_object('text', b.text, 'confidence', b.confidence, 'bbox', b.bbox)
+                                  ORDER BY b.position)
+                 FROM ocr_text_boxes b WHERE b.ocr_execution_id = i.id), '[]'::jsonb) AS boxes,
+       i.updated_at AS stored_at, NULL::timestamptz AS replaced_at, NULL::bytea AS replaced_by,
+       NULL::text AS replaced_in
+FROM image i
+UNION ALL
+SELECT i.image_path, i.batch_id, i.position, h.version, false, h.model_version, h.status::text, h.error,
+       h.public_path, h.boxes, h.stored_at, h.replaced_at, h.replaced_by, h.replaced_in
+FROM image i
+JOIN ocr_result_history h ON h.ocr_execution_id = i.id
+ORDER BY version DESC;
+
+-- name: batch_versions
+-- A batch's results by model version: how many images hold one now, how many earlier results of it are kept, and when.
+WITH results AS (
+    SELECT o.model_version, 1 AS current_image, 0 AS kept_result, NULL::bigint AS kept_image,
+           o.updated_at AS stored_at, NULL::timestamptz AS replaced_at
+    FROM chain_executions c
+    JOIN ocr_executions o ON o.chain_id = c.chain_id
+    WHERE c.batch_id = %(batch_id)s
+    UNION ALL
+    SELECT h.model_version, 0, 1, h.ocr_execution_id, h.stored_at, h.replaced_at
+    FROM ocr_result_history h
+    WHERE h.batch_id = %(batch_id)s
+)
+SELECT model_version, sum(current_image) AS current_images, sum(kept_result) AS kept_results,
+       count(DISTINCT kept_image) AS kept_images, max(stored_at) AS last_stored, max(replaced_at) AS last_replaced
+FROM results
+GROUP BY model_version
+ORDER BY last_stored DESC, model_version NULLS LAST;
+
+-- name: compare_versions
+-- Compare two results of each image of a batch (by model version; by default the current one and the one it replaced): the counts, and the images that changed most.
+-- The "to" side of an image is its newest result of model %(to)s (default: its
+-- current result); the "from" side its newest result of model %(from)s older
+-- than that (default: the result just before it). Images with both sides are
+-- compared. A box changed when its text at the same reading position differs
+-- (or one side has no box there); confidence means are weighted by boxes.
+WITH batch_images AS MATERIALIZED (
+    SELECT o.id, o.image_path, o.result_version, o.model_version, o.status, o.error
+    FROM chain_executions c
+    JOIN ocr_executions o ON o.chain_id = c.chain_id
+    WHERE c.batch_id = %(batch_id)s
+),
+results AS (
+    SELECT i.id, i.image_path, i.result_version AS version, i.model_version, i.status, i.error, true AS current
+    FROM batch_images i
+    UNION ALL
+    SELECT h.ocr_execution_id, i.image_path, h.version, h.model_version, h.status, h.error, false
+    FROM ocr_result_history h
+    JOIN batch_images i ON i.id = h.ocr_execution_id
+    WHERE h.batch_id = %(batch_id)s
+),
+to_side AS (
+    SELECT DISTINCT ON (r.id) r.*
+    FROM results r
+    WHERE CASE WHEN %(to)s::text IS NULL THEN r.current ELSE r.model_version = %(to)s::text END
+    ORDER BY r.id, r.version DESC
+),
+from_side AS (
+    SELECT DISTINCT ON (r.id) r.*
+    FROM results r
+    JOIN to_side t ON t.id = r.id AND r.version < t.version
+    WHERE %(from)s::text IS NULL OR r.model_version = %(from)s::text
+    ORDER BY r.id, r.version DESC
+),
+with_boxes AS (
+    -- Boxes only for the results compared: kept ones carry theirs, current ones are aggregated.
+    SELECT t.id, t.image_path, f.version AS from_version, t.version AS to_version,
+           f.model_version AS from_model, t.model_version AS to_model,
+           f.status::text AS from_status, t.status::text AS to_status,
+           f.error IS NOT DISTINCT FROM t.error AS same_error,
+           CASE WHEN f.current THEN cb.boxes ELSE fh.boxes END AS from_boxes,
+           CASE WHEN t.current THEN cb.boxes ELSE th.boxes END AS to_boxes
+    FROM to_side t
+    JOIN from_side f ON f.id = t.id
+    LEFT JOIN ocr_result_history fh ON NOT f.current AND fh.ocr_execution_id = f.id AND fh.version = f.version
+    LEFT JOIN ocr_result_history th ON NOT t.current AND th.ocr_execution_id = t.id AND th.version = t.version
+    LEFT JOIN LATERAL (
+        SELECT coalesce(jsonb_agg(jsonb_build_object('text', b.text, 'confidence', b.confidence, 'bbox', b.bbox)
+                                  ORDER BY b.position), '[]'::jsonb) AS boxes
+        FROM ocr_text_boxes b
+        WHERE b.ocr_execution_id = t.id
+    ) AS cb ON t.current OR f.current
+),
+pairs AS MATERIALIZED (
+    SELECT w.*, nf, nt,
+           w.from_status = w.to_status AND w.same_error AND w.from_boxes = w.to_boxes AS same,
+           w.from_status = 'success' AND w.to_status = 'success'
+               AND jsonb_path_query_array(w.from_boxes, '$[*].text')
+                   IS DISTINCT FROM jsonb_path_query_array(w.to_boxes, '$[*].text') AS text_changed,
+           (SELECT coalesce(sum((x ->> 'confidence')::float8), 0) FROM jsonb_array_elements(w.from_boxes) x) AS from_conf,
+           (SELECT coalesce(sum((x ->> 'confidence')::float8), 0) FROM jsonb_array_elements(w.to_boxes) x) AS to_conf,
+           (SELECT count(*) FROM generate_series(0, greatest(nf, nt) - 1) AS p
+            WHERE w.from_boxes -> p -> 'text' IS DISTINCT FROM w.to_boxes -> p -> 'text') AS changed_boxes
+    FROM with_boxes w,
+         LATERAL (SELECT jsonb_array_length(w.from_boxes) AS nf, jsonb_array_length(w.to_boxes) AS nt) AS n
+),
+top AS (
+    SELECT p.image_path, p.from_version, p.to_version, p.from_model, p.to_model, p.from_status, p.to_status,
+           p.nf AS from_boxes, p.nt AS to_boxes, p.changed_boxes,
+           p.to_conf / nullif(p.nt, 0) - p.from_conf / nullif(p.nf, 0) AS confidence_change
+    FROM pairs p
+    WHERE NOT p.same
+    ORDER BY p.changed_boxes DESC, p.from_status <> p.to_status DESC,
+             abs(coalesce(p.to_conf / nullif(p.nt, 0), 0) - coalesce(p.from_conf / nullif(p.nf, 0), 0)) DESC,
+             p.image_path
+    LIMIT %(top)s
+)
+SELECT (SELECT count(*) FROM batch_images) AS batch_images,
+       count(*) AS compared,
+       count(*) FILTER (WHERE same) AS unchanged,
+       count(*) FILTER (WHERE from_status = 'success' AND to_status = 'failed') AS success_to_failed,
+       count(*) FILTER (WHERE from_status = 'failed' AND to_status = 'success') AS failed_to_success,
+       count(*) FILTER (WHERE text_changed) AS text_changed,
+       coalesce(sum(greatest(nt - nf, 0)), 0) AS boxes_added,
+       coalesce(sum(greatest(nf - nt, 0)), 0) AS boxes_removed,
+       sum(from_conf) / nullif(sum(nf), 0) AS from_mean_confidence,
+       sum(to_conf) / nullif(sum(nt), 0) AS to_mean_confidence,
+       coalesce(array_agg(DISTINCT from_model), '{}') AS from_models,
+       coalesce(array_agg(DISTINCT to_model), '{}') AS to_models,
+       coalesce((SELECT jsonb_agg(to_jsonb(t)) FROM top t), '[]'::jsonb) AS most_changed
+FROM pairs;
+
+-- name: rollback_targets
+-- For each image of a batch with kept results: the result to restore (the newest kept one, or the newest of model %(to)s while the current one is another model), with its position.
+SELECT DISTINCT ON (h.ocr_execution_id)
+       o.image_path, c.position, o.result_version AS current_version, o.model_version AS current_model,
+       h.version, h.model_version, h.status::text AS status, h.error, h.public_path, h.boxes
+FROM ocr_result_history h
+JOIN ocr_executions o ON o.id = h.ocr_execution_id
+JOIN chain_executions c ON c.chain_id = o.chain_id AND c.batch_id = h.batch_id
+WHERE h.batch_id = %(batch_id)s
+  AND (%(to)s::text IS NULL OR (h.model_version = %(to)s::text AND o.model_version IS DISTINCT FROM %(to)s::text))
+ORDER BY h.ocr_execution_id, h.version DESC;
+
+-- name: prune_history
+-- Retention of kept results: delete those beyond an image's newest %(keep)s and/or replaced before %(before)s (both given: only those both select), in one batch or all; current results are never touched.
+WITH ranked AS (
+    SELECT h.id, h.replaced_at,
+           row_number() OVER (PARTITION BY h.ocr_execution_id ORDER BY h.version DESC) AS newest
+    FROM ocr_result_history h
+    WHERE %(batch_id)s::text IS NULL OR h.batch_id = %(batch_id)s::text
+),
+doomed AS (
+    SELECT r.id
+    FROM ranked r
+    WHERE (%(keep)s::integer IS NULL OR r.newest > %(keep)s::integer)
+      AND (%(before)s::timestamptz IS NULL OR r.replaced_at < %(before)s::timestamptz)
+)
+DELETE FROM ocr_result_history h
+USING doomed d
+WHERE h.id = d.id
+RETURNING h.batch_id;
