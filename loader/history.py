@@ -18,6 +18,7 @@ import hashlib
 from datetime import datetime
 from typing import Any, NamedTuple
 
+import psycopg
 from psycopg.rows import class_row
 
 from loader import queries
@@ -40,6 +41,7 @@ __all__ = [
     "image_history",
     "prune_history",
     "rollback",
+    "rollback_plan",
 ]
 
 # How many images `compare` lists by default among those that changed most.
@@ -249,6 +251,27 @@ def _inputs(targets: list[_Target]) -> list[tuple[int, dict[str, Any]]]:
     return sorted(inputs, key=lambda item: item[0])
 
 
+def _targets(conn: psycopg.Connection[Any], batch_id: str, to_model: str | None) -> list[_Target]:
+    get_progress(conn, batch_id)
+    with translating(f"reading the results to restore in batch {quoted(batch_id)}"), conn.transaction():
+        cur = conn.cursor(row_factory=class_row(_Target))
+        return list(cur.execute(queries.get("rollback_targets"), {"batch_id": batch_id, "to": to_model}))
+
+
+def _by_model(targets: list[_Target]) -> dict[str | None, int]:
+    restored: dict[str | None, int] = {}
+    for target in targets:
+        restored[target.model_version] = restored.get(target.model_version, 0) + 1
+    return restored
+
+
+def rollback_plan(pool_or_conn: Connectable, batch_id: str, *, to_model: str | None = None) -> dict[str | None, int]:
+    """What ``rollback`` with the same arguments would restore now: model version -> images. Writes nothing."""
+    batch_id = check_batch_id(batch_id)
+    with connection(pool_or_conn) as conn:
+        return _by_model(_targets(conn, batch_id, to_model))
+
+
 def rollback(
     pool_or_conn: Connectable,
     batch_id: str,
@@ -267,10 +290,7 @@ def rollback(
     """
     batch_id = check_batch_id(batch_id)
     with connection(pool_or_conn) as conn:
-        get_progress(conn, batch_id)
-        with translating(f"reading the results to restore in batch {quoted(batch_id)}"), conn.transaction():
-            cur = conn.cursor(row_factory=class_row(_Target))
-            targets = cur.execute(queries.get("rollback_targets"), {"batch_id": batch_id, "to": to_model}).fetchall()
+        targets = _targets(conn, batch_id, to_model)
         if not targets:
             return Rollback(None, {})
         inputs = _inputs(targets)
@@ -280,10 +300,7 @@ def rollback(
         state = b"".join(t.current_version.to_bytes(4, "little") for t in targets)
         prepared.digest = hashlib.sha256(b"rollback\0" + call_digest(inputs) + state).digest()
         report = save_prepared(conn, batch_id, prepared, replace=True, settings=settings)
-    restored: dict[str | None, int] = {}
-    for target in targets:
-        restored[target.model_version] = restored.get(target.model_version, 0) + 1
-    return Rollback(report, restored)
+    return Rollback(report, _by_model(targets))
 
 
 def prune_history(
