@@ -60,6 +60,8 @@ _MINIMAL_GRANTS = [
     "GRANT UPDATE (resolved_at, resolved_by) ON load_rejects TO {role}",
     # The merge replaces a re-OCRed or repaired result's boxes (checked for every merge).
     "GRANT DELETE ON ocr_text_boxes TO {role}",
+    # The merge keeps the results it replaces (result history; checked for every merge).
+    "GRANT INSERT ON ocr_result_history TO {role}",
 ]
 
 
