@@ -81,7 +81,7 @@ def timed(work: Callable[[], Any]) -> float:
 
 def one_replace(admin: str, first: list[dict[str, Any]], second: list[dict[str, Any]], keep: bool) -> float:
     shipped = loader.save._MERGE
-    with fresh_database(admin) as dsn, psycopg.connect(dsn) as conn:
+    with fresh_database(admin) as dsn, psycopg.connect(dsn, autocommit=True) as conn:
         save_batch(conn, "b", first)
         conn.execute("CHECKPOINT")  # superuser; the replace then starts from the same state
         if not keep:
@@ -108,7 +108,8 @@ def replace_cost(admin: str, images: int, rounds: int) -> None:
     print(
         f"replace of {images:,} images (5 boxes each, one call): with history {with_history * 1000:.0f} ms, "
         f"without {without * 1000:.0f} ms: {with_history / without:.3f}x (medians of {rounds}; "
-        f"with {[round(t * 1000) for t in timings[True]]}, without {[round(t * 1000) for t in timings[False]]})"
+        f"with {[round(t * 1000) for t in timings[True]]}, "
+        f"without {[round(t * 1000) for t in timings[False]]})"
     )
 
 
@@ -117,9 +118,11 @@ def compare_cost(admin: str, images: int) -> None:
     for r in first:
         r["model_version"] = "ocr-v1"
     second = rerun(first, "ocr-v2")
-    with fresh_database(admin) as dsn, psycopg.connect(dsn) as conn:
+    with fresh_database(admin) as dsn, psycopg.connect(dsn, autocommit=True) as conn:
         for start in range(0, images, LOAD_CHUNK):
-            save_batch(conn, "big", first[start : start + LOAD_CHUNK], position_offset=start, total_images=images)
+            save_batch(
+                conn, "big", first[start : start + LOAD_CHUNK], position_offset=start, total_images=images
+            )
         for start in range(0, images, LOAD_CHUNK):
             part = second[start : start + LOAD_CHUNK]
             save_batch(conn, "big", part, position_offset=start, total_images=images, replace=True)
@@ -138,7 +141,9 @@ def compare_cost(admin: str, images: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("dsn")
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--compare-images", type=int, default=100_000)

@@ -1,4 +1,4 @@
-"""Result history: every OCR result a re-OCR, a repair or a rollback replaced, read, compared, restored, pruned.
+"""Result history: the OCR results a re-OCR, a repair or a rollback replaced; read, compared, restored.
 
 The merge keeps each replaced result in ``ocr_result_history`` in the same
 statement that replaces it (loader/sql/save.sql, ``kept_results``); this module
@@ -265,8 +265,10 @@ def _by_model(targets: list[_Target]) -> dict[str | None, int]:
     return restored
 
 
-def rollback_plan(pool_or_conn: Connectable, batch_id: str, *, to_model: str | None = None) -> dict[str | None, int]:
-    """What ``rollback`` with the same arguments would restore now: model version -> images. Writes nothing."""
+def rollback_plan(
+    pool_or_conn: Connectable, batch_id: str, *, to_model: str | None = None
+) -> dict[str | None, int]:
+    """What ``rollback`` with these arguments would restore now (model version -> images); writes nothing."""
     batch_id = check_batch_id(batch_id)
     with connection(pool_or_conn) as conn:
         return _by_model(_targets(conn, batch_id, to_model))
@@ -317,7 +319,9 @@ def prune_history(
     were. Needs the loader_admin role. Returns results deleted per batch.
     """
     if keep is None and replaced_before is None:
-        raise ConfigurationError("say what to delete: keep=K (newest kept per image) and/or replaced_before=DATE")
+        raise ConfigurationError(
+            "say what to delete: keep=K (newest kept per image) and/or replaced_before=DATE"
+        )
     if keep is not None and (not isinstance(keep, int) or isinstance(keep, bool) or keep < 0):
         raise ConfigurationError(f"keep must be a non-negative integer, got {keep!r}")
     if replaced_before is not None and replaced_before.tzinfo is None:

@@ -298,7 +298,7 @@ def _usable_version(version: object) -> str | None:
 
 
 def _invalid(error: str, public_path: object, model_version: object = None) -> _Verdict:
-    """An invalid input, stored as failed; its public_path and model_version are kept when usable on their own."""
+    """An invalid input, stored as failed; public_path and model_version are kept when usable on their own."""
     usable = public_path if path_problem(public_path, "public_path") is None else None
     return _Verdict(
         usable if isinstance(usable, str) else None,

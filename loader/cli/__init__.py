@@ -1,8 +1,8 @@
 """The `loader` command line: load JSONL backfills, inspect batches and rejects, deploy the schema.
 
-One module per command (load, status, rejects, delete, history, compare, rollback, schema, schema adopt, demo) on a shared base
-(loader/cli/base.py: the group, exit statuses, common options, connecting) and
-one output helper (loader/cli/output.py). Errors end as one line on stderr
+One module per command (load, status, rejects, delete, history, compare, rollback, schema,
+schema adopt, demo) on a shared base (loader/cli/base.py: the group, exit statuses, common
+options, connecting) and one output helper (loader/cli/output.py). Errors end as one line on stderr
 and a non-zero exit status, never a traceback:
 0 success, 1 error (database, input file, configuration), 2 bad usage,
 3 `schema check` found differences, 130 interrupted (Ctrl-C).

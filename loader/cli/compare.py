@@ -86,7 +86,11 @@ def changed_table(images: list[ChangedImage]) -> Table:
     table.add_column("changed", justify="right", no_wrap=True)
     table.add_column("conf.", justify="right", no_wrap=True)
     for image in images:
-        status = image.from_status if image.from_status == image.to_status else f"{image.from_status}->{image.to_status}"
+        status = (
+            image.from_status
+            if image.from_status == image.to_status
+            else f"{image.from_status}->{image.to_status}"
+        )
         table.add_row(
             Text(out.printable(image.image_path)),
             Text(status),
@@ -102,7 +106,11 @@ def changed_table(images: list[ChangedImage]) -> Table:
 @click.option("--from", "from_model", metavar="V1", default=None, help="Model version of the older side.")
 @click.option("--to", "to_model", metavar="V2", default=None, help="Model version of the newer side.")
 @click.option(
-    "--top", type=click.IntRange(min=0), default=DEFAULT_TOP, show_default=True, help="Images listed that changed most."
+    "--top",
+    type=click.IntRange(min=0),
+    default=DEFAULT_TOP,
+    show_default=True,
+    help="Images listed that changed most.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @common_options
@@ -120,4 +128,6 @@ def compare_command(
     if comparison.most_changed:
         console.print(changed_table(comparison.most_changed))
     elif comparison.compared == 0:
-        out.echo("nothing to compare: no image of the batch holds both results (see `loader history --batch`)")
+        out.echo(
+            "nothing to compare: no image of the batch holds both results (see `loader history --batch`)"
+        )

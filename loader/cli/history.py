@@ -1,4 +1,4 @@
-"""`loader history`: every result of an image, a batch's results by model version, and retention of kept results."""
+"""`loader history`: an image's results, a batch's results by model version, retention of kept results."""
 
 from __future__ import annotations
 
@@ -59,7 +59,12 @@ def _print_image(versions: list[ResultVersion]) -> None:
         ]
         for v in versions
     ]
-    out.table(rows, header=["version", "model", "status", "boxes", "stored", "replaced", "by"], right=[3], indent="  ")
+    out.table(
+        rows,
+        header=["version", "model", "status", "boxes", "stored", "replaced", "by"],
+        right=[3],
+        indent="  ",
+    )
     for v in versions:
         if v.error:
             out.echo(f"  {v.version}: {out.printable(v.error[:70])}")
@@ -77,10 +82,14 @@ def _print_batch(batch_id: str, versions: list[BatchVersion]) -> None:
         ]
         for v in versions
     ]
-    out.table(rows, header=["model", "current", "kept", "images", "last replaced"], right=[1, 2, 3], indent="  ")
+    out.table(
+        rows, header=["model", "current", "kept", "images", "last replaced"], right=[1, 2, 3], indent="  "
+    )
 
 
-def _prune(session: Session, keep: int | None, before: datetime | None, batch_id: str | None, yes: bool) -> None:
+def _prune(
+    session: Session, keep: int | None, before: datetime | None, batch_id: str | None, yes: bool
+) -> None:
     what = " and ".join(
         part
         for part in (
@@ -102,7 +111,9 @@ def _prune(session: Session, keep: int | None, before: datetime | None, batch_id
 @cli.command("history", epilog=HISTORY_EPILOG)
 @click.argument("image_path", required=False)
 @click.option("--batch", "-b", "batch_id", metavar="BATCH_ID", help="The batch's results by model version.")
-@click.option("--keep", type=click.IntRange(min=0), default=None, help="Retention: keep each image's newest K.")
+@click.option(
+    "--keep", type=click.IntRange(min=0), default=None, help="Retention: keep each image's newest K."
+)
 @click.option(
     "--replaced-before",
     "before",
@@ -127,12 +138,16 @@ def history_command(
     pruning = keep is not None or before is not None
     if pruning:
         if image_path is not None:
-            raise click.UsageError("retention takes --keep / --replaced-before (and --batch), not an IMAGE_PATH")
+            raise click.UsageError(
+                "retention takes --keep / --replaced-before (and --batch), not an IMAGE_PATH"
+            )
         when = before.replace(tzinfo=UTC) if before is not None and before.tzinfo is None else before
         _prune(session, keep, when, batch_id, yes)
         return
     if (image_path is None) == (batch_id is None):
-        raise click.UsageError("name one IMAGE_PATH, or pass --batch BATCH_ID (or --keep / --replaced-before)")
+        raise click.UsageError(
+            "name one IMAGE_PATH, or pass --batch BATCH_ID (or --keep / --replaced-before)"
+        )
     with session.connect() as conn:
         if batch_id is not None:
             summary = batch_versions(conn, batch_id)

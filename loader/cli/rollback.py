@@ -31,7 +31,9 @@ def _models(restored: dict[str | None, int]) -> str:
 
 @cli.command("rollback", epilog=ROLLBACK_EPILOG)
 @click.argument("batch_id")
-@click.option("--to", "to_model", metavar="V", default=None, help="Restore each image's newest result of model V.")
+@click.option(
+    "--to", "to_model", metavar="V", default=None, help="Restore each image's newest result of model V."
+)
 @click.option("--yes", is_flag=True, help="Do not ask first.")
 @click.option("--json", "as_json", is_flag=True, help="The call's report as one JSON document.")
 @common_options
@@ -52,7 +54,12 @@ def rollback_command(batch_id: str, to_model: str | None, yes: bool, as_json: bo
         out.echo(f"batch {out.printable(batch_id)}: nothing left to restore; nothing changed")
         return
     if as_json:
-        out.echo_json({"restored": {m or "": n for m, n in done.restored.items()}, **done.report.model_dump(mode="json")})
+        out.echo_json(
+            {
+                "restored": {m or "": n for m, n in done.restored.items()},
+                **done.report.model_dump(mode="json"),
+            }
+        )
         return
     report = done.report
     out.echo(

@@ -5,7 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, Index, Integer, LargeBinary, Text, UniqueConstraint, func
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    Text,
+    UniqueConstraint,
+    func,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -24,14 +35,12 @@ class OCRResultVersion(Base):
         CheckConstraint("version > 0", name="ocr_result_history_version_check"),
         CheckConstraint("jsonb_typeof(boxes) = 'array'", name="ocr_result_history_boxes_check"),
         CheckConstraint("length(replaced_by) = 32", name="ocr_result_history_replaced_by_check"),
-        CheckConstraint(
-            "replaced_in IN ('replace', 'repair')", name="ocr_result_history_replaced_in_check"
-        ),
+        CheckConstraint("replaced_in IN ('replace', 'repair')", name="ocr_result_history_replaced_in_check"),
         UniqueConstraint("ocr_execution_id", "version", name="ocr_result_history_version_once"),
         Index("ocr_result_history_batch_idx", "batch_id", "ocr_execution_id"),
         {
-            "comment": "Version 5: every OCR result the loader replaced (re-OCR, repaired failure, rollback), "
-            "one row per replaced version, append-only; deleted with its batch, or by retention "
+            "comment": "Version 5: every OCR result the loader replaced (re-OCR, repaired failure, "
+            "rollback), one row per replaced version, append-only; deleted with its batch, or by retention "
             "(loader history --keep / --replaced-before)."
         },
     )

@@ -49,7 +49,11 @@ def rerun(results: list[dict[str, Any]], model: str, seed: int) -> list[dict[str
         if roll < 0.15:
             r.update(status="failed", error=f"{model}: engine timeout", text_boxes=[])
         elif r["status"] == "failed":
-            r.update(status="success", error=None, text_boxes=[{"text": "back", "confidence": 0.5, "bbox": [[0, 0]]}])
+            r.update(
+                status="success",
+                error=None,
+                text_boxes=[{"text": "back", "confidence": 0.5, "bbox": [[0, 0]]}],
+            )
         elif roll < 0.3:
             r["text_boxes"][0]["text"] += " (reread)"
         elif roll < 0.45:
@@ -79,7 +83,8 @@ def expected_comparison(old: list[dict[str, Any]], new: list[dict[str, Any]]) ->
     return {
         "compared": len(pairs),
         "unchanged": sum(
-            (a["status"], a.get("error"), boxes_of(a)) == (b["status"], b.get("error"), boxes_of(b)) for a, b in pairs
+            (a["status"], a.get("error"), boxes_of(a)) == (b["status"], b.get("error"), boxes_of(b))
+            for a, b in pairs
         ),
         "success_to_failed": sum(a["status"] == "success" and b["status"] == "failed" for a, b in pairs),
         "failed_to_success": sum(a["status"] == "failed" and b["status"] == "success" for a, b in pairs),
@@ -100,7 +105,8 @@ def counts_of(c: Any) -> dict[str, Any]:
 def changed_boxes(a: dict[str, Any], b: dict[str, Any]) -> int:
     ta, tb = [x["text"] for x in boxes_of(a)], [x["text"] for x in boxes_of(b)]
     return sum(
-        (ta[i] if i < len(ta) else None) != (tb[i] if i < len(tb) else None) for i in range(max(len(ta), len(tb)))
+        (ta[i] if i < len(ta) else None) != (tb[i] if i < len(tb) else None)
+        for i in range(max(len(ta), len(tb)))
     )
 
 
@@ -140,12 +146,17 @@ def test_a_re_ocr_keeps_every_result_it_replaces_with_its_boxes_in_order(
         assert row["replaced_by"] in ledger and row["stored_at"] < row["replaced_at"]
     # The current result is version 2; API reads both, newest first.
     versions = image_history(conn, first[0]["image_path"])
-    assert [(v.version, v.current, v.model_version) for v in versions] == [(2, True, "ocr-v2"), (1, False, "ocr-v1")]
+    assert [(v.version, v.current, v.model_version) for v in versions] == [
+        (2, True, "ocr-v2"),
+        (1, False, "ocr-v1"),
+    ]
     assert versions[0].boxes == boxes_of(second[0]) and versions[1].boxes == boxes_of(first[0])
     assert_totals_match_recount(db, "keep")
 
 
-def test_plain_saves_and_replays_keep_nothing(conn: psycopg.Connection[Any], db: psycopg.Connection[Any]) -> None:
+def test_plain_saves_and_replays_keep_nothing(
+    conn: psycopg.Connection[Any], db: psycopg.Connection[Any]
+) -> None:
     data = make_batch(10, prefix="plain")
     save_batch(conn, "plain", data)
     save_batch(conn, "plain", data)  # a redelivery
@@ -158,7 +169,9 @@ def test_plain_saves_and_replays_keep_nothing(conn: psycopg.Connection[Any], db:
     assert replay.replayed and (snapshot(db), history_rows(db)) == before
 
 
-def test_a_repaired_failure_keeps_the_failure(conn: psycopg.Connection[Any], db: psycopg.Connection[Any]) -> None:
+def test_a_repaired_failure_keeps_the_failure(
+    conn: psycopg.Connection[Any], db: psycopg.Connection[Any]
+) -> None:
     good = with_model(make_batch(3, prefix="rep"), "m1")
     bad = copy.deepcopy(good)
     bad[1].update(status="failed", error="GPU out of memory", text_boxes=[])
@@ -168,7 +181,12 @@ def test_a_repaired_failure_keeps_the_failure(conn: psycopg.Connection[Any], db:
 
     assert report.replaced == 1
     (row,) = history_rows(db)
-    assert (row["status"], row["error"], row["boxes"], row["replaced_in"]) == ("failed", "GPU out of memory", [], "repair")
+    assert (row["status"], row["error"], row["boxes"], row["replaced_in"]) == (
+        "failed",
+        "GPU out of memory",
+        [],
+        "repair",
+    )
     assert [v.version for v in image_history(conn, good[1]["image_path"])] == [2, 1]
 
 
@@ -185,7 +203,8 @@ def test_a_re_ocr_counts_one_more_task_and_never_resets_the_applications_counter
     save_batch(conn, "tasks", again, replace=True)
 
     rows = db.execute(
-        "SELECT total_tasks, completed_tasks, failed_tasks, status::text FROM chain_executions ORDER BY position"
+        "SELECT total_tasks, completed_tasks, failed_tasks, status::text"
+        " FROM chain_executions ORDER BY position"
     ).fetchall()
     assert rows == [(2, 3, 1, "SUCCESS"), (2, 2, 2, "FAILURE")]
 
@@ -198,7 +217,10 @@ def test_an_input_stored_failed_for_invalid_data_keeps_its_model_version(
     data[1]["text_boxes"][0]["bbox"] = "not a polygon"
     report = save_batch(conn, "inv", data)
     assert report.failed == 2
-    assert db.execute("SELECT model_version FROM ocr_executions ORDER BY id").fetchall() == [("ocr-v7",), ("ocr-v7",)]
+    assert db.execute("SELECT model_version FROM ocr_executions ORDER BY id").fetchall() == [
+        ("ocr-v7",),
+        ("ocr-v7",),
+    ]
 
 
 # --------------------------------------------------------------------------- compare
@@ -274,7 +296,9 @@ def test_rollback_restores_the_previous_results_as_a_counted_and_evented_replace
     assert counts_of(compare(conn, "rb")) == expected_comparison(v1, v2)
 
 
-def test_rollback_to_a_named_model_version(conn: psycopg.Connection[Any], db: psycopg.Connection[Any]) -> None:
+def test_rollback_to_a_named_model_version(
+    conn: psycopg.Connection[Any], db: psycopg.Connection[Any]
+) -> None:
     v1 = with_model(make_batch(20, prefix="named"), "a")
     save_batch(conn, "named", v1)
     save_batch(conn, "named", rerun(v1, "b", seed=7), replace=True)
@@ -300,7 +324,9 @@ def test_retention_keeps_the_newest_k_or_drops_what_was_replaced_before_a_date(
     for n in range(2, 5):
         save_batch(conn, "ret", rerun(v1, f"m{n}", seed=n), replace=True)
     save_batch(conn, "other", with_model(make_batch(5, prefix="oth"), "m1"))
-    save_batch(conn, "other", rerun(with_model(make_batch(5, prefix="oth"), "m1"), "m2", seed=9), replace=True)
+    save_batch(
+        conn, "other", rerun(with_model(make_batch(5, prefix="oth"), "m1"), "m2", seed=9), replace=True
+    )
 
     assert prune_history(conn, keep=2, batch_id="ret") == {"ret": 5}
     assert sorted({r["version"] for r in history_rows(db) if r["batch_id"] == "ret"}) == [2, 3]
@@ -348,7 +374,9 @@ def test_the_command_line_shows_history_compares_rolls_back_and_prunes(
 
     shown = run("history", path, "--dsn", dsn)
     assert shown.exit_code == 0 and "ocr-v1" in shown.output and "ocr-v2" in shown.output
-    assert json.loads(run("history", path, "--json", "--dsn", dsn).output)["versions"][1]["boxes"] == boxes_of(v1[0])
+    assert json.loads(run("history", path, "--json", "--dsn", dsn).output)["versions"][1][
+        "boxes"
+    ] == boxes_of(v1[0])
     by_model = json.loads(run("history", "--batch", "cli", "--json", "--dsn", dsn).output)["model_versions"]
     assert {(m["model_version"], m["current_images"], m["kept_results"]) for m in by_model} == {
         ("ocr-v2", 30, 0),
@@ -381,7 +409,9 @@ def test_history_reads_through_the_orm(conn: psycopg.Connection[Any], dsn: str) 
     engine = create_engine(engine_url(dsn))
     try:
         with Session(engine) as session:
-            image = session.scalars(select(OCRExecution).where(OCRExecution.image_path == v1[0]["image_path"])).one()
+            image = session.scalars(
+                select(OCRExecution).where(OCRExecution.image_path == v1[0]["image_path"])
+            ).one()
             assert image.result_version == 3
             assert [(h.version, h.model_version) for h in image.history] == [(2, "m2"), (1, "m1")]
             assert image.history[-1].boxes == boxes_of(v1[0])

@@ -56,7 +56,11 @@ def test_a_re_ocr_through_the_celery_stage_keeps_the_replaced_results(
     client.close()
 
     assert report["replaced"] == 200
-    assert db.execute("SELECT count(*), min(version), max(version) FROM ocr_result_history").fetchone() == (200, 1, 1)
+    assert db.execute("SELECT count(*), min(version), max(version) FROM ocr_result_history").fetchone() == (
+        200,
+        1,
+        1,
+    )
     assert stored_totals(db, "reocr") == (200, 180, 20, "SUCCESS")
     assert_totals_match_recount(db, "reocr")
     with psycopg.connect(dsn) as conn:
