@@ -1,7 +1,8 @@
 -- Result history (docs/history.md): the results a re-OCR, a repair or a rollback
 -- replaced, kept by the merge (save.sql, kept_results) in ocr_result_history,
--- read, compared, restored and pruned here. A result's boxes read as one JSON
--- array of {"text", "confidence", "bbox"} in reading order, current or kept.
+-- read, compared, restored and pruned here. A kept result's boxes are three
+-- arrays (texts, confidences, bboxes); read, they come as one JSON array of
+-- {"text", "confidence", "bbox"} in reading order, as a current result's do.
 
 -- name: image_versions
 -- Every result of one image, newest first: the current one (current true, from ocr_executions) and the kept ones.
@@ -22,7 +23,10 @@ SELECT i.image_path, i.batch_id, i.position, i.result_version AS version, true A
 FROM image i
 UNION ALL
 SELECT i.image_path, i.batch_id, i.position, h.version, false, h.model_version, h.status::text, h.error,
-       h.public_path, h.boxes, h.stored_at, h.replaced_at, h.replaced_by, h.replaced_in
+       h.public_path,
+       (SELECT coalesce(jsonb_agg(jsonb_build_object('text', u.t, 'confidence', u.c, 'bbox', u.b) ORDER BY u.n), '[]'::jsonb)
+        FROM unnest(h.texts, h.confidences, h.bboxes) WITH ORDINALITY AS u (t, c, b, n)),
+       h.stored_at, h.replaced_at, h.replaced_by, h.replaced_in
 FROM image i
 JOIN ocr_result_history h ON h.ocr_execution_id = i.id
 ORDER BY version DESC;
@@ -81,37 +85,39 @@ from_side AS (
     WHERE %(from)s::text IS NULL OR r.model_version = %(from)s::text
     ORDER BY r.id, r.version DESC
 ),
-with_boxes AS (
-    -- Boxes only for the results compared: kept ones carry theirs, current ones are aggregated.
+sides AS (
+    -- The boxes of the results compared, as arrays in reading order: kept ones
+    -- carry theirs; a current one (only ever the "to" side) is aggregated.
     SELECT t.id, t.image_path, f.version AS from_version, t.version AS to_version,
            f.model_version AS from_model, t.model_version AS to_model,
            f.status::text AS from_status, t.status::text AS to_status,
            f.error IS NOT DISTINCT FROM t.error AS same_error,
-           CASE WHEN f.current THEN cb.boxes ELSE fh.boxes END AS from_boxes,
-           CASE WHEN t.current THEN cb.boxes ELSE th.boxes END AS to_boxes
+           fh.texts AS ft, fh.confidences AS fc, fh.bboxes AS fb,
+           CASE WHEN t.current THEN cb.texts ELSE th.texts END AS tt,
+           CASE WHEN t.current THEN cb.confidences ELSE th.confidences END AS tc,
+           CASE WHEN t.current THEN cb.bboxes ELSE th.bboxes END AS tb
     FROM to_side t
     JOIN from_side f ON f.id = t.id
-    LEFT JOIN ocr_result_history fh ON NOT f.current AND fh.ocr_execution_id = f.id AND fh.version = f.version
+    JOIN ocr_result_history fh ON fh.ocr_execution_id = f.id AND fh.version = f.version
     LEFT JOIN ocr_result_history th ON NOT t.current AND th.ocr_execution_id = t.id AND th.version = t.version
     LEFT JOIN LATERAL (
-        SELECT coalesce(jsonb_agg(jsonb_build_object('text', b.text, 'confidence', b.confidence, 'bbox', b.bbox)
-                                  ORDER BY b.position), '[]'::jsonb) AS boxes
+        SELECT coalesce(array_agg(b.text ORDER BY b.position), '{}') AS texts,
+               coalesce(array_agg(b.confidence ORDER BY b.position), '{}') AS confidences,
+               coalesce(array_agg(b.bbox ORDER BY b.position), '{}') AS bboxes
         FROM ocr_text_boxes b
         WHERE b.ocr_execution_id = t.id
-    ) AS cb ON t.current OR f.current
+    ) AS cb ON t.current
 ),
 pairs AS MATERIALIZED (
-    SELECT w.*, nf, nt,
-           w.from_status = w.to_status AND w.same_error AND w.from_boxes = w.to_boxes AS same,
-           w.from_status = 'success' AND w.to_status = 'success'
-               AND jsonb_path_query_array(w.from_boxes, '$[*].text')
-                   IS DISTINCT FROM jsonb_path_query_array(w.to_boxes, '$[*].text') AS text_changed,
-           (SELECT coalesce(sum((x ->> 'confidence')::float8), 0) FROM jsonb_array_elements(w.from_boxes) x) AS from_conf,
-           (SELECT coalesce(sum((x ->> 'confidence')::float8), 0) FROM jsonb_array_elements(w.to_boxes) x) AS to_conf,
-           (SELECT count(*) FROM generate_series(0, greatest(nf, nt) - 1) AS p
-            WHERE w.from_boxes -> p -> 'text' IS DISTINCT FROM w.to_boxes -> p -> 'text') AS changed_boxes
-    FROM with_boxes w,
-         LATERAL (SELECT jsonb_array_length(w.from_boxes) AS nf, jsonb_array_length(w.to_boxes) AS nt) AS n
+    SELECT s.id, s.image_path, s.from_version, s.to_version, s.from_model, s.to_model, s.from_status,
+           s.to_status, cardinality(s.ft) AS nf, cardinality(s.tt) AS nt,
+           s.from_status = s.to_status AND s.same_error AND s.ft = s.tt AND s.fc = s.tc AND s.fb = s.tb AS same,
+           s.from_status = 'success' AND s.to_status = 'success' AND s.ft <> s.tt AS text_changed,
+           (SELECT coalesce(sum(c), 0) FROM unnest(s.fc) AS c) AS from_conf,
+           (SELECT coalesce(sum(c), 0) FROM unnest(s.tc) AS c) AS to_conf,
+           -- unnest of two arrays pads the shorter with NULLs: a box only one side has differs.
+           (SELECT count(*) FROM unnest(s.ft, s.tt) AS u (a, b) WHERE a IS DISTINCT FROM b) AS changed_boxes
+    FROM sides s
 ),
 top AS (
     SELECT p.image_path, p.from_version, p.to_version, p.from_model, p.to_model, p.from_status, p.to_status,
@@ -143,7 +149,9 @@ FROM pairs;
 -- For each image of a batch with kept results: the result to restore (the newest kept one, or the newest of model %(to)s while the current one is another model), with its position.
 SELECT DISTINCT ON (h.ocr_execution_id)
        o.image_path, c.position, o.result_version AS current_version, o.model_version AS current_model,
-       h.version, h.model_version, h.status::text AS status, h.error, h.public_path, h.boxes
+       h.version, h.model_version, h.status::text AS status, h.error, h.public_path,
+       (SELECT coalesce(jsonb_agg(jsonb_build_object('text', u.t, 'confidence', u.c, 'bbox', u.b) ORDER BY u.n), '[]'::jsonb)
+        FROM unnest(h.texts, h.confidences, h.bboxes) WITH ORDINALITY AS u (t, c, b, n)) AS boxes
 FROM ocr_result_history h
 JOIN ocr_executions o ON o.id = h.ocr_execution_id
 JOIN chain_executions c ON c.chain_id = o.chain_id AND c.batch_id = h.batch_id
@@ -154,18 +162,18 @@ ORDER BY h.ocr_execution_id, h.version DESC;
 -- name: prune_history
 -- Retention of kept results: delete those beyond an image's newest %(keep)s and/or replaced before %(before)s (both given: only those both select), in one batch or all; current results are never touched.
 WITH ranked AS (
-    SELECT h.id, h.replaced_at,
+    SELECT h.ocr_execution_id, h.version, h.replaced_at,
            row_number() OVER (PARTITION BY h.ocr_execution_id ORDER BY h.version DESC) AS newest
     FROM ocr_result_history h
     WHERE %(batch_id)s::text IS NULL OR h.batch_id = %(batch_id)s::text
 ),
 doomed AS (
-    SELECT r.id
+    SELECT r.ocr_execution_id, r.version
     FROM ranked r
     WHERE (%(keep)s::integer IS NULL OR r.newest > %(keep)s::integer)
       AND (%(before)s::timestamptz IS NULL OR r.replaced_at < %(before)s::timestamptz)
 )
 DELETE FROM ocr_result_history h
 USING doomed d
-WHERE h.id = d.id
+WHERE h.ocr_execution_id = d.ocr_execution_id AND h.version = d.version
 RETURNING h.batch_id;

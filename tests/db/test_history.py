@@ -7,17 +7,18 @@ from __future__ import annotations
 import copy
 import json
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
 from click.testing import CliRunner, Result
-from helpers.checks import assert_totals_match_recount, snapshot, stored_totals
+from helpers.checks import LoginRole, assert_totals_match_recount, snapshot, stored_totals
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from loader import delete_batch, save_batch
+from loader import DatabaseError, delete_batch, save_batch
 from loader.cli import cli
 from loader.datagen import make_batch
 from loader.history import batch_versions, compare, image_history, prune_history, rollback, rollback_plan
@@ -113,7 +114,11 @@ def changed_boxes(a: dict[str, Any], b: dict[str, Any]) -> int:
 def history_rows(db: psycopg.Connection[Any]) -> list[dict[str, Any]]:
     cur = db.execute("SELECT * FROM ocr_result_history ORDER BY ocr_execution_id, version")
     names = [c.name for c in cur.description or ()]
-    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    for row in rows:  # the three arrays, as the boxes they hold
+        boxes = zip(row.pop("texts"), row.pop("confidences"), row.pop("bboxes"), strict=True)
+        row["boxes"] = [{"text": t, "confidence": c, "bbox": b} for t, c, b in boxes]
+    return rows
 
 
 # --------------------------------------------------------------------------- keeping
@@ -341,6 +346,22 @@ def test_retention_keeps_the_newest_k_or_drops_what_was_replaced_before_a_date(
     deleted = prune_history(conn, replaced_before=cutoff)
     assert deleted == {"ret": 10, "other": 5}
     assert sorted({r["version"] for r in history_rows(db)}) == [4]
+
+
+def test_the_workers_role_keeps_history_and_only_loader_admin_prunes_it(
+    login_role: Callable[..., LoginRole], dsn: str, db: psycopg.Connection[Any]
+) -> None:
+    writer, admin = login_role("writer", in_role="loader_writer"), login_role("admin", in_role="loader_admin")
+    data = with_model(make_batch(6, prefix="roles"), "m1")
+    with psycopg.connect(writer.dsn(dsn)) as worker:
+        save_batch(worker, "roles", data)
+        assert save_batch(worker, "roles", rerun(data, "m2", seed=15), replace=True).replaced == 6
+        with pytest.raises(DatabaseError, match="permission denied"):
+            prune_history(worker, keep=0)
+    assert len(history_rows(db)) == 6
+    with psycopg.connect(admin.dsn(dsn)) as operator:
+        assert prune_history(operator, keep=0) == {"roles": 6}
+    assert history_rows(db) == []
 
 
 def test_deleting_a_batch_removes_its_history_and_nothing_else(
