@@ -314,9 +314,7 @@ COMMENT ON COLUMN ocr_result_history.replaced_by IS
 COMMENT ON COLUMN ocr_result_history.replaced_in IS 'The kind of call that replaced it: replace (re-OCR or rollback) or repair.';
 -- Deleting a batch (the foreign key's cascade, one lookup per batch), a batch's versions, compare.
 CREATE INDEX IF NOT EXISTS ocr_result_history_batch_idx ON ocr_result_history (batch_id, ocr_execution_id);
--- The merge inserts history; only loader_admin deletes it (retention).
-GRANT SELECT, INSERT ON ocr_result_history TO loader_writer;
-GRANT DELETE ON ocr_result_history TO loader_admin;
+-- Its grants are given below, once the roles exist (a fresh cluster has none yet).
 
 -- -----------------------------------------------------------------------------
 -- Triggers
@@ -554,6 +552,11 @@ BEGIN
     EXECUTE format('GRANT CONNECT, TEMPORARY ON DATABASE %I TO loader_writer', current_database());
 END
 $$;
+
+-- Version 5, result history (ocr_result_history, created with the tables):
+-- the merge inserts the results it replaces; only loader_admin deletes them (retention).
+GRANT SELECT, INSERT ON ocr_result_history TO loader_writer;
+GRANT DELETE ON ocr_result_history TO loader_admin;
 
 -- [v5 grants: roles and threat model]
 
