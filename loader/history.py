@@ -214,6 +214,9 @@ def compare(
     with connection(pool_or_conn) as conn:
         get_progress(conn, batch_id)
         with translating(f"comparing the results of batch {quoted(batch_id)}"), conn.transaction():
+            # Its cost estimate (an index probe per image) crosses JIT's threshold, whose
+            # compiling then costs more than it saves.
+            conn.execute("SET LOCAL jit = off")
             cur = conn.cursor(row_factory=class_row(_ComparisonRow))
             row = cur.execute(queries.get("compare_versions"), params).fetchone()
     assert row is not None, "an aggregate returns one row"

@@ -57,56 +57,45 @@ ORDER BY last_stored DESC, model_version NULLS LAST;
 -- than that (default: the result just before it). Images with both sides are
 -- compared. A box changed when its text at the same reading position differs
 -- (or one side has no box there); confidence means are weighted by boxes.
-WITH batch_images AS MATERIALIZED (
-    SELECT o.id, o.image_path, o.result_version, o.model_version, o.status, o.error
-    FROM chain_executions c
-    JOIN ocr_executions o ON o.chain_id = c.chain_id
-    WHERE c.batch_id = %(batch_id)s
-),
-results AS (
-    SELECT i.id, i.image_path, i.result_version AS version, i.model_version, i.status, i.error, true AS current
-    FROM batch_images i
-    UNION ALL
-    SELECT h.ocr_execution_id, i.image_path, h.version, h.model_version, h.status, h.error, false
-    FROM ocr_result_history h
-    JOIN batch_images i ON i.id = h.ocr_execution_id
-    WHERE h.batch_id = %(batch_id)s
-),
-to_side AS (
-    SELECT DISTINCT ON (r.id) r.*
-    FROM results r
-    WHERE CASE WHEN %(to)s::text IS NULL THEN r.current ELSE r.model_version = %(to)s::text END
-    ORDER BY r.id, r.version DESC
-),
-from_side AS (
-    SELECT DISTINCT ON (r.id) r.*
-    FROM results r
-    JOIN to_side t ON t.id = r.id AND r.version < t.version
-    WHERE %(from)s::text IS NULL OR r.model_version = %(from)s::text
-    ORDER BY r.id, r.version DESC
-),
-sides AS (
-    -- The boxes of the results compared, as arrays in reading order: kept ones
+WITH sides AS (
+    -- Per image, two index probes (LATERAL + LIMIT 1): no join of derived sets,
+    -- whose sizes the planner cannot know (it guessed 200 rows and nested-looped
+    -- 100,000 x 100,000). The boxes come as arrays in reading order: kept ones
     -- carry theirs; a current one (only ever the "to" side) is aggregated.
-    SELECT t.id, t.image_path, f.version AS from_version, t.version AS to_version,
+    SELECT o.id, o.image_path, f.version AS from_version, t.version AS to_version,
            f.model_version AS from_model, t.model_version AS to_model,
            f.status::text AS from_status, t.status::text AS to_status,
            f.error IS NOT DISTINCT FROM t.error AS same_error,
-           fh.texts AS ft, fh.confidences AS fc, fh.bboxes AS fb,
-           CASE WHEN t.current THEN cb.texts ELSE th.texts END AS tt,
-           CASE WHEN t.current THEN cb.confidences ELSE th.confidences END AS tc,
-           CASE WHEN t.current THEN cb.bboxes ELSE th.bboxes END AS tb
-    FROM to_side t
-    JOIN from_side f ON f.id = t.id
-    JOIN ocr_result_history fh ON fh.ocr_execution_id = f.id AND fh.version = f.version
-    LEFT JOIN ocr_result_history th ON NOT t.current AND th.ocr_execution_id = t.id AND th.version = t.version
-    LEFT JOIN LATERAL (
-        SELECT coalesce(array_agg(b.text ORDER BY b.position), '{}') AS texts,
-               coalesce(array_agg(b.confidence ORDER BY b.position), '{}') AS confidences,
-               coalesce(array_agg(b.bbox ORDER BY b.position), '{}') AS bboxes
-        FROM ocr_text_boxes b
-        WHERE b.ocr_execution_id = t.id
-    ) AS cb ON t.current
+           f.texts AS ft, f.confidences AS fc, f.bboxes AS fb, t.texts AS tt, t.confidences AS tc, t.bboxes AS tb
+    FROM chain_executions c
+    JOIN ocr_executions o ON o.chain_id = c.chain_id
+    CROSS JOIN LATERAL (
+        SELECT *
+        FROM (
+            SELECT o.result_version AS version, o.model_version, o.status, o.error,
+                   coalesce(array_agg(b.text ORDER BY b.position), '{}') AS texts,
+                   coalesce(array_agg(b.confidence ORDER BY b.position), '{}') AS confidences,
+                   coalesce(array_agg(b.bbox ORDER BY b.position), '{}') AS bboxes
+            FROM ocr_text_boxes b
+            WHERE b.ocr_execution_id = o.id AND (%(to)s::text IS NULL OR o.model_version = %(to)s::text)
+            HAVING %(to)s::text IS NULL OR o.model_version = %(to)s::text
+            UNION ALL
+            SELECT h.version, h.model_version, h.status, h.error, h.texts, h.confidences, h.bboxes
+            FROM ocr_result_history h
+            WHERE %(to)s::text IS NOT NULL AND h.ocr_execution_id = o.id AND h.model_version = %(to)s::text
+        ) AS candidates
+        ORDER BY version DESC
+        LIMIT 1
+    ) AS t
+    CROSS JOIN LATERAL (
+        SELECT h.version, h.model_version, h.status, h.error, h.texts, h.confidences, h.bboxes
+        FROM ocr_result_history h
+        WHERE h.ocr_execution_id = o.id AND h.version < t.version
+          AND (%(from)s::text IS NULL OR h.model_version = %(from)s::text)
+        ORDER BY h.version DESC
+        LIMIT 1
+    ) AS f
+    WHERE c.batch_id = %(batch_id)s
 ),
 pairs AS MATERIALIZED (
     SELECT s.id, s.image_path, s.from_version, s.to_version, s.from_model, s.to_model, s.from_status,
@@ -130,7 +119,8 @@ top AS (
              p.image_path
     LIMIT %(top)s
 )
-SELECT (SELECT count(*) FROM batch_images) AS batch_images,
+SELECT (SELECT count(*) FROM chain_executions c JOIN ocr_executions o ON o.chain_id = c.chain_id
+        WHERE c.batch_id = %(batch_id)s) AS batch_images,
        count(*) AS compared,
        count(*) FILTER (WHERE same) AS unchanged,
        count(*) FILTER (WHERE from_status = 'success' AND to_status = 'failed') AS success_to_failed,
