@@ -268,6 +268,53 @@ COMMENT ON COLUMN loader_calls.digest IS
 COMMENT ON COLUMN loader_calls.first_position IS 'Position of the call''s first input (NULL for a call with none).';
 
 -- [v5 tables: result history]
+-- Version 5: a re-OCR (replace=True), a repair that replaces a stored failure
+-- and a rollback (loader.history) keep the result they replace. The merge
+-- copies it here in its own statement (data-modifying CTEs, no row trigger),
+-- so a plain save pays nothing. docs/history.md.
+ALTER TABLE ocr_executions
+    ADD COLUMN IF NOT EXISTS result_version integer NOT NULL DEFAULT 1 CHECK (result_version > 0);
+COMMENT ON COLUMN ocr_executions.result_version IS
+    'Version 5: which result of this image the row holds: 1 for the first, one more with every replace by the loader (re-OCR, repaired failure, rollback); the earlier ones are in ocr_result_history.';
+
+CREATE TABLE IF NOT EXISTS ocr_result_history (
+    batch_id         text        NOT NULL REFERENCES batch_executions (batch_id) ON DELETE CASCADE,
+    ocr_execution_id bigint      NOT NULL,
+    version          integer     NOT NULL CHECK (version > 0),
+    model_version    text,
+    status           ocr_status  NOT NULL,
+    error            text,
+    public_path      text,
+    texts            text[]      NOT NULL,
+    confidences      double precision[] NOT NULL,
+    bboxes           jsonb[]     NOT NULL,
+    stored_at        timestamptz NOT NULL,
+    replaced_at      timestamptz NOT NULL DEFAULT now(),
+    replaced_by      bytea       NOT NULL CHECK (length(replaced_by) = 32),
+    replaced_in      text        NOT NULL CHECK (replaced_in IN ('replace', 'repair')),
+    PRIMARY KEY (ocr_execution_id, version),
+    -- One box per index of the three arrays.
+    CONSTRAINT ocr_result_history_boxes_aligned
+        CHECK (cardinality(confidences) = cardinality(texts) AND cardinality(bboxes) = cardinality(texts))
+);
+COMMENT ON TABLE ocr_result_history IS
+    'Version 5: every OCR result the loader replaced (re-OCR, repaired failure, rollback), one row per replaced version, append-only; deleted with its batch, or by retention (loader history --keep / --replaced-before).';
+COMMENT ON COLUMN ocr_result_history.ocr_execution_id IS
+    'The image (ocr_executions.id, which a replace keeps). No foreign key: deleting an OCR row one by one leaves its history to its batch''s deletion, and the merge pays no check per row.';
+COMMENT ON COLUMN ocr_result_history.version IS
+    'The ocr_executions.result_version this result had while it was the image''s current one.';
+COMMENT ON COLUMN ocr_result_history.texts IS
+    'The result''s text boxes in reading order, as three arrays of one element per box (empty for a failure): their texts, confidences and bboxes. Arrays, not one JSON document: copying them costs a fifth of building JSON.';
+COMMENT ON COLUMN ocr_result_history.confidences IS 'Each box''s confidence, in the order of texts.';
+COMMENT ON COLUMN ocr_result_history.bboxes IS 'Each box''s polygon (a JSON array of [x, y] points), in the order of texts.';
+COMMENT ON COLUMN ocr_result_history.stored_at IS 'When this result was written (the OCR row''s updated_at then).';
+COMMENT ON COLUMN ocr_result_history.replaced_at IS 'When the call that replaced it ran (now() of its transaction).';
+COMMENT ON COLUMN ocr_result_history.replaced_by IS
+    'The replacing call''s digest, as the batch''s ledger (loader_calls.digest) holds it.';
+COMMENT ON COLUMN ocr_result_history.replaced_in IS 'The kind of call that replaced it: replace (re-OCR or rollback) or repair.';
+-- Deleting a batch (the foreign key's cascade, one lookup per batch), a batch's versions, compare.
+CREATE INDEX IF NOT EXISTS ocr_result_history_batch_idx ON ocr_result_history (batch_id, ocr_execution_id);
+-- Its grants are given below, once the roles exist (a fresh cluster has none yet).
 
 -- -----------------------------------------------------------------------------
 -- Triggers
@@ -654,6 +701,11 @@ BEGIN
 END
 $$;
 
+-- Version 5, result history (ocr_result_history, created with the tables):
+-- the merge inserts the results it replaces; only loader_admin deletes them (retention).
+GRANT SELECT, INSERT ON ocr_result_history TO loader_writer;
+GRANT DELETE ON ocr_result_history TO loader_admin;
+
 -- [v5 grants: roles and threat model]
 -- Version 5: loader_writer updates in place only the columns a save writes,
 -- not whole rows (docs/security.md, the threat model). A compromised worker
@@ -663,15 +715,16 @@ $$;
 -- written). REVOKE first: revoking a table privilege revokes its column
 -- privileges too. Each list is what loader/sql writes:
 --   batch_executions: the merge's and recount_batch's totals and status;
---   chain_executions: a claimed position, a replaced result's status and task counts;
---   ocr_executions:   a replaced result;
+--   chain_executions: a claimed position, a replaced result's status and task counts
+--                     (a re-OCR counts one more task run: total_tasks);
+--   ocr_executions:   a replaced result and its version number (result_version);
 --   task_logs:        the Celery task log's upsert (loader/sql/tasklog.sql).
 REVOKE UPDATE ON batch_executions, chain_executions, task_logs, ocr_executions FROM loader_writer;
 GRANT UPDATE (status, total_images, completed_images, failed_images, totals_stale, updated_at)
     ON batch_executions TO loader_writer;
-GRANT UPDATE (status, completed_tasks, failed_tasks, position, updated_at)
+GRANT UPDATE (status, total_tasks, completed_tasks, failed_tasks, position, updated_at)
     ON chain_executions TO loader_writer;
-GRANT UPDATE (status, error, public_path, model_version, updated_at)
+GRANT UPDATE (status, error, public_path, model_version, result_version, updated_at)
     ON ocr_executions TO loader_writer;
 GRANT UPDATE (task_name, chain_execution_id, status, retries, error, started_at, finished_at, updated_at)
     ON task_logs TO loader_writer;

@@ -264,10 +264,28 @@ def _outcome(
     return _Verdict(public_path, "success", None, boxes, model_version=model_version)
 
 
-def _invalid(error: str, public_path: object) -> _Verdict:
-    """An invalid input, stored as failed; its public_path is kept when usable on its own."""
+def _usable_version(version: object) -> str | None:
+    """A model_version that can be stored on its own (a failure still says which model it came from)."""
+    if not isinstance(version, str) or not 0 < len(version) <= MAX_MODEL_VERSION_CHARS or "\x00" in version:
+        return None
+    try:
+        version.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return None
+    return version
+
+
+def _invalid(error: str, public_path: object, model_version: object = None) -> _Verdict:
+    """An invalid input, stored as failed; public_path and model_version are kept when usable on their own."""
     usable = public_path if path_problem(public_path, "public_path") is None else None
-    return _Verdict(usable if isinstance(usable, str) else None, "failed", error, [], invalid=True)
+    return _Verdict(
+        usable if isinstance(usable, str) else None,
+        "failed",
+        error,
+        [],
+        invalid=True,
+        model_version=_usable_version(model_version),
+    )
 
 
 def _judge_model(result: OCRResult, pos: int) -> _Verdict:
@@ -276,7 +294,7 @@ def _judge_model(result: OCRResult, pos: int) -> _Verdict:
     public_path = result.public_path
     problem = None if public_path is None else path_problem(public_path, "public_path")
     if problem:
-        return _invalid(f"invalid OCR result: {problem}", None)
+        return _invalid(f"invalid OCR result: {problem}", None, result.model_version)
     version = result.model_version
     if version is not None and (not version or len(version) > MAX_MODEL_VERSION_CHARS):
         return _invalid(
@@ -300,7 +318,7 @@ def _judge(data: OCRResult | Mapping[str, Any], pos: int) -> _Verdict:
     try:
         result = OCRResult.model_validate(data)
     except ValidationError as exc:
-        return _invalid(describe(exc), data.get("public_path"))
+        return _invalid(describe(exc), data.get("public_path"), data.get("model_version"))
     return _judge_model(result, pos)
 
 

@@ -1,15 +1,26 @@
 """The `loader` command line: load JSONL backfills, inspect batches and rejects, deploy the schema.
 
-One module per command (load, status, rejects, delete, schema, schema adopt, demo) on a shared base
-(loader/cli/base.py: the group, exit statuses, common options, connecting) and
-one output helper (loader/cli/output.py). Errors end as one line on stderr
+One module per command (load, status, rejects, delete, history, compare, rollback, schema,
+schema adopt, demo) on a shared base (loader/cli/base.py: the group, exit statuses, common
+options, connecting) and one output helper (loader/cli/output.py). Errors end as one line on stderr
 and a non-zero exit status, never a traceback:
 0 success, 1 error (database, input file, configuration), 2 bad usage,
 3 `schema check` found differences, 130 interrupted (Ctrl-C).
 """
 
 from loader import _interrupt
-from loader.cli import adopt, delete, demo, load, rejects, schema, status  # noqa: F401  (each registers its command)
+from loader.cli import (  # noqa: F401  (each registers its command)
+    adopt,
+    compare,
+    delete,
+    demo,
+    history,
+    load,
+    rejects,
+    rollback,
+    schema,
+    status,
+)
 from loader.cli.base import cli
 from loader.cli.resume import DEFAULT_CHUNK_SIZE
 

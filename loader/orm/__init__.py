@@ -25,6 +25,7 @@ Nothing in the save path imports this module: ``import loader`` works without SQ
 from __future__ import annotations
 
 from loader.orm._base import OCR_STATUS, PROCESS_STATUS, Base, OCRStatus, ProcessStatus, batch_status
+from loader.orm._history import OCRResultVersion
 from loader.orm._tables import (
     BatchExecution,
     ChainExecution,
@@ -54,6 +55,7 @@ __all__ = [
     "LoadReject",
     "LoaderCall",
     "OCRExecution",
+    "OCRResultVersion",
     "OCRStatus",
     "OCRTextBox",
     "ProcessStatus",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import (
     BigInteger,
@@ -32,6 +33,9 @@ from loader.orm._base import (
     batch_status,
     id_column,
 )
+
+if TYPE_CHECKING:
+    from loader.orm._history import OCRResultVersion
 
 
 class SchemaVersion(Base):
@@ -298,6 +302,7 @@ class OCRExecution(Timestamps, Base):
         CheckConstraint(
             "model_version <> '' AND length(model_version) <= 255", name="ocr_executions_model_version_check"
         ),
+        CheckConstraint("result_version > 0", name="ocr_executions_result_version_check"),
         {"comment": "OCR result of one image."},
     )
 
@@ -329,7 +334,21 @@ class OCRExecution(Timestamps, Base):
         "(save_batch(replace=True)) replaces it with the result.",
     )
 
+    result_version: Mapped[int] = mapped_column(
+        Integer,
+        server_default=text("1"),
+        comment="Version 5: which result of this image the row holds: 1 for the first, one more with every "
+        "replace by the loader (re-OCR, repaired failure, rollback); the earlier ones are in "
+        "ocr_result_history.",
+    )
+
     chain: Mapped[ChainExecution] = relationship(back_populates="ocr_execution")
+    #: The results this image held before, newest first (read-only: the loader writes them).
+    history: Mapped[list[OCRResultVersion]] = relationship(
+        primaryjoin="OCRExecution.id == foreign(OCRResultVersion.ocr_execution_id)",
+        order_by="OCRResultVersion.version.desc()",
+        viewonly=True,
+    )
     text_boxes: Mapped[list[OCRTextBox]] = relationship(
         back_populates="ocr_execution",
         cascade="all, delete-orphan",

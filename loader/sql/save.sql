@@ -248,30 +248,61 @@ claimed AS (
     RETURNING c.id
 ),
 replaced_ocr AS (
-    -- The OCR row keeps its id; everything the result says is replaced.
+    -- The OCR row keeps its id; everything the result says is replaced, and
+    -- its result_version counts one more (the old result goes to kept_results).
     UPDATE ocr_executions o
     SET status = j.status::ocr_status, error = j.error, public_path = j.public_path,
-        model_version = j.model_version
+        model_version = j.model_version, result_version = o.result_version + 1
     FROM judged j
     WHERE j.verdict = 'replace' AND o.id = j.mine_id
     RETURNING o.id, o.chain_id, j.pos, j.mine_status::text AS old_status, o.status::text AS new_status
 ),
 replaced_chains AS (
+    -- A replace is one more OCR run of the chain: counted on top of whatever
+    -- the chain's counters hold (the application's increments included), never
+    -- reset, so completed + failed = total stays true wherever it was.
     UPDATE chain_executions c
     SET status = CASE r.new_status WHEN 'success' THEN 'SUCCESS' ELSE 'FAILURE' END::process_status,
-        completed_tasks = (r.new_status = 'success')::integer,
-        failed_tasks = (r.new_status = 'failed')::integer
+        total_tasks = c.total_tasks + 1,
+        completed_tasks = c.completed_tasks + (r.new_status = 'success')::integer,
+        failed_tasks = c.failed_tasks + (r.new_status = 'failed')::integer
     FROM replaced_ocr r
     WHERE c.chain_id = r.chain_id
     RETURNING c.id
 ),
 dropped_boxes AS (
     -- Whatever boxes a replaced row held (another writer may have given a
-    -- failed row some) go; the new result's boxes take their places.
+    -- failed row some) go; the new result's boxes take their places. What
+    -- they were is returned for kept_results.
     DELETE FROM ocr_text_boxes b
     USING replaced_ocr r
     WHERE b.ocr_execution_id = r.id
-    RETURNING b.id
+    RETURNING b.ocr_execution_id, b.position, b.text, b.confidence, b.bbox
+),
+kept_results AS (
+    -- Result history (docs/history.md): every replaced result, as it was. The
+    -- statement's snapshot predates replaced_ocr's update, so ocr_executions
+    -- still reads the old result here, and dropped_boxes returns its boxes.
+    -- Nothing is read or written when the call replaces nothing.
+    -- Boxes as arrays (texts, confidences, bboxes): array_agg copies the values,
+    -- where building JSON of them cost five times as much.
+    INSERT INTO ocr_result_history (batch_id, ocr_execution_id, version, model_version, status, error,
+                                    public_path, texts, confidences, bboxes, stored_at, replaced_by, replaced_in)
+    SELECT %(batch_id)s, o.id, o.result_version, o.model_version, o.status, o.error, o.public_path,
+           coalesce(b.texts, ARRAY[]::text[]), coalesce(b.confidences, ARRAY[]::float8[]),
+           coalesce(b.bboxes, ARRAY[]::jsonb[]),
+           o.updated_at, %(digest)s, %(mode)s
+    FROM replaced_ocr r
+    JOIN ocr_executions o ON o.id = r.id
+    LEFT JOIN (
+        SELECT d.ocr_execution_id, array_agg(d.text ORDER BY d.position) AS texts,
+               array_agg(d.confidence ORDER BY d.position) AS confidences,
+               array_agg(d.bbox ORDER BY d.position) AS bboxes
+        FROM dropped_boxes d
+        GROUP BY d.ocr_execution_id
+    ) AS b ON b.ocr_execution_id = r.id
+    ORDER BY o.id
+    RETURNING 1
 ),
 new_boxes AS (
     -- Reads dropped_boxes' count, so the old boxes are gone before the new

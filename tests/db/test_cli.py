@@ -562,7 +562,7 @@ def test_schema_check_matches_a_fresh_deployment(dsn: str) -> None:
 
     assert result.exit_code == 0
     assert result.stdout.startswith("schema 'public' matches the package")
-    assert "8 tables" in result.stdout
+    assert "9 tables" in result.stdout  # version 5: ocr_result_history
 
 
 def test_schema_check_prints_the_drift_and_exits_3(dsn: str, db: psycopg.Connection[Any]) -> None:

@@ -59,12 +59,14 @@ _MINIMAL_GRANTS = [
     # Version 5: only the columns the merge and recount_batch write.
     "GRANT UPDATE (status, total_images, completed_images, failed_images, totals_stale)"
     " ON batch_executions TO {role}",
-    "GRANT UPDATE (status, completed_tasks, failed_tasks, position) ON chain_executions TO {role}",
-    "GRANT UPDATE (status, error, public_path, model_version) ON ocr_executions TO {role}",
+    "GRANT UPDATE (status, total_tasks, completed_tasks, failed_tasks, position) ON chain_executions TO {role}",
+    "GRANT UPDATE (status, error, public_path, model_version, result_version) ON ocr_executions TO {role}",
     # The merge resolves rejects that later inputs repair.
     "GRANT UPDATE (resolved_at, resolved_by) ON load_rejects TO {role}",
     # The merge replaces a re-OCRed or repaired result's boxes (checked for every merge).
     "GRANT DELETE ON ocr_text_boxes TO {role}",
+    # The merge keeps the results it replaces (result history; checked for every merge).
+    "GRANT INSERT ON ocr_result_history TO {role}",
 ]
 
 

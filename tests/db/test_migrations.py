@@ -137,6 +137,8 @@ def test_v1_database_with_data_upgrades_to_exactly_a_fresh_install_and_keeps_its
             assert chain.pop("position") is None
         for ocr in after["ocr_executions"]:
             assert ocr.pop("model_version") is None
+            # Version 5: each stored result is its image's first.
+            assert ocr.pop("result_version") == 1
         # ... and the task log links its chain by id instead of chain_id.
         (log_after,), (log_before,) = after["task_logs"], before["task_logs"]
         chain = log_before.pop("chain_id")

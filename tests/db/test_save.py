@@ -487,7 +487,9 @@ def test_a_repair_replaces_stored_failures_and_a_redelivery_never_reverts_it(
     assert db.execute("SELECT id, chain_id FROM ocr_executions ORDER BY id").fetchall() == ids_before
     assert db.execute(
         "SELECT count(*) FILTER (WHERE o.status = 'success' AND o.error IS NULL AND c.status = 'SUCCESS'"
-        " AND c.completed_tasks = 1 AND c.failed_tasks = 0) FROM ocr_executions o JOIN chain_executions c"
+        # A repair is one more OCR run of the chain (failed once, then completed).
+        " AND c.completed_tasks = 1 AND c.total_tasks = c.completed_tasks + c.failed_tasks)"
+        " FROM ocr_executions o JOIN chain_executions c"
         " USING (chain_id)"
     ).fetchone() == (3,)
     assert db.execute("SELECT count(*) FROM ocr_text_boxes").fetchone()[0] == 15
