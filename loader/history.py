@@ -27,7 +27,8 @@ from loader.connection import Connectable, connection
 from loader.errors import ConfigurationError, quoted, translating
 from loader.models import LoadReport
 from loader.progress import get_progress
-from loader.save import DEFAULT_SETTINGS, Settings, save_prepared
+from loader.save import save_prepared
+from loader.settings import Settings
 from loader.validate import call_digest, prepare_at
 
 __all__ = [
@@ -282,7 +283,7 @@ def rollback(
     batch_id: str,
     *,
     to_model: str | None = None,
-    settings: Settings = DEFAULT_SETTINGS,
+    settings: Settings | None = None,
 ) -> Rollback:
     """Restore each image of a batch to its previous result, or to its newest result of model ``to_model``.
 

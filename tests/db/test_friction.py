@@ -368,7 +368,9 @@ def test_running_set_by_the_application_reads_as_the_rows_say(
 
     # An outside status write marks the batch stale: readers take its status from its rows.
     listed = json.loads(unfinished.stdout) if unfinished.exit_code == 0 else None
-    assert listed is not None and [(b["batch_id"], b["status"]) for b in listed] == [("app-running", "PENDING")]
+    assert listed is not None and [(b["batch_id"], b["status"]) for b in listed] == [
+        ("app-running", "PENDING")
+    ]
     assert get_progress(conn, "app-running").status == ProcessStatus.STARTED
     assert report.progress.status == ProcessStatus.STARTED  # the loader's rule: images outstanding
 
