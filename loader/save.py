@@ -19,7 +19,9 @@ from loader.connection import SCHEMA_VERSION, Connectable, check_schema_version,
 from loader.copy import STAGE_BOXES, STAGE_IMAGES, StagedImage, copy_rows, staging_names
 from loader.errors import (
     BatchConflictError,
+    BatchNotFoundError,
     ConfigurationError,
+    PositionBeyondTotalError,
     PositionConflictError,
     SchemaVersionError,
     quoted,
@@ -106,6 +108,11 @@ class _Call:
     received: int
     first_position: int | None
     judge: Callable[[], Prepared]
+    #: The call's highest position (None without inputs): it must lie inside the declared total.
+    last_position: int | None = None
+    #: The call is the whole batch (save_batch without position_offset): without a
+    #: total_images it may create its batch, with as many images as it has inputs.
+    whole: bool = False
     _prepared: Prepared | None = field(default=None, repr=False)
 
     @property
@@ -177,7 +184,8 @@ def _lock(
             queries.get("lock_batch"),
             {
                 "batch_id": call.batch_id,
-                "total_images": total_images if total_images is not None else call.received,
+                # NULL: lock_batch creates no batch (a chunk needs a registered one).
+                "total_images": total_images if total_images is not None or not call.whole else call.received,
                 "digest": call.key,
                 "work_mem": settings.work_mem,
                 "statement_timeout": settings.statement_timeout,
@@ -189,10 +197,36 @@ def _lock(
     assert head is not None, "lock_batch returns one row"
     if head.schema_version != SCHEMA_VERSION:
         raise SchemaVersionError(SCHEMA_VERSION, head.schema_version)
+    if head.status is None:
+        raise BatchNotFoundError(
+            f"no batch {quoted(call.batch_id)}: a chunk of a batch (position_offset given, or judged inputs) "
+            "never creates it; register the batch first (register_batch, `loader load --total`) or pass "
+            "total_images, the batch's total"
+        )
     conflict = _total_conflict(call.batch_id, total_images, head.declared_images)
     if conflict:
         raise BatchConflictError(conflict)
+    _check_inside(call, head.declared_images)
     return head
+
+
+def _check_inside(call: _Call, declared: int | None) -> None:
+    """Refuse the whole call if an input lies at or past the batch's declared total.
+
+    Positions are 0 .. total - 1, so once every one of them received its input the
+    batch is complete: an input past the total would let the counts reach it with
+    positions inside it never received.
+    """
+    if declared is None or call.last_position is None or call.last_position < declared:
+        return
+    raise PositionBeyondTotalError(
+        f"batch {quoted(call.batch_id)} was declared with total_images={declared}, so its positions are "
+        f"0 to {declared - 1}, but this call sends an input at position {call.last_position}; nothing of "
+        "the call was kept. Number each call's inputs by their place in the batch (position_offset), "
+        "or declare the batch with its real total",
+        call.last_position,
+        declared,
+    )
 
 
 def _merge(conn: psycopg.Connection[Any], params: dict[str, Any]) -> list[MergeRow]:
@@ -282,7 +316,7 @@ def save_batch(
     results: Iterable[Input],
     *,
     total_images: int | None = None,
-    position_offset: int = 0,
+    position_offset: int | None = None,
     settings: Settings = DEFAULT_SETTINGS,
     repair: bool = False,
     replace: bool = False,
@@ -293,7 +327,11 @@ def save_batch(
     (str/bytes). An input's identity is its position in the batch:
     ``position_offset`` + its index in ``results`` (a chunk of a batch passes the
     index of its first input, and every call passes the batch's ``total_images``,
-    or none). Every input ends stored (success), stored as failed (with the
+    or none). Positions lie inside the batch's declared total (0 .. total - 1):
+    a call with an input past it is refused whole (PositionBeyondTotalError). A call
+    creates its batch when it states ``total_images``, or when it is the whole
+    batch (no ``position_offset``: its inputs are the batch); a chunk of an unknown
+    batch raises BatchNotFoundError. Every input ends stored (success), stored as failed (with the
     reason), rejected into load_rejects (with its raw input), or unchanged (its
     position already received it: a redelivery changes nothing).
 
@@ -313,7 +351,8 @@ def save_batch(
     mode = _mode(repair, replace)
     if isinstance(results, str | bytes):
         raise ConfigurationError("results must be an iterable of inputs, not a single str/bytes")
-    offset = check_offset(position_offset)
+    whole = position_offset is None
+    offset = check_offset(0 if position_offset is None else position_offset)
     inputs = list(results)
     check_last_position(offset + len(inputs) - 1)
     call = _Call(
@@ -323,6 +362,8 @@ def save_batch(
         len(inputs),
         offset if inputs else None,
         lambda: prepare(batch_id, inputs, offset),
+        offset + len(inputs) - 1 if inputs else None,
+        whole,
     )
     return _store(pool_or_conn, call, total_images, settings, started)
 
@@ -341,7 +382,9 @@ def save_prepared(
 
     Lets a caller judge the next chunk (pure Python) while this one is stored;
     ``prepared`` must come from judge() with the same batch_id. Same outcomes,
-    errors and transaction as save_batch; duration_s covers only the storing.
+    errors and transaction as save_batch for a chunk: without ``total_images``
+    the batch must exist (BatchNotFoundError), so a load whose batch was deleted
+    meanwhile never re-creates it. duration_s covers only the storing.
     """
     started = time.perf_counter()
     batch_id = check_batch_id(batch_id)
@@ -357,6 +400,7 @@ def save_prepared(
         prepared.received,
         min(positions, default=None),
         lambda: prepared,
+        max(positions, default=None),
     )
     return _store(pool_or_conn, call, total_images, settings, started)
 

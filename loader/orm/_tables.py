@@ -388,6 +388,11 @@ class LoadReject(Timestamps, Base):
         Index(
             "load_rejects_resolved_by_idx", "resolved_by", postgresql_where=text("resolved_by IS NOT NULL")
         ),
+        Index(
+            "load_rejects_legacy_open_idx",
+            "batch_id",
+            postgresql_where=text("legacy_position AND resolved_at IS NULL"),
+        ),
         {
             "comment": "Inputs that could not be stored at all (no usable image_path, duplicates, paths "
             "owned by another batch, lines that are not JSON objects). Counted in "
@@ -425,6 +430,13 @@ class LoadReject(Timestamps, Base):
         ForeignKey(OCRExecution.id, ondelete="SET NULL"),
         comment="The ocr_executions row whose storing resolved this reject "
         "(NULL if that row was deleted since).",
+    )
+    legacy_position: Mapped[bool] = mapped_column(
+        Boolean,
+        server_default=text("false"),
+        comment="Version 5: true for rejects stored before version 4, whose position may be relative to "
+        "their call (version 3 numbered a Celery chunk's rejects from 0); the merge supersedes one when "
+        "the same input arrives at its batch position (its position + the call's first position).",
     )
 
     batch: Mapped[BatchExecution] = relationship(back_populates="rejects")
