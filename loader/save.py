@@ -507,8 +507,7 @@ def register_batch(pool_or_conn: Connectable, batch_id: str, total_images: int) 
                 if row is not None:
                     break
                 # Created by a concurrent call after our snapshot: look again.
-        if row is not None and row[0] != total:
-            raise BatchConflictError(
-                f"batch {batch_id!r} already exists with total_images={row[0]}, not {total}"
-            )
+        conflict = _total_conflict(batch_id, total, row[0] if row is not None else None)
+        if conflict:
+            raise BatchConflictError(conflict)
         return get_progress(conn, batch_id)
