@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from helpers.checks import assert_totals_match_recount, stored_totals
 
 from loader import save_batch
+from loader.adopt import adopt
 from loader.cli import cli
 from loader.datagen import make_batch
 from loader.errors import BatchNotFoundError, PositionBeyondTotalError
@@ -348,3 +349,31 @@ def test_a_reocr_with_one_cut_short_line_refuses_that_line_only(
     ]
     assert stored_totals(db, "cut") == (2, 1, 1, "SUCCESS")
     assert_totals_match_recount(db, "cut")
+
+
+def test_an_adopted_batch_with_crashed_chains_reads_them_missing_and_the_load_fills_them(
+    old_app: Callable[..., Any],
+) -> None:
+    from helpers.oldapp import OldImage, ProcessStatus, Shape
+
+    app = old_app(Shape())
+    images = [OldImage(f"s3://old/crash/{i}.jpg", "success", None, []) for i in range(4)]
+    app.new_batch("crash", 4)
+    app.save_image("crash", images[0])
+    app.crashed_chain("crash", ProcessStatus.STARTED)  # still in flight: position 1
+    app.crashed_chain("crash", ProcessStatus.PENDING)  # queued, never run: position 2
+    app.save_image("crash", images[3])
+    app.close()
+    adopt(app.dsn)
+
+    with psycopg.connect(app.dsn, autocommit=True) as conn:
+        # Two images never arrived: not SUCCESS, whatever the chains say.
+        assert stored_totals(conn, "crash") == (4, 2, 0, "STARTED")
+        report = save_batch(conn, "crash", [result(im.image_path) for im in images])
+
+        assert (report.unchanged, report.stored, report.rejected) == (2, 2, 0), report.issues
+        assert stored_totals(conn, "crash") == (4, 4, 0, "SUCCESS")
+        assert_totals_match_recount(conn, "crash")
+        assert conn.execute(
+            "SELECT count(*) FROM chain_executions c JOIN ocr_executions o USING (chain_id)"
+        ).fetchone() == (4,)
