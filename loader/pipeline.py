@@ -46,7 +46,10 @@ def save_judged(
 ) -> LoadReport:
     """Store what ``judge(batch_id, ...)`` returned, in one transaction; duration_s covers the storing.
 
-    ``repair``, ``replace``: as save_batch's.
+    ``repair``, ``replace``: as save_batch's. A judged call is a chunk of its batch:
+    without ``total_images`` the batch must exist (BatchNotFoundError otherwise), so
+    a load never re-creates a batch deleted while it runs; its positions must lie
+    inside the batch's declared total (PositionBeyondTotalError).
     """
     return save_prepared(
         pool_or_conn,

@@ -14,14 +14,20 @@ from psycopg import sql
 from psycopg.rows import class_row
 
 from loader import isolate, queries
-from loader.batch_ids import check_batch_id, check_last_position, check_offset, check_total
+from loader.batch_ids import (
+    check_batch_id,
+    check_inside,
+    check_last_position,
+    check_offset,
+    check_total,
+    total_conflict,
+)
 from loader.connection import SCHEMA_VERSION, Connectable, check_schema_version, connection, mark_checked
 from loader.copy import STAGE_BOXES, STAGE_IMAGES, StagedImage, copy_rows, staging_names
 from loader.errors import (
     BatchConflictError,
     BatchNotFoundError,
     ConfigurationError,
-    PositionBeyondTotalError,
     PositionConflictError,
     SchemaVersionError,
     quoted,
@@ -75,21 +81,6 @@ Mode = Literal["plain", "repair", "replace"]
 # statements in one round trip.
 _CREATE_STAGING = sql.SQL("; ").join([STAGE_IMAGES.create(), STAGE_BOXES.create()])
 _MERGE = sql.SQL(queries.get("merge")).format(**staging_names())
-
-
-def _total_conflict(batch_id: str, asked: int | None, declared: int | None) -> str | None:
-    """Why a call's total_images contradicts the total declared for the batch, or None.
-
-    Compared with the declared total, not the stored one: that one grows when
-    more inputs are accounted for than were declared, and every call of the
-    batch still declares the batch's size.
-    """
-    if asked is None or declared is None or asked == declared:
-        return None
-    return (
-        f"batch {quoted(batch_id)} was declared with total_images={declared}, but this call says {asked}; "
-        "pass the batch's total (not the chunk's), or none, with every call of a batch"
-    )
 
 
 def _mode(repair: bool, replace: bool) -> Mode:
@@ -203,30 +194,11 @@ def _lock(
             "never creates it; register the batch first (register_batch, `loader load --total`) or pass "
             "total_images, the batch's total"
         )
-    conflict = _total_conflict(call.batch_id, total_images, head.declared_images)
+    conflict = total_conflict(call.batch_id, total_images, head.declared_images)
     if conflict:
         raise BatchConflictError(conflict)
-    _check_inside(call, head.declared_images)
+    check_inside(call.batch_id, call.last_position, head.declared_images)
     return head
-
-
-def _check_inside(call: _Call, declared: int | None) -> None:
-    """Refuse the whole call if an input lies at or past the batch's declared total.
-
-    Positions are 0 .. total - 1, so once every one of them received its input the
-    batch is complete: an input past the total would let the counts reach it with
-    positions inside it never received.
-    """
-    if declared is None or call.last_position is None or call.last_position < declared:
-        return
-    raise PositionBeyondTotalError(
-        f"batch {quoted(call.batch_id)} was declared with total_images={declared}, so its positions are "
-        f"0 to {declared - 1}, but this call sends an input at position {call.last_position}; nothing of "
-        "the call was kept. Number each call's inputs by their place in the batch (position_offset), "
-        "or declare the batch with its real total",
-        call.last_position,
-        declared,
-    )
 
 
 def _merge(conn: psycopg.Connection[Any], params: dict[str, Any]) -> list[MergeRow]:
@@ -507,7 +479,7 @@ def register_batch(pool_or_conn: Connectable, batch_id: str, total_images: int) 
                 if row is not None:
                     break
                 # Created by a concurrent call after our snapshot: look again.
-        conflict = _total_conflict(batch_id, total, row[0] if row is not None else None)
+        conflict = total_conflict(batch_id, total, row[0] if row is not None else None)
         if conflict:
             raise BatchConflictError(conflict)
         return get_progress(conn, batch_id)
