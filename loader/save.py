@@ -301,9 +301,9 @@ def save_batch(
     index of its first input, and every call passes the batch's ``total_images``,
     or none). Positions lie inside the batch's declared total (0 .. total - 1):
     a call with an input past it is refused whole (PositionBeyondTotalError). A call
-    creates its batch when it states ``total_images``, or when it is the whole
-    batch (no ``position_offset``: its inputs are the batch); a chunk of an unknown
-    batch raises BatchNotFoundError. Every input ends stored (success), stored as failed (with the
+    creates its batch when it states ``total_images``, or when it may be the whole
+    batch (it starts at position 0: its inputs are the batch); a later chunk of an
+    unknown batch raises BatchNotFoundError. Every input ends stored (success), stored as failed (with the
     reason), rejected into load_rejects (with its raw input), or unchanged (its
     position already received it: a redelivery changes nothing).
 
@@ -323,7 +323,8 @@ def save_batch(
     mode = _mode(repair, replace)
     if isinstance(results, str | bytes):
         raise ConfigurationError("results must be an iterable of inputs, not a single str/bytes")
-    whole = position_offset is None
+    # From position 0 (no position_offset, or 0): the call may be the whole batch.
+    whole = not position_offset
     offset = check_offset(0 if position_offset is None else position_offset)
     inputs = list(results)
     check_last_position(offset + len(inputs) - 1)
