@@ -101,7 +101,7 @@ class _Call:
     judge: Callable[[], Prepared]
     #: The call's highest position (None without inputs): it must lie inside the declared total.
     last_position: int | None = None
-    #: The call is the whole batch (save_batch without position_offset): without a
+    #: The call may be the whole batch (save_batch from position 0): without a
     #: total_images it may create its batch, with as many images as it has inputs.
     whole: bool = False
     _prepared: Prepared | None = field(default=None, repr=False)
@@ -288,7 +288,7 @@ def save_batch(
     results: Iterable[Input],
     *,
     total_images: int | None = None,
-    position_offset: int | None = None,
+    position_offset: int = 0,
     settings: Settings = DEFAULT_SETTINGS,
     repair: bool = False,
     replace: bool = False,
@@ -323,9 +323,9 @@ def save_batch(
     mode = _mode(repair, replace)
     if isinstance(results, str | bytes):
         raise ConfigurationError("results must be an iterable of inputs, not a single str/bytes")
-    # From position 0 (no position_offset, or 0): the call may be the whole batch.
-    whole = not position_offset
-    offset = check_offset(0 if position_offset is None else position_offset)
+    offset = check_offset(position_offset)
+    # From position 0, the call may be the whole batch: it may create it.
+    whole = offset == 0
     inputs = list(results)
     check_last_position(offset + len(inputs) - 1)
     call = _Call(
