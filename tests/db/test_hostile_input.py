@@ -243,9 +243,10 @@ def test_position_offsets_that_do_not_fit_are_refused(
 def test_the_last_position_that_fits_is_kept(
     conn: psycopg.Connection[Any], db: psycopg.Connection[Any]
 ) -> None:
-    report = save_batch(conn, "max-pos", [b"not json"], position_offset=2**31 - 1)
+    # Positions live inside the declared total, whose largest is 2^31 - 1.
+    report = save_batch(conn, "max-pos", [b"not json"], position_offset=2**31 - 2, total_images=2**31 - 1)
     assert report.rejected == 1
-    assert db.execute("SELECT position FROM load_rejects").fetchone() == (2**31 - 1,)
+    assert db.execute("SELECT position FROM load_rejects").fetchone() == (2**31 - 2,)
 
 
 @pytest.mark.parametrize(
