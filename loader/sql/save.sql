@@ -92,22 +92,23 @@ LEFT JOIN batch b ON true;
 -- The identity rule (README, "Guarantees"): an input is its position in the
 -- batch. Parameters: batch_id, mode ('plain', 'repair' or 'replace'), and the
 -- call's digest, first_position and inputs for the ledger.
+-- stage: each probe is an index lookup per staged input (LATERAL + LIMIT keeps
+-- it one): what the batch holds at this position (a stored image, a chain
+-- without an OCR row: an unfilled slot, or an open reject), where this
+-- image_path is stored (any batch), who else uses this public_path, and a
+-- version-3 reject of this very input at its call-relative position (migration
+-- 0005 marks those rejects; flags.any_legacy probes only while the batch holds any).
+-- Comments inside the statement stay short before stage's FROM: pg_stat_activity
+-- shows a query's first 1024 bytes, and tests find the merge by that FROM.
 WITH
 flags AS (
     SELECT EXISTS (SELECT FROM load_rejects
                    WHERE batch_id = %(batch_id)s AND resolved_at IS NULL) AS any_open_reject,
-           -- Rejects a version-3 loader stored at positions relative to their call
-           -- (migration 0005 marks them): probed only while the batch holds any.
            coalesce(%(first_position)s::integer > 0, false)
            AND EXISTS (SELECT FROM load_rejects
                        WHERE batch_id = %(batch_id)s AND legacy_position AND resolved_at IS NULL) AS any_legacy
 ),
 stage AS (
-    -- Each probe is an index lookup per staged input (LATERAL + LIMIT keeps it
-    -- one): what the batch holds at this position (a stored image, a chain
-    -- without an OCR row: an unfilled slot, or an open reject), where this
-    -- image_path is stored (any batch), who else uses this public_path, and a
-    -- version-3 reject of this very input at its call-relative position.
     SELECT s.*,
            here.id AS here_id, here.image_path AS here_path, here.status AS here_status,
            CASE WHEN here.id IS NULL THEN here.chain_id END AS slot_chain,

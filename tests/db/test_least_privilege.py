@@ -58,6 +58,8 @@ _MINIMAL_GRANTS = [
     "GRANT UPDATE ON batch_executions, chain_executions, ocr_executions TO {role}",
     # The merge resolves rejects that later inputs repair.
     "GRANT UPDATE (resolved_at, resolved_by) ON load_rejects TO {role}",
+    # A lower position taking a duplicated image renames its duplicates (checked for every merge).
+    "GRANT UPDATE (reason) ON load_rejects TO {role}",
     # The merge replaces a re-OCRed or repaired result's boxes (checked for every merge).
     "GRANT DELETE ON ocr_text_boxes TO {role}",
 ]
@@ -205,7 +207,7 @@ def test_passwords_appear_in_no_error_log_record_or_report(
     pool = make_pool(writer.dsn, min_size=1, max_size=2, timeout=10)
     pool.open(wait=True)
     try:
-        report = save_batch(pool, "reported", [*make_batch(3), b"junk"])
+        report = save_batch(pool, "reported", [*make_batch(3), b"junk"], total_images=5)
         texts.append(report.model_dump_json())
         # A failure mid-call: the connection cut under the pool.
         blocker = psycopg.connect(dsn)
