@@ -191,8 +191,8 @@ def test_paths_differing_only_by_normalisation_or_trailing_space_are_distinct_im
     # Split over two calls: the second call's duplicates meet the stored rows, not the call's own.
     first = [{"image_path": "/n/caf\u00e9"}, {"image_path": "/n/x"}]
     second = [{"image_path": "/n/cafe\u0301"}, {"image_path": "/n/x "}, {"image_path": "/n/x"}]
-    save_batch(conn, "normalised", first, total_images=4)
-    report = save_batch(conn, "normalised", second, position_offset=2, total_images=4)
+    save_batch(conn, "normalised", first, total_images=5)  # positions live inside the total
+    report = save_batch(conn, "normalised", second, position_offset=2, total_images=5)
     # "/n/x" again at another position: a duplicate of position 1, counted.
     assert (report.stored, report.rejected) == (2, 1)
     paths = {r[0] for r in db.execute("SELECT image_path FROM ocr_executions")}
