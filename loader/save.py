@@ -189,6 +189,8 @@ def _lock(
     if head.schema_version != SCHEMA_VERSION:
         raise SchemaVersionError(SCHEMA_VERSION, head.schema_version)
     if head.status is None:
+        head = _created_meanwhile(conn, call.batch_id, head)
+    if head.status is None:
         raise BatchNotFoundError(
             f"no batch {quoted(call.batch_id)}: a chunk of a batch (position_offset given, or judged inputs) "
             "never creates it; register the batch first (register_batch, `loader load --total`) or pass "
@@ -199,6 +201,15 @@ def _lock(
         raise BatchConflictError(conflict)
     check_inside(call.batch_id, call.last_position, head.declared_images)
     return head
+
+
+def _created_meanwhile(conn: psycopg.Connection[Any], batch_id: str, head: LockRow) -> LockRow:
+    """lock_batch's row, completed when a concurrent call created the batch while this
+    one waited for its lock (one more statement, on this path only)."""
+    row = conn.execute(queries.get("batch_declared"), {"batch_id": batch_id}, prepare=False).fetchone()
+    if row is None:
+        return head
+    return head._replace(status="PENDING", declared_images=row[0], total_images=row[0])
 
 
 def _merge(conn: psycopg.Connection[Any], params: dict[str, Any]) -> list[MergeRow]:

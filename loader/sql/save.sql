@@ -626,3 +626,9 @@ FROM batch_executions
 WHERE status IN ('SUCCESS', 'FAILURE') AND updated_at < %(before)s
 ORDER BY updated_at, id
 LIMIT %(limit)s;
+
+-- name: batch_declared
+-- The batch's declared total, read in a fresh snapshot under the batch's lock: lock_batch's own snapshot predates its lock wait, so a batch created meanwhile by a concurrent call is invisible to it.
+SELECT coalesce(declared_images, total_images) AS declared
+FROM batch_executions
+WHERE batch_id = %(batch_id)s;
