@@ -589,6 +589,21 @@ COMMENT ON FUNCTION loader_locked_call(text, bytea, integer, integer, integer) I
 
 -- [v5 functions: merge verdicts and positions]
 
+-- Version 5: rejects a version-3 loader stored. Version 3 numbered a Celery
+-- chunk's rejects from 0 in their call, not in their batch; migration 0004 kept
+-- those numbers as positions, so a redelivered chunk rejected the same line
+-- again at its real position and the batch counted it twice. Migration 0005
+-- marks every reject older than version 4 (its position cannot be trusted); the
+-- merge matches an input of a call starting at position F, at position P, to a
+-- marked open reject of the same bytes (or image_path) at P - F, and supersedes
+-- that reject (resolved, by no OCR row) while the input is judged at P.
+ALTER TABLE load_rejects ADD COLUMN IF NOT EXISTS legacy_position boolean NOT NULL DEFAULT false;
+COMMENT ON COLUMN load_rejects.legacy_position IS
+    'Version 5: true for rejects stored before version 4, whose position may be relative to their call (version 3 numbered a Celery chunk''s rejects from 0); the merge supersedes one when the same input arrives at its batch position (its position + the call''s first position).';
+-- The merge asks whether a batch holds any open ones before probing per input.
+CREATE INDEX IF NOT EXISTS load_rejects_legacy_open_idx ON load_rejects (batch_id)
+    WHERE legacy_position AND resolved_at IS NULL;
+
 -- The one recount of a batch from its rows (merge of a stale batch,
 -- recount_batch, adopt, migrations): images by OCR status, and open rejects.
 CREATE OR REPLACE FUNCTION loader_recount(batch text)
@@ -667,6 +682,9 @@ GRANT SELECT, INSERT ON batch_executions, chain_executions, task_logs,
     ocr_executions, ocr_text_boxes, load_rejects, loader_calls TO loader_writer;
 GRANT UPDATE ON batch_executions, chain_executions, task_logs, ocr_executions TO loader_writer;
 GRANT UPDATE (resolved_at, resolved_by) ON load_rejects TO loader_writer;
+-- Version 5: a lower position taking a duplicated image renames the image's
+-- other duplicates ("first at position P"), so reason too.
+GRANT UPDATE (reason) ON load_rejects TO loader_writer;
 -- Version 4: a re-OCR (replace=True) or a repaired failure replaces an image's
 -- boxes; the only rows the worker role may delete.
 GRANT DELETE ON ocr_text_boxes TO loader_writer;

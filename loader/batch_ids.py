@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import unicodedata
 
-from loader.errors import ConfigurationError, quoted
+from loader.errors import ConfigurationError, PositionBeyondTotalError, quoted
 from loader.validate import path_problem
 
 # schema.sql: CHECK (batch_id <> '' AND length(batch_id) <= 255), in characters.
@@ -65,3 +65,37 @@ def check_last_position(last: int) -> None:
             f"position {last} does not fit the position columns (at most {MAX_POSITION}); "
             "number the inputs from a smaller offset"
         )
+
+
+def total_conflict(batch_id: str, asked: int | None, declared: int | None) -> str | None:
+    """Why a call's total_images contradicts the total declared for the batch, or None.
+
+    Compared with the declared total, not the stored one: that one grows past it
+    when another writer stored images in the batch at no position, and every call
+    of the batch still declares the batch's size.
+    """
+    if asked is None or declared is None or asked == declared:
+        return None
+    return (
+        f"batch {quoted(batch_id)} was declared with total_images={declared}, but this call says {asked}; "
+        "pass the batch's total (not the chunk's), or none, with every call of a batch"
+    )
+
+
+def check_inside(batch_id: str, last_position: int | None, declared: int | None) -> None:
+    """Refuse a call whose highest position lies at or past the batch's declared total.
+
+    Positions are 0 .. total - 1, so once every one of them received its input the
+    batch is complete: an input past the total would let the counts reach it with
+    positions inside it never received (issue 20, item 9).
+    """
+    if declared is None or last_position is None or last_position < declared:
+        return
+    raise PositionBeyondTotalError(
+        f"batch {quoted(batch_id)} was declared with total_images={declared}, so its positions are "
+        f"0 to {declared - 1}, but this call sends an input at position {last_position}; nothing of "
+        "the call was kept. Number each call's inputs by their place in the batch (position_offset), "
+        "or declare the batch with its real total",
+        last_position,
+        declared,
+    )

@@ -11,7 +11,9 @@ producer (a pipe) therefore never holds a commit back.
 Positions are line numbers across all sources, so the same input loaded twice
 (or resumed with ``skip``) stores nothing twice. A blank line is no input but
 keeps its number (a sparse export of rejects puts fixed lines back in place
-that way); a chunk of blank lines only costs no call. The chunk reports are summed
+that way); a chunk of blank lines only costs no call. The batch must exist before
+the first chunk; `loader load` stores every chunk without a total, so a batch deleted
+mid-load stops it rather than being re-created. The chunk reports are summed
 into one LoadReport (``replaced`` included, issues capped at MAX_ISSUES_KEPT).
 """
 

@@ -7,6 +7,7 @@ Every error the loader raises on purpose is a LoaderError:
     │   ├── SchemaVersionError      the database holds another schema version
     │   ├── TransactionStateError   a connection handed in inside a transaction
     │   ├── BatchConflictError      the call contradicts what the batch already holds
+    │   │   └── PositionBeyondTotalError  an input past the batch's declared total
     │   └── BatchReferenceError     a Celery batch file the worker cannot or may not read
     ├── DatabaseError               the database failed; nothing of the call was kept
     │   └── TransientDatabaseError  ... and retrying may succeed
@@ -93,6 +94,19 @@ class PositionConflictError(BatchConflictError):
     def __init__(self, message: str, positions: list[int]) -> None:
         super().__init__(message)
         self.positions = positions
+
+
+class PositionBeyondTotalError(BatchConflictError):
+    """An input of the call sits at a position at or past the batch's declared total.
+
+    Positions are 0 .. total_images - 1: the whole call is refused, nothing kept.
+    ``position`` is the first such position, ``total`` the declared total.
+    """
+
+    def __init__(self, message: str, position: int, total: int) -> None:
+        super().__init__(message)
+        self.position = position
+        self.total = total
 
 
 class BatchReferenceError(ConfigurationError):

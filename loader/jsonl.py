@@ -316,3 +316,12 @@ def read_lines(path: Path | str, *, check_text: bool = True) -> Iterator[bytes]:
     """One file's lines without their newline, streamed."""
     for _position, line in Sources([str(path)], check_text=check_text).lines():
         yield line
+
+
+def input_span(files: tuple[str, ...]) -> int:
+    """Positions up to and including the last non-blank line of the files."""
+    last = -1
+    for position, line in Sources(files).lines():
+        if not is_blank(line):
+            last = position
+    return last + 1

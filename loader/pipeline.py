@@ -48,7 +48,10 @@ def save_judged(
     """Store what ``judge(batch_id, ...)`` returned, in one transaction; duration_s covers the storing.
 
     ``settings``, ``repair``, ``replace``: as save_batch's (no settings: ``Settings()``,
-    read from the environment at the call).
+    read from the environment at the call). A judged call is a chunk of its batch:
+    without ``total_images`` the batch must exist (BatchNotFoundError otherwise), so
+    a load never re-creates a batch deleted while it runs; its positions must lie
+    inside the batch's declared total (PositionBeyondTotalError).
     """
     return save_prepared(
         pool_or_conn,

@@ -14,11 +14,19 @@ from psycopg import sql
 from psycopg.rows import class_row
 
 from loader import isolate, queries
-from loader.batch_ids import check_batch_id, check_last_position, check_offset, check_total
+from loader.batch_ids import (
+    check_batch_id,
+    check_inside,
+    check_last_position,
+    check_offset,
+    check_total,
+    total_conflict,
+)
 from loader.connection import SCHEMA_VERSION, Connectable, check_schema_version, connection, mark_checked
 from loader.copy import STAGE_BOXES, STAGE_IMAGES, StagedImage, copy_rows, staging_names
 from loader.errors import (
     BatchConflictError,
+    BatchNotFoundError,
     ConfigurationError,
     PositionConflictError,
     SchemaVersionError,
@@ -59,21 +67,6 @@ _CREATE_STAGING = sql.SQL("; ").join([STAGE_IMAGES.create(), STAGE_BOXES.create(
 _MERGE = sql.SQL(queries.get("merge")).format(**staging_names())
 
 
-def _total_conflict(batch_id: str, asked: int | None, declared: int | None) -> str | None:
-    """Why a call's total_images contradicts the total declared for the batch, or None.
-
-    Compared with the declared total, not the stored one: that one grows when
-    more inputs are accounted for than were declared, and every call of the
-    batch still declares the batch's size.
-    """
-    if asked is None or declared is None or asked == declared:
-        return None
-    return (
-        f"batch {quoted(batch_id)} was declared with total_images={declared}, but this call says {asked}; "
-        "pass the batch's total (not the chunk's), or none, with every call of a batch"
-    )
-
-
 def _mode(repair: bool, replace: bool) -> Mode:
     if repair and replace:
         raise ConfigurationError("a call is a repair or a replace, not both")
@@ -89,10 +82,14 @@ class _Call:
     digest: bytes
     received: int
     first_position: int | None
-    #: The position of the call's last input: with first_position, the range
-    #: whose rows must confirm a ledger hit (schema.sql, loader_locked_call).
+    #: The position of the call's last input (None without inputs): with
+    #: first_position, the range whose rows must confirm a ledger hit (schema.sql,
+    #: loader_locked_call); it must lie inside the declared total.
     last_position: int | None
     judge: Callable[[], Prepared]
+    #: The call may be the whole batch (save_batch from position 0): without a
+    #: total_images it may create its batch, with as many images as it has inputs.
+    whole: bool = False
     _prepared: Prepared | None = field(default=None, repr=False)
 
     @property
@@ -164,7 +161,8 @@ def _lock(
             queries.get("lock_batch"),
             {
                 "batch_id": call.batch_id,
-                "total_images": total_images if total_images is not None else call.received,
+                # NULL: lock_batch creates no batch (a chunk needs a registered one).
+                "total_images": total_images if total_images is not None or not call.whole else call.received,
                 "digest": call.key,
                 "first_position": call.first_position,
                 "last_position": call.last_position,
@@ -179,10 +177,28 @@ def _lock(
     assert head is not None, "lock_batch returns one row"
     if head.schema_version != SCHEMA_VERSION:
         raise SchemaVersionError(SCHEMA_VERSION, head.schema_version)
-    conflict = _total_conflict(call.batch_id, total_images, head.declared_images)
+    if head.status is None:
+        head = _created_meanwhile(conn, call.batch_id, head)
+    if head.status is None:
+        raise BatchNotFoundError(
+            f"no batch {quoted(call.batch_id)}: a chunk of a batch (position_offset given, or judged inputs) "
+            "never creates it; register the batch first (register_batch, `loader load --total`) or pass "
+            "total_images, the batch's total"
+        )
+    conflict = total_conflict(call.batch_id, total_images, head.declared_images)
     if conflict:
         raise BatchConflictError(conflict)
+    check_inside(call.batch_id, call.last_position, head.declared_images)
     return head
+
+
+def _created_meanwhile(conn: psycopg.Connection[Any], batch_id: str, head: LockRow) -> LockRow:
+    """lock_batch's row, completed when a concurrent call created the batch while this
+    one waited for its lock (one more statement, on this path only)."""
+    row = conn.execute(queries.get("batch_declared"), {"batch_id": batch_id}, prepare=False).fetchone()
+    if row is None:
+        return head
+    return head._replace(status="PENDING", declared_images=row[0], total_images=row[0])
 
 
 def _merge(conn: psycopg.Connection[Any], params: dict[str, Any]) -> list[MergeRow]:
@@ -283,7 +299,11 @@ def save_batch(
     (str/bytes). An input's identity is its position in the batch:
     ``position_offset`` + its index in ``results`` (a chunk of a batch passes the
     index of its first input, and every call passes the batch's ``total_images``,
-    or none). Every input ends stored (success), stored as failed (with the
+    or none). Positions lie inside the batch's declared total (0 .. total - 1):
+    a call with an input past it is refused whole (PositionBeyondTotalError). A call
+    creates its batch when it states ``total_images``, or when it may be the whole
+    batch (it starts at position 0: its inputs are the batch); a later chunk of an
+    unknown batch raises BatchNotFoundError. Every input ends stored (success), stored as failed (with the
     reason), rejected into load_rejects (with its raw input), or unchanged (its
     position already received it: a redelivery changes nothing).
 
@@ -307,6 +327,8 @@ def save_batch(
     if isinstance(results, str | bytes):
         raise ConfigurationError("results must be an iterable of inputs, not a single str/bytes")
     offset = check_offset(position_offset)
+    # From position 0, the call may be the whole batch: it may create it.
+    whole = offset == 0
     inputs = list(results)
     check_last_position(offset + len(inputs) - 1)
     call = _Call(
@@ -317,6 +339,7 @@ def save_batch(
         offset if inputs else None,
         offset + len(inputs) - 1 if inputs else None,
         lambda: prepare(batch_id, inputs, offset),
+        whole,
     )
     return _store(pool_or_conn, call, total_images, settings or current_settings(), started)
 
@@ -335,7 +358,9 @@ def save_prepared(
 
     Lets a caller judge the next chunk (pure Python) while this one is stored;
     ``prepared`` must come from judge() with the same batch_id. Same outcomes,
-    errors and transaction as save_batch; duration_s covers only the storing.
+    errors and transaction as save_batch for a chunk: without ``total_images``
+    the batch must exist (BatchNotFoundError), so a load whose batch was deleted
+    meanwhile never re-creates it. duration_s covers only the storing.
     """
     started = time.perf_counter()
     batch_id = check_batch_id(batch_id)
@@ -462,8 +487,7 @@ def register_batch(pool_or_conn: Connectable, batch_id: str, total_images: int) 
                 if row is not None:
                     break
                 # Created by a concurrent call after our snapshot: look again.
-        if row is not None and row[0] != total:
-            raise BatchConflictError(
-                f"batch {batch_id!r} already exists with total_images={row[0]}, not {total}"
-            )
+        conflict = total_conflict(batch_id, total, row[0] if row is not None else None)
+        if conflict:
+            raise BatchConflictError(conflict)
         return get_progress(conn, batch_id)

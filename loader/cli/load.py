@@ -34,7 +34,7 @@ from loader.errors import (
     LoaderError,
     quoted,
 )
-from loader.jsonl import Sources, countable, line_counts
+from loader.jsonl import Sources, countable, input_span, line_counts
 from loader.models import BatchProgress, LoadReport
 from loader.pipeline import Judged, save_judged
 from loader.progress import get_progress
@@ -79,10 +79,12 @@ class LoadOutcome:
 
 @dataclass(frozen=True)
 class InputSize:
-    """How many lines the input has, and how many of them are inputs (not blank); None for a stream."""
+    """How many lines the input has, how many of them are inputs (not blank), and how
+    many positions it spans (up to its last input); None for a stream."""
 
     lines: int | None = None
     inputs: int | None = None
+    span: int | None = None
 
     @classmethod
     def of(cls, files: tuple[str, ...]) -> InputSize:
@@ -90,7 +92,11 @@ class InputSize:
             return cls()
         counts = [line_counts(name) for name in files]
         lines = sum(n for n, _ in counts)
-        return cls(lines, lines - sum(blank for _, blank in counts))
+        inputs = lines - sum(blank for _, blank in counts)
+        # Blank lines keep their numbers: only when there are any is a second
+        # read needed to find the last input's position.
+        span = lines if inputs == lines else input_span(files)
+        return cls(lines, inputs, span)
 
 
 def _existing(conn: psycopg.Connection[Any], batch_id: str) -> BatchProgress | None:
@@ -101,22 +107,28 @@ def _existing(conn: psycopg.Connection[Any], batch_id: str) -> BatchProgress | N
 
 
 def open_batch(conn: psycopg.Connection[Any], request: LoadRequest, size: InputSize) -> BatchProgress | None:
-    """The batch, registered if new (with --total, or as many images as the input has
-    non-blank lines); None when the input is empty."""
+    """The batch, registered if new (with --total, or as many images as the input spans
+    positions: its lines up to the last non-blank one); None when the input is empty.
+
+    Only here is a batch created: the chunks are stored without a total, so a
+    batch deleted while loading is never re-created by a later chunk.
+    """
     batch_id, total = request.batch_id, request.total
     existing = _existing(conn, batch_id)
     if (request.repair or request.replace) and existing is None:
         flag = "--repair" if request.repair else "--replace"
         raise CliError(f"{flag} changes an existing batch, and there is no batch {quoted(batch_id)}")
     if existing is not None:
-        # A --total that contradicts the declared one is refused by the save path.
+        if total is not None:
+            # Refuses a --total that contradicts the declared one (BatchConflictError).
+            register_batch(conn, batch_id, total)
         return existing
     if request.offset and total is None:
         raise click.UsageError(
             f"batch {quoted(batch_id)} does not exist yet and this file starts at --offset {request.offset}: "
             "pass --total N, the number of images in the whole batch"
         )
-    declared = total if total is not None else size.inputs
+    declared = total if total is not None else size.span
     if declared is None:
         raise click.UsageError(
             "the input is a stream (stdin or a pipe) whose lines cannot be counted in advance, and batch "
@@ -124,7 +136,25 @@ def open_batch(conn: psycopg.Connection[Any], request: LoadRequest, size: InputS
         )
     if declared == 0:
         return None
+    if size.span is not None and size.inputs is not None and size.span > size.inputs:
+        log.warning(
+            "blank lines inside the input keep their positions but hold no input: the batch counts "
+            "them as missing until inputs arrive there",
+            extra={"batch_id": batch_id, "missing": size.span - size.inputs, "total_images": declared},
+        )
     return register_batch(conn, batch_id, declared)
+
+
+def _check_inside(request: LoadRequest, size: InputSize, progress: BatchProgress) -> None:
+    """Refuse, before any chunk, an input whose lines reach past the batch's total."""
+    if size.span is None or request.offset + size.span <= progress.total_images:
+        return
+    raise CliError(
+        f"the input spans positions {request.offset} to {request.offset + size.span - 1} (its lines from "
+        f"--offset {request.offset}), but batch {quoted(request.batch_id)} holds {progress.total_images} "
+        f"images (positions 0 to {progress.total_images - 1}); nothing was loaded. Load the batch's own "
+        "lines, or a new batch"
+    )
 
 
 class RetryingStore:
@@ -141,11 +171,12 @@ class RetryingStore:
 
     def _save(self, judged: Judged) -> LoadReport:
         request = self.request
+        # No total: open_batch registered (or checked) the batch, and a chunk
+        # never creates one, so a batch deleted meanwhile stops the load.
         return save_judged(
             self.conn,
             self.batch_id,
             judged,
-            total_images=request.total,
             settings=self.settings,
             repair=request.repair,
             replace=request.replace,
@@ -231,6 +262,13 @@ def run_load(session: Session, request: LoadRequest) -> LoadOutcome:
             f"are committed, resume with: {request.resume(committed.next_position, session)}",
             signal_status(stop.signum or signal.SIGINT),
         ) from exc
+    except BatchNotFoundError as exc:
+        # open_batch found or created it: another session deleted it since.
+        raise CliError(
+            f"batch {quoted(request.batch_id)} was deleted while loading; "
+            f"{out.count(committed.next_position - request.skip, 'line')} committed before went with it and "
+            "nothing more was stored (load the input again to create the batch anew)"
+        ) from exc
     except (LoaderError, psycopg.Error) as exc:
         raise _failed(exc, request, committed, session) from exc
     finally:
@@ -251,12 +289,7 @@ def _load(
     progress = open_batch(store.conn, request, size)
     if progress is None:
         return LoadOutcome(Totals(batch_id), request.skip, total_lines, time.monotonic() - started)
-    beyond = (size.inputs or 0) + request.offset > progress.total_images
-    if size.inputs is not None and beyond and not (request.repair or request.replace):
-        log.warning(
-            "the input holds more lines than the batch expects images",
-            extra={"batch_id": batch_id, "lines": size.inputs, "total_images": progress.total_images},
-        )
+    _check_inside(request, size, progress)
     with stop, Display(request.mode, batch_id, total_lines, request.skip) as display:
         result = load_chunks(
             batch_id,

@@ -182,6 +182,35 @@ COMMENT ON FUNCTION loader_locked_call(text, bytea, integer, integer, integer) I
 
 -- [v5 functions: merge verdicts and positions]
 
+-- Version 5: rejects a version-3 loader stored. Version 3 numbered a Celery
+-- chunk's rejects from 0 in their call, not in their batch; migration 0004 kept
+-- those numbers as positions, so a redelivered chunk rejected the same line
+-- again at its real position and the batch counted it twice. Migration 0005
+-- marks every reject older than version 4 (its position cannot be trusted); the
+-- merge matches an input of a call starting at position F, at position P, to a
+-- marked open reject of the same bytes (or image_path) at P - F, and supersedes
+-- that reject (resolved, by no OCR row) while the input is judged at P.
+ALTER TABLE load_rejects ADD COLUMN IF NOT EXISTS legacy_position boolean NOT NULL DEFAULT false;
+COMMENT ON COLUMN load_rejects.legacy_position IS
+    'Version 5: true for rejects stored before version 4, whose position may be relative to their call (version 3 numbered a Celery chunk''s rejects from 0); the merge supersedes one when the same input arrives at its batch position (its position + the call''s first position).';
+-- The merge asks whether a batch holds any open ones before probing per input.
+CREATE INDEX IF NOT EXISTS load_rejects_legacy_open_idx ON load_rejects (batch_id)
+    WHERE legacy_position AND resolved_at IS NULL;
+-- A lower position taking a duplicated image renames the image's other
+-- duplicates ("first at position P"): the only column of a reject, besides
+-- whether it was resolved, the workers' role may update.
+GRANT UPDATE (reason) ON load_rejects TO loader_writer;
+
+-- Not a change of the rows: updated_at stays.
+ALTER TABLE load_rejects DISABLE TRIGGER load_rejects_touch;
+UPDATE load_rejects SET legacy_position = true
+WHERE created_at < (SELECT applied_at FROM loader_schema_version WHERE version = 4);
+ALTER TABLE load_rejects ENABLE TRIGGER load_rejects_touch;
+-- Chains at a position without an OCR row (`schema adopt` of version 4 gave
+-- positions to the application's in-flight chains; an application deleting an
+-- OCR row leaves its chain) need no repair: the merge now fills such a slot
+-- with the valid input at its position, joining the chain already there.
+
 -- [v5 tables: result history]
 -- Version 5: a re-OCR (replace=True), a repair that replaces a stored failure
 -- and a rollback (loader.history) keep the result they replace. The merge

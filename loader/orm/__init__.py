@@ -26,14 +26,13 @@ from __future__ import annotations
 
 from loader.orm._base import OCR_STATUS, PROCESS_STATUS, Base, OCRStatus, ProcessStatus, batch_status
 from loader.orm._history import OCRResultVersion
+from loader.orm._ledger import LoaderCall, SchemaVersion
 from loader.orm._tables import (
     BatchExecution,
     ChainExecution,
-    LoaderCall,
     LoadReject,
     OCRExecution,
     OCRTextBox,
-    SchemaVersion,
     TaskLog,
 )
 from loader.orm._tools import (

@@ -1,4 +1,7 @@
-"""loader.orm's models of schema.sql's tables, one class each."""
+"""loader.orm's models of schema.sql's tables the application shares, one class each.
+
+The loader's own bookkeeping (schema version, call ledger) is in _ledger.py, result
+history in _history.py."""
 
 from __future__ import annotations
 
@@ -17,7 +20,6 @@ from sqlalchemy import (
     LargeBinary,
     Text,
     UniqueConstraint,
-    func,
     text,
 )
 from sqlalchemy.dialects.postgresql import DOUBLE_PRECISION, JSONB
@@ -36,23 +38,6 @@ from loader.orm._base import (
 
 if TYPE_CHECKING:
     from loader.orm._history import OCRResultVersion
-
-
-class SchemaVersion(Base):
-    """One row per applied schema version (read-only for the application)."""
-
-    __tablename__ = "loader_schema_version"
-    __table_args__ = (
-        CheckConstraint("version > 0", name="loader_schema_version_version_check"),
-        {
-            "comment": "One row per applied schema version; the loader refuses to write unless "
-            "max(version) equals the version it was built for."
-        },
-    )
-
-    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    description: Mapped[str] = mapped_column(Text)
 
 
 class BatchExecution(Timestamps, Base):
@@ -416,6 +401,11 @@ class LoadReject(Timestamps, Base):
         Index(
             "load_rejects_resolved_by_idx", "resolved_by", postgresql_where=text("resolved_by IS NOT NULL")
         ),
+        Index(
+            "load_rejects_legacy_open_idx",
+            "batch_id",
+            postgresql_where=text("legacy_position AND resolved_at IS NULL"),
+        ),
         {
             "comment": "Inputs that could not be stored at all (no usable image_path, duplicates, paths "
             "owned by another batch, lines that are not JSON objects). Counted in "
@@ -454,37 +444,12 @@ class LoadReject(Timestamps, Base):
         comment="The ocr_executions row whose storing resolved this reject "
         "(NULL if that row was deleted since).",
     )
+    legacy_position: Mapped[bool] = mapped_column(
+        Boolean,
+        server_default=text("false"),
+        comment="Version 5: true for rejects stored before version 4, whose position may be relative to "
+        "their call (version 3 numbered a Celery chunk's rejects from 0); the merge supersedes one when "
+        "the same input arrives at its batch position (its position + the call's first position).",
+    )
 
     batch: Mapped[BatchExecution] = relationship(back_populates="rejects")
-
-
-class LoaderCall(Base):
-    """A call a batch committed (the loader's ledger): a redelivery of it changes nothing."""
-
-    __tablename__ = "loader_calls"
-    __table_args__ = (
-        CheckConstraint("length(digest) = 32", name="loader_calls_digest_check"),
-        CheckConstraint("first_position >= 0", name="loader_calls_first_position_check"),
-        CheckConstraint("inputs >= 0", name="loader_calls_inputs_check"),
-        {
-            "comment": "The calls each batch committed. A redelivered call is a replay (nothing judged or "
-            "written) only when the rows at its positions confirm it (loader_locked_call); otherwise it "
-            "is judged. Deleted with the batch."
-        },
-    )
-
-    batch_id: Mapped[str] = mapped_column(
-        Text, ForeignKey(BatchExecution.batch_id, ondelete="CASCADE"), primary_key=True
-    )
-    digest: Mapped[bytes] = mapped_column(
-        LargeBinary,
-        primary_key=True,
-        comment="SHA-256 of the call: its kind (plain, repair, replace), and every input with its "
-        "position, over a typed canonical form (loader/digest.py: a Decimal and a string, bytes and "
-        "str never share one).",
-    )
-    first_position: Mapped[int | None] = mapped_column(
-        Integer, comment="Position of the call's first input (NULL for a call with none)."
-    )
-    inputs: Mapped[int] = mapped_column(Integer)
-    committed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -382,11 +382,15 @@ INSERT INTO batch_executions (id, batch_id, status, total_images, completed_imag
 SELECT o.id, o.batch_id, s.status, n.total_images, n.completed, n.failed, {created_at}, {updated_at}
 FROM loader_adopt_old_batch_executions o
 LEFT JOIN (
-    SELECT batch_id,
-           count(*) FILTER (WHERE status::text = 'SUCCESS') AS completed,
-           count(*) FILTER (WHERE status::text = 'FAILURE') AS failed
-    FROM loader_adopt_old_chain_executions
-    GROUP BY batch_id
+    -- Images by their OCR rows, as loader_recount counts them: a chain the old
+    -- path left without an OCR row (it crashed, or the task is still running),
+    -- whatever status it says, is an image not received yet, never a completed one.
+    SELECT c.batch_id,
+           count(*) FILTER (WHERE lower(x.status::text) = 'success') AS completed,
+           count(*) FILTER (WHERE lower(x.status::text) = 'failed') AS failed
+    FROM loader_adopt_old_chain_executions c
+    JOIN loader_adopt_old_ocr_executions x ON x.chain_id = c.chain_id
+    GROUP BY c.batch_id
 ) AS c ON c.batch_id = o.batch_id
 -- The declared total stays unless fewer images than were stored, so completed + failed <= total.
 CROSS JOIN LATERAL (
@@ -401,7 +405,9 @@ ORDER BY o.id;
 -- name: adopt_copy_chains
 -- Chains as they were (chain_id, uuid4 in the old path, kept), statuses relabelled to process_status.
 -- Positions: the order the old path wrote a batch's images in (its rows' ids), so
--- the batch sent again in that order is recognised input by input.
+-- the batch sent again in that order is recognised input by input. A chain without
+-- an OCR row keeps its place too: an unfilled slot, which the merge fills with the
+-- valid input at that position (the chain keeps its id and task logs), never a trap.
 INSERT INTO chain_executions (id, chain_id, batch_id, status, total_tasks, completed_tasks, failed_tasks,
                               created_at, updated_at, position)
 SELECT o.id, o.chain_id, o.batch_id, o.status::text::process_status, o.total_tasks, o.completed_tasks,

@@ -58,7 +58,8 @@ created AS (
     INSERT INTO batch_executions (batch_id, total_images, declared_images)
     SELECT %(batch_id)s, %(total_images)s, %(total_images)s
     FROM locked, tuned, deployed
-    WHERE deployed.version = %(schema_version)s
+    -- A NULL total: the call is a chunk, which never creates its batch (save.py).
+    WHERE deployed.version = %(schema_version)s AND %(total_images)s::integer IS NOT NULL
     ON CONFLICT (batch_id) DO NOTHING
     RETURNING batch_id, total_images, declared_images, completed_images, failed_images, status,
               created_at, updated_at
@@ -105,27 +106,36 @@ LEFT JOIN batch b ON true;
 -- The identity rule (README, "Guarantees"): an input is its position in the
 -- batch. Parameters: batch_id, mode ('plain', 'repair' or 'replace'), and the
 -- call's digest, first_position and inputs for the ledger.
+-- stage: each probe is an index lookup per staged input (LATERAL + LIMIT keeps
+-- it one): what the batch holds at this position (a stored image, a chain
+-- without an OCR row: an unfilled slot, or an open reject), where this
+-- image_path is stored (any batch), who else uses this public_path, and a
+-- version-3 reject of this very input at its call-relative position (migration
+-- 0005 marks those rejects; flags.any_legacy probes only while the batch holds any).
+-- Comments inside the statement stay short before stage's FROM: pg_stat_activity
+-- shows a query's first 1024 bytes, and tests find the merge by that FROM.
 WITH
 flags AS (
     SELECT EXISTS (SELECT FROM load_rejects
-                   WHERE batch_id = %(batch_id)s AND resolved_at IS NULL) AS any_open_reject
+                   WHERE batch_id = %(batch_id)s AND resolved_at IS NULL) AS any_open_reject,
+           coalesce(%(first_position)s::integer > 0, false)
+           AND EXISTS (SELECT FROM load_rejects
+                       WHERE batch_id = %(batch_id)s AND legacy_position AND resolved_at IS NULL) AS any_legacy
 ),
 stage AS (
-    -- Each probe is an index lookup per staged input (LATERAL + LIMIT keeps it
-    -- one): what the batch holds at this position (a stored image, or an open
-    -- reject), where this image_path is stored (any batch), and who else uses
-    -- this public_path.
     SELECT s.*,
            here.id AS here_id, here.image_path AS here_path, here.status AS here_status,
+           CASE WHEN here.id IS NULL THEN here.chain_id END AS slot_chain,
            hrej.id AS hrej_id, hrej.image_path AS hrej_path,
            mine.id AS mine_id, mine.status AS mine_status, mine.batch_id AS mine_batch,
            mine.position AS mine_pos, mine.chain_pk AS mine_chain,
-           pub.batch_id AS pub_batch
+           pub.batch_id AS pub_batch,
+           legacy.id AS legacy_id
     FROM {stage_images} s
     LEFT JOIN LATERAL (
-        SELECT o.id, o.image_path, o.status
+        SELECT c.chain_id, o.id, o.image_path, o.status
         FROM chain_executions c
-        JOIN ocr_executions o ON o.chain_id = c.chain_id
+        LEFT JOIN ocr_executions o ON o.chain_id = c.chain_id
         WHERE c.batch_id = %(batch_id)s AND c.position = s.pos
         LIMIT 1
     ) AS here ON true
@@ -150,6 +160,15 @@ stage AS (
         WHERE o.public_path = s.public_path AND o.image_path IS DISTINCT FROM s.image_path
         LIMIT 1
     ) AS pub ON s.public_path IS NOT NULL
+    LEFT JOIN LATERAL (
+        SELECT r.id
+        FROM load_rejects r
+        WHERE r.batch_id = %(batch_id)s AND r.position = s.pos - %(first_position)s
+          AND r.legacy_position AND r.resolved_at IS NULL
+          AND (r.raw_sha256 = s.raw_sha256 OR r.image_path = s.image_path)
+        ORDER BY r.id
+        LIMIT 1
+    ) AS legacy ON (SELECT any_legacy FROM flags)
 ),
 seen AS (
     -- This position received this very input before: the image it stores, or
@@ -162,7 +181,11 @@ seen AS (
                SELECT FROM load_rejects r
                WHERE r.batch_id = %(batch_id)s AND r.position = st.pos
                  AND (r.raw_sha256 = st.raw_sha256 OR (r.image_path = st.image_path AND %(mode)s <> 'repair'))
-           ) AS seen_here
+           ) AS seen_here,
+           -- The lowest position holds a duplicated image (README, "One identity for
+           -- every input"): this input comes before the position storing it.
+           (st.mine_batch = %(batch_id)s AND st.mine_pos > st.pos AND st.pub_batch IS NULL
+            AND st.slot_chain IS NULL) AS lower
     FROM stage st
 ),
 judged AS (
@@ -171,6 +194,11 @@ judged AS (
                -- Re-OCR: a result for an image this batch stores replaces it.
                WHEN %(mode)s = 'replace' AND st.reject IS NULL AND st.mine_batch = %(batch_id)s THEN
                    CASE WHEN st.pub_batch IS NULL THEN 'replace' ELSE 'refused' END
+               -- ... and never takes another batch's image; a line that cannot be
+               -- read replaces nothing (refused alone, never a conflict of the call).
+               WHEN %(mode)s = 'replace' AND st.reject IS NULL AND st.mine_batch IS NOT NULL THEN 'refused'
+               WHEN %(mode)s = 'replace' AND st.reject IS NOT NULL AND NOT st.seen_here
+                    AND (st.here_id IS NOT NULL OR st.hrej_id IS NOT NULL) THEN 'refused'
                -- A repair says what each input fixes; it never adds an input.
                WHEN %(mode)s = 'repair' THEN
                    CASE
@@ -178,11 +206,14 @@ judged AS (
                            THEN 'replace'
                        WHEN st.seen_here THEN 'unchanged'
                        WHEN st.hrej_id IS NOT NULL AND st.reject IS NOT NULL THEN 'supersede'
+                       WHEN st.hrej_id IS NOT NULL AND st.reject IS NULL AND st.lower THEN 'take'
                        WHEN st.hrej_id IS NOT NULL AND (st.mine_id IS NOT NULL OR st.pub_batch IS NOT NULL)
                            THEN 'elsewhere'
                        WHEN st.hrej_id IS NOT NULL THEN 'fix'
                        WHEN st.reject IS NULL AND st.mine_batch = %(batch_id)s AND st.mine_status = 'failed'
                            THEN 'replace'
+                       WHEN st.slot_chain IS NOT NULL AND st.reject IS NULL AND st.mine_id IS NULL
+                            AND st.pub_batch IS NULL THEN 'fill'
                        ELSE 'refused'
                    END
                WHEN st.seen_here THEN 'unchanged'
@@ -190,22 +221,41 @@ judged AS (
                WHEN st.reject IS NOT NULL THEN 'reject'
                -- Stored in this batch by another writer, at no position: this input claims it.
                WHEN st.mine_batch = %(batch_id)s AND st.mine_pos IS NULL THEN 'claim'
+               -- Stored at a higher position: this input takes the image, that position
+               -- becomes the duplicate (the same rows whatever the arrival order).
+               WHEN st.reject IS NULL AND st.lower THEN 'take'
                WHEN st.mine_id IS NOT NULL OR st.pub_batch IS NOT NULL THEN 'elsewhere'
+               -- A chain at this position without an OCR row (an application's
+               -- in-flight chain, or one whose OCR row was deleted): this input fills it.
+               WHEN st.slot_chain IS NOT NULL THEN 'fill'
                ELSE 'new'
            END AS verdict,
            -- The reason of a reject the merge words itself, so it reads the
            -- same wherever the chunk boundaries fell.
            CASE
+               WHEN %(mode)s = 'replace' AND st.reject IS NULL AND st.mine_batch = %(batch_id)s
+                    AND st.pub_batch IS NOT NULL
+                   THEN format('public_path already used by another image (batch %%L)', st.pub_batch)
+               WHEN %(mode)s = 'replace' AND st.reject IS NULL AND st.mine_batch <> %(batch_id)s
+                   THEN format('image_path already stored by another batch (%%L): a re-OCR replaces only '
+                               'this batch''s images', st.mine_batch)
+               WHEN %(mode)s = 'replace' AND st.reject IS NOT NULL
+                    AND (st.here_id IS NOT NULL OR st.hrej_id IS NOT NULL)
+                   THEN format('%%s: a re-OCR line that cannot be read replaces nothing', st.reject)
                WHEN st.duplicate = 'image_path' AND st.mine_batch IS DISTINCT FROM %(batch_id)s
                     AND st.mine_batch IS NOT NULL
                    THEN format('image_path already stored by another batch (%%L)', st.mine_batch)
+               -- least() skips NULLs: the lower of the call's first input of the image
+               -- and the position the batch stores it at.
                WHEN st.duplicate = 'image_path'
-                   THEN format('duplicate image_path (first at position %%s)',
-                               coalesce(st.mine_pos, st.dup_of))
+                   THEN format('duplicate image_path (first at position %%s)', least(st.mine_pos, st.dup_of))
                WHEN st.duplicate = 'public_path'
                    THEN format('public_path already used by another image (batch %%L)',
                                coalesce(st.pub_batch, %(batch_id)s))
                WHEN st.reject IS NOT NULL THEN st.reject
+               -- A lower input that cannot take its image: its public_path is another's.
+               WHEN st.pub_batch IS NOT NULL AND st.mine_batch = %(batch_id)s AND st.mine_pos > st.pos
+                   THEN format('public_path already used by another image (batch %%L)', st.pub_batch)
                WHEN st.mine_batch = %(batch_id)s AND st.mine_pos IS NOT NULL
                    THEN format('duplicate image_path (first at position %%s)', st.mine_pos)
                WHEN st.mine_batch IS NOT NULL AND st.mine_batch <> %(batch_id)s
@@ -220,25 +270,43 @@ new_ocr AS (
     -- batches touching the same paths take their index locks in one order and
     -- cannot deadlock. ON CONFLICT: a path claimed by another batch since
     -- this statement's snapshot is skipped here and reported as lost below.
+    -- An input filling a slot joins the chain already there.
     INSERT INTO ocr_executions (chain_id, image_path, public_path, status, error, model_version)
-    SELECT chain_id, image_path, public_path, status::ocr_status, error, model_version
+    SELECT coalesce(slot_chain, chain_id), image_path, public_path, status::ocr_status, error, model_version
     FROM judged
-    WHERE verdict IN ('new', 'fix')
+    WHERE verdict IN ('new', 'fix', 'fill')
     ORDER BY image_path
     ON CONFLICT DO NOTHING
     RETURNING id, chain_id, image_path, status
 ),
+placed AS (
+    -- Each OCR row inserted, with the input it came from.
+    SELECT n.id, n.chain_id, n.status, j.pos, j.verdict, j.hrej_id
+    FROM new_ocr n
+    JOIN judged j ON coalesce(j.slot_chain, j.chain_id) = n.chain_id AND j.verdict IN ('new', 'fix', 'fill')
+),
 new_chains AS (
     INSERT INTO chain_executions (chain_id, batch_id, status, total_tasks, completed_tasks, failed_tasks, position)
-    SELECT n.chain_id, %(batch_id)s,
-           CASE n.status WHEN 'success' THEN 'SUCCESS' ELSE 'FAILURE' END::process_status,
+    SELECT p.chain_id, %(batch_id)s,
+           CASE p.status WHEN 'success' THEN 'SUCCESS' ELSE 'FAILURE' END::process_status,
            1,
-           (n.status = 'success')::integer,
-           (n.status = 'failed')::integer,
-           j.pos
-    FROM new_ocr n
-    JOIN judged j ON j.chain_id = n.chain_id AND j.verdict IN ('new', 'fix')
+           (p.status = 'success')::integer,
+           (p.status = 'failed')::integer,
+           p.pos
+    FROM placed p
+    WHERE p.verdict IN ('new', 'fix')
     RETURNING chain_id
+),
+filled AS (
+    -- The slot's chain keeps its id and position; it now records the OCR task.
+    UPDATE chain_executions c
+    SET status = CASE p.status WHEN 'success' THEN 'SUCCESS' ELSE 'FAILURE' END::process_status,
+        total_tasks = greatest(c.total_tasks, 1),
+        completed_tasks = (p.status = 'success')::integer,
+        failed_tasks = (p.status = 'failed')::integer
+    FROM placed p
+    WHERE p.verdict = 'fill' AND c.chain_id = p.chain_id
+    RETURNING c.id
 ),
 claimed AS (
     UPDATE chain_executions c
@@ -248,24 +316,32 @@ claimed AS (
     RETURNING c.id
 ),
 replaced_ocr AS (
-    -- The OCR row keeps its id; everything the result says is replaced, and
-    -- its result_version counts one more (the old result goes to kept_results).
+    -- The OCR row keeps its id; everything the result says is replaced. A
+    -- re-OCR's result_version counts one more (the old result goes to
+    -- kept_results); a lower position taking a duplicated image ('take') is
+    -- no new OCR run of the image: its version stays, and the result it
+    -- displaces is kept as the duplicate reject's raw (displaced).
     UPDATE ocr_executions o
     SET status = j.status::ocr_status, error = j.error, public_path = j.public_path,
-        model_version = j.model_version, result_version = o.result_version + 1
+        model_version = j.model_version,
+        result_version = o.result_version + (j.verdict = 'replace')::integer
     FROM judged j
-    WHERE j.verdict = 'replace' AND o.id = j.mine_id
-    RETURNING o.id, o.chain_id, j.pos, j.mine_status::text AS old_status, o.status::text AS new_status
+    WHERE j.verdict IN ('replace', 'take') AND o.id = j.mine_id
+    RETURNING o.id, o.chain_id, j.pos, j.mine_status::text AS old_status, o.status::text AS new_status,
+              j.verdict = 'take' AS moved
 ),
 replaced_chains AS (
     -- A replace is one more OCR run of the chain: counted on top of whatever
     -- the chain's counters hold (the application's increments included), never
-    -- reset, so completed + failed = total stays true wherever it was.
+    -- reset, so completed + failed = total stays true wherever it was. A take
+    -- makes the chain the lower input's: its one run, at its position, as if
+    -- that input had arrived first (rows the same for every arrival order).
     UPDATE chain_executions c
     SET status = CASE r.new_status WHEN 'success' THEN 'SUCCESS' ELSE 'FAILURE' END::process_status,
-        total_tasks = c.total_tasks + 1,
-        completed_tasks = c.completed_tasks + (r.new_status = 'success')::integer,
-        failed_tasks = c.failed_tasks + (r.new_status = 'failed')::integer
+        total_tasks = c.total_tasks + (NOT r.moved)::integer,
+        completed_tasks = CASE WHEN r.moved THEN 0 ELSE c.completed_tasks END + (r.new_status = 'success')::integer,
+        failed_tasks = CASE WHEN r.moved THEN 0 ELSE c.failed_tasks END + (r.new_status = 'failed')::integer,
+        position = CASE WHEN r.moved THEN r.pos ELSE c.position END
     FROM replaced_ocr r
     WHERE c.chain_id = r.chain_id
     RETURNING c.id
@@ -293,7 +369,7 @@ kept_results AS (
            coalesce(b.bboxes, ARRAY[]::jsonb[]),
            o.updated_at, %(digest)s, %(mode)s
     FROM replaced_ocr r
-    JOIN ocr_executions o ON o.id = r.id
+    JOIN ocr_executions o ON o.id = r.id AND NOT r.moved
     LEFT JOIN (
         SELECT d.ocr_execution_id, array_agg(d.text ORDER BY d.position) AS texts,
                array_agg(d.confidence ORDER BY d.position) AS confidences,
@@ -310,7 +386,7 @@ new_boxes AS (
     INSERT INTO ocr_text_boxes (ocr_execution_id, position, text, confidence, bbox)
     SELECT o.id, b.box, b.text, b.confidence, b.bbox::jsonb
     FROM (
-        SELECT n.id, j.pos FROM new_ocr n JOIN judged j ON j.chain_id = n.chain_id AND j.verdict IN ('new', 'fix')
+        SELECT p.id, p.pos FROM placed p
         UNION ALL
         SELECT r.id, r.pos FROM replaced_ocr r
     ) AS o
@@ -322,28 +398,71 @@ new_boxes AS (
 resolved AS (
     -- A repair line stored at a rejected position resolves that reject.
     UPDATE load_rejects r
-    SET resolved_at = now(), resolved_by = n.id
+    SET resolved_at = now(), resolved_by = x.ocr_id
+    FROM (
+        SELECT p.hrej_id, p.id AS ocr_id FROM placed p WHERE p.verdict = 'fix'
+        UNION ALL
+        SELECT j.hrej_id, j.mine_id FROM judged j WHERE j.verdict = 'take' AND j.hrej_id IS NOT NULL
+    ) AS x
+    WHERE r.id = x.hrej_id
+    RETURNING r.id, x.ocr_id
+),
+displaced AS (
+    -- The position a lower input took an image from becomes that image's
+    -- duplicate. Its raw bytes were never kept (an input stored is kept as rows),
+    -- so raw is the stored result re-encoded: PostgreSQL's jsonb text of
+    -- image_path, public_path, status, error, model_version and text_boxes in
+    -- reading order, as the snapshot holds them before this statement.
+    SELECT j.mine_pos AS pos, j.image_path,
+           format('duplicate image_path (first at position %%s)', j.pos) AS reason,
+           convert_to(jsonb_build_object(
+               'image_path', o.image_path, 'public_path', o.public_path, 'status', o.status,
+               'error', o.error, 'model_version', o.model_version,
+               'text_boxes', coalesce((
+                   SELECT jsonb_agg(jsonb_build_object('text', b.text, 'confidence', b.confidence,
+                                                       'bbox', b.bbox) ORDER BY b.position)
+                   FROM ocr_text_boxes b WHERE b.ocr_execution_id = o.id), '[]'::jsonb))::text, 'UTF8') AS raw
     FROM judged j
-    JOIN new_ocr n ON n.chain_id = j.chain_id
-    WHERE j.verdict = 'fix' AND r.id = j.hrej_id
-    RETURNING r.id, n.id AS ocr_id
+    JOIN ocr_executions o ON o.id = j.mine_id
+    WHERE j.verdict = 'take'
+),
+renamed AS (
+    -- The image's other duplicates name its new first position.
+    UPDATE load_rejects r
+    SET reason = format('duplicate image_path (first at position %%s)', j.pos)
+    FROM judged j
+    WHERE j.verdict = 'take' AND r.batch_id = %(batch_id)s AND r.image_path = j.image_path
+      AND r.resolved_at IS NULL AND NOT r.legacy_position AND r.position <> j.pos
+      AND r.reason LIKE 'duplicate image_path (first at position %%'
+      AND r.reason <> format('duplicate image_path (first at position %%s)', j.pos)
+    RETURNING r.id
 ),
 new_rejects AS (
     INSERT INTO load_rejects (batch_id, position, image_path, reason, raw, raw_sha256)
-    SELECT %(batch_id)s, pos, image_path, reason, raw, raw_sha256
-    FROM judged
-    WHERE verdict IN ('reject', 'supersede')
-    ORDER BY pos
+    SELECT %(batch_id)s, x.pos, x.image_path, x.reason, x.raw, x.raw_sha256
+    FROM (
+        SELECT pos, image_path, reason, raw, raw_sha256
+        FROM judged
+        WHERE verdict IN ('reject', 'supersede')
+        UNION ALL
+        SELECT pos, image_path, reason, raw, sha256(raw) FROM displaced
+    ) AS x
+    ORDER BY x.pos
     ON CONFLICT (batch_id, position, raw_sha256) DO NOTHING
     RETURNING position, raw_sha256
 ),
 superseded AS (
     -- A repair line refused again takes the place of the open reject it was
-    -- meant to fix (resolved, by no OCR row), so the position counts once.
+    -- meant to fix (resolved, by no OCR row), so the position counts once;
+    -- so does a version-3 reject of an input now judged at its batch position.
     UPDATE load_rejects r
     SET resolved_at = now()
-    FROM judged j
-    WHERE j.verdict = 'supersede' AND r.id = j.hrej_id
+    FROM (
+        SELECT hrej_id AS id FROM judged WHERE verdict = 'supersede'
+        UNION
+        SELECT legacy_id FROM judged WHERE legacy_id IS NOT NULL
+    ) AS x
+    WHERE r.id = x.id AND (SELECT count(*) FROM renamed) >= 0
     RETURNING r.id
 ),
 ledger AS (
@@ -355,8 +474,9 @@ ledger AS (
 outcome AS (
     SELECT j.pos,
            CASE
-               WHEN j.verdict IN ('new', 'fix') AND n.chain_id IS NOT NULL THEN 'stored'
-               WHEN j.verdict IN ('new', 'fix') THEN 'lost'
+               WHEN j.verdict IN ('new', 'fix', 'fill') AND n.chain_id IS NOT NULL THEN 'stored'
+               WHEN j.verdict IN ('new', 'fix', 'fill') THEN 'lost'
+               WHEN j.verdict = 'take' THEN 'stored'
                WHEN j.verdict = 'replace' THEN 'replaced'
                WHEN j.verdict IN ('unchanged', 'claim') THEN 'unchanged'
                WHEN j.verdict IN ('reject', 'supersede') AND r.position IS NOT NULL THEN 'rejected'
@@ -373,9 +493,9 @@ outcome AS (
            END AS reason,
            x.id IS NOT NULL AS resolved
     FROM judged j
-    LEFT JOIN new_ocr n ON n.chain_id = j.chain_id AND j.verdict IN ('new', 'fix')
+    LEFT JOIN placed n ON n.pos = j.pos
     LEFT JOIN new_rejects r ON r.position = j.pos AND r.raw_sha256 = j.raw_sha256
-    LEFT JOIN resolved x ON x.ocr_id = n.id
+    LEFT JOIN resolved x ON x.ocr_id = coalesce(n.id, CASE WHEN j.verdict = 'take' THEN j.mine_id END)
 ),
 -- Totals: the batch's stored totals (kept exact by every call under the
 -- batch's lock) plus what this call changed, never a recount of the batch
@@ -399,7 +519,7 @@ delta AS MATERIALIZED (
            -- batch's updated_at (retention reads it) and is announced.
            (SELECT count(*) FROM new_ocr) + (SELECT count(*) FROM replaced_ocr) + (SELECT count(*) FROM claimed)
            + (SELECT count(*) FROM new_rejects) + (SELECT count(*) FROM resolved)
-           + (SELECT count(*) FROM superseded) > 0 AS changed
+           + (SELECT count(*) FROM superseded) + (SELECT count(*) FROM renamed) > 0 AS changed
 ),
 base AS (
     -- A batch another writer touched (totals_stale) is recounted from its rows,
@@ -512,3 +632,9 @@ announced AS (
     FROM batch b
 )
 SELECT (SELECT count(*) FROM batch) AS changed, (SELECT count(*) FROM announced) AS announced;
+
+-- name: batch_declared
+-- The batch's declared total, read in a fresh snapshot under the batch's lock: lock_batch's own snapshot predates its lock wait, so a batch created meanwhile by a concurrent call is invisible to it.
+SELECT coalesce(declared_images, total_images) AS declared
+FROM batch_executions
+WHERE batch_id = %(batch_id)s;

@@ -87,7 +87,9 @@ def test_replace_never_takes_an_image_of_another_batch(
 ) -> None:
     save_batch(conn, "owner", [result("/o/x")])
     report = save_batch(conn, "thief", [result("/o/x", model="v2")], replace=True)
-    assert report.rejected == 1 and "another batch ('owner')" in report.issues[0].reason
+    # Refused, not a reject: the thief's counts do not move (issue 20, item 13).
+    assert (report.refused, report.rejected) == (1, 0)
+    assert "another batch ('owner')" in report.issues[0].reason
     assert ocr_row(db, "/o/x")[3] is None
     assert_exact(db, "owner")
     assert_exact(db, "thief")

@@ -505,11 +505,10 @@ def test_exported_rejects_are_byte_exact_and_load_again_once_fixed(
     fixed["image_path"] = fixed["image_path"].replace("0000997", "0000999")
     fixed["public_path"] = fixed["public_path"].replace("0000997", "0000999")
     export.write_text(json.dumps(fixed) + "\n")
-    # A new image for the batch: placed after its last line (the fix of the reject
-    # itself, at its own position, is --repair's: tests/db/test_repair.py).
-    reload = run("load", str(export), "-b", "B1", "--offset", "1000", "--dsn", dsn)
+    # Back at the cut line's own position (positions live inside the batch's total).
+    reload = run("load", str(export), "-b", "B1", "--offset", "999", "--repair", "--dsn", dsn)
     assert reload.exit_code == 0, reload.stderr
-    assert "stored 1 · failed 0 · rejected 0" in reload.stdout
+    assert "stored 1 · failed 0 · rejected 0" in reload.stdout and "resolved 1 reject" in reload.stdout
     assert db.execute(
         "SELECT count(*) FROM ocr_executions WHERE image_path LIKE '%0000999.jpg'"
     ).fetchone() == (1,)

@@ -191,8 +191,8 @@ def test_paths_differing_only_by_normalisation_or_trailing_space_are_distinct_im
     # Split over two calls: the second call's duplicates meet the stored rows, not the call's own.
     first = [{"image_path": "/n/caf\u00e9"}, {"image_path": "/n/x"}]
     second = [{"image_path": "/n/cafe\u0301"}, {"image_path": "/n/x "}, {"image_path": "/n/x"}]
-    save_batch(conn, "normalised", first, total_images=4)
-    report = save_batch(conn, "normalised", second, position_offset=2, total_images=4)
+    save_batch(conn, "normalised", first, total_images=5)  # positions live inside the total
+    report = save_batch(conn, "normalised", second, position_offset=2, total_images=5)
     # "/n/x" again at another position: a duplicate of position 1, counted.
     assert (report.stored, report.rejected) == (2, 1)
     paths = {r[0] for r in db.execute("SELECT image_path FROM ocr_executions")}
@@ -243,9 +243,10 @@ def test_position_offsets_that_do_not_fit_are_refused(
 def test_the_last_position_that_fits_is_kept(
     conn: psycopg.Connection[Any], db: psycopg.Connection[Any]
 ) -> None:
-    report = save_batch(conn, "max-pos", [b"not json"], position_offset=2**31 - 1)
+    # Positions live inside the declared total, whose largest is 2^31 - 1.
+    report = save_batch(conn, "max-pos", [b"not json"], position_offset=2**31 - 2, total_images=2**31 - 1)
     assert report.rejected == 1
-    assert db.execute("SELECT position FROM load_rejects").fetchone() == (2**31 - 1,)
+    assert db.execute("SELECT position FROM load_rejects").fetchone() == (2**31 - 2,)
 
 
 @pytest.mark.parametrize(

@@ -235,7 +235,7 @@ def test_a_duplicate_across_calls_reads_like_one_within_a_call(conn: psycopg.Con
     within = save_batch(conn, "within", [_good(7, prefix="/w"), b"{}", _good(7, prefix="/w")])
     line = json.dumps(_good(7, prefix="/a")).encode()
     across = [
-        save_batch(conn, "across", [line, b"{}"]),
+        save_batch(conn, "across", [line, b"{}"], total_images=3),  # positions live inside the total
         save_batch(conn, "across", [line], position_offset=2),
     ]
     assert (

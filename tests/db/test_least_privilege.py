@@ -59,10 +59,13 @@ _MINIMAL_GRANTS = [
     # Version 5: only the columns the merge and recount_batch write.
     "GRANT UPDATE (status, total_images, completed_images, failed_images, totals_stale)"
     " ON batch_executions TO {role}",
-    "GRANT UPDATE (status, total_tasks, completed_tasks, failed_tasks, position) ON chain_executions TO {role}",
+    "GRANT UPDATE (status, total_tasks, completed_tasks, failed_tasks, position)"
+    " ON chain_executions TO {role}",
     "GRANT UPDATE (status, error, public_path, model_version, result_version) ON ocr_executions TO {role}",
     # The merge resolves rejects that later inputs repair.
     "GRANT UPDATE (resolved_at, resolved_by) ON load_rejects TO {role}",
+    # A lower position taking a duplicated image renames its duplicates (checked for every merge).
+    "GRANT UPDATE (reason) ON load_rejects TO {role}",
     # The merge replaces a re-OCRed or repaired result's boxes (checked for every merge).
     "GRANT DELETE ON ocr_text_boxes TO {role}",
     # The merge keeps the results it replaces (result history; checked for every merge).
@@ -212,7 +215,7 @@ def test_passwords_appear_in_no_error_log_record_or_report(
     pool = make_pool(writer.dsn, min_size=1, max_size=2, timeout=10)
     pool.open(wait=True)
     try:
-        report = save_batch(pool, "reported", [*make_batch(3), b"junk"])
+        report = save_batch(pool, "reported", [*make_batch(3), b"junk"], total_images=5)
         texts.append(report.model_dump_json())
         # A failure mid-call: the connection cut under the pool.
         blocker = psycopg.connect(dsn)

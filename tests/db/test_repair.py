@@ -18,6 +18,7 @@ from helpers.checks import assert_totals_match_recount, recount, snapshot, store
 from loader import BatchConflictError, PositionConflictError, register_batch, save_batch
 from loader.cli import cli
 from loader.datagen import make_batch, make_result
+from loader.errors import PositionBeyondTotalError
 from loader.progress import recount_batch
 from loader.repair import count_rejects, list_rejects
 
@@ -121,7 +122,7 @@ def test_a_duplicate_stays_open_when_a_repair_fixes_its_first_occurrence(
     assert (report.failed, report.rejected) == (1, 1)
 
     # The failure fixed by its image: replaced in place, no input added or resolved.
-    again = save_batch(conn, "dup", [{"image_path": "/d/1.jpg"}], position_offset=5, repair=True)
+    again = save_batch(conn, "dup", [{"image_path": "/d/1.jpg"}], position_offset=0, repair=True)
 
     assert (again.stored, again.replaced, again.resolved) == (0, 1, 0)
     assert open_rejects(db, "dup") == [(1, "/d/1.jpg")]
@@ -132,7 +133,7 @@ def test_a_duplicate_stays_open_when_a_repair_fixes_its_first_occurrence(
 def test_a_duplicate_of_an_image_an_earlier_call_stored_is_rejected_and_counted(
     conn: psycopg.Connection[Any], db: psycopg.Connection[Any]
 ) -> None:
-    save_batch(conn, "later", [{"image_path": "/l/1.jpg"}], total_images=1)
+    save_batch(conn, "later", [{"image_path": "/l/1.jpg"}], total_images=2)
 
     report = save_batch(conn, "later", [{"image_path": "/l/1.jpg"}, {"image_path": "/l/1.jpg"}])
 
@@ -161,19 +162,21 @@ def test_replaying_a_repair_or_the_original_after_it_changes_nothing(
     assert stored_totals(db, "replay") == (6, 6, 0, "SUCCESS")
 
 
-def test_more_inputs_than_declared_raise_the_total_and_later_calls_may_still_declare_it(
+def test_more_inputs_than_declared_are_refused_and_later_calls_are_held_to_the_declared_total(
     conn: psycopg.Connection[Any], db: psycopg.Connection[Any]
 ) -> None:
     register_batch(conn, "over", 3)
-    report = save_batch(conn, "over", make_batch(5, prefix="over"), total_images=3)
+    # Positions live inside the declared total (issue 20, item 9): the whole call is refused.
+    with pytest.raises(PositionBeyondTotalError, match="positions are 0 to 2"):
+        save_batch(conn, "over", make_batch(5, prefix="over"), total_images=3)
+    assert stored_totals(db, "over") == (3, 0, 0, "PENDING")
 
-    assert report.progress.total_images == 5 and report.progress.percentage == 100.0
-    assert stored_totals(db, "over") == (5, 5, 0, "SUCCESS")
-    # The declared total is what calls are held to: a replay declaring it changes nothing.
-    again = save_batch(conn, "over", make_batch(5, prefix="over"), total_images=3)
-    assert again.unchanged == 5
+    report = save_batch(conn, "over", make_batch(3, prefix="over"), total_images=3)
+    assert report.progress.total_images == 3 and report.progress.percentage == 100.0
+    again = save_batch(conn, "over", make_batch(3, prefix="over"), total_images=3)
+    assert again.unchanged == 3
     with pytest.raises(BatchConflictError, match="declared with total_images=3"):
-        save_batch(conn, "over", make_batch(5, prefix="over"), total_images=5)
+        save_batch(conn, "over", make_batch(3, prefix="over"), total_images=5)
     assert_accounted_within_total(db, "over")
 
 
@@ -192,7 +195,7 @@ def test_recount_converges_totals_other_writers_left_and_changes_nothing_on_a_ke
     assert (progress.completed_images, progress.failed_images, progress.status) == (4, 1, "SUCCESS")
     assert_totals_match_recount(db, "kept")
     # And the merge continues from there.
-    save_batch(conn, "kept", make_batch(2, prefix="kept-more"), position_offset=5)
+    save_batch(conn, "kept", make_batch(1, prefix="kept-more"), position_offset=4, repair=True)
     assert_totals_match_recount(db, "kept")
 
 
@@ -260,7 +263,9 @@ def test_blank_lines_are_no_input_but_keep_their_numbers(
     assert result.exit_code == 0, result.stderr
     assert "stored 1 · failed 0 · rejected 1" in result.stdout
     assert db.execute("SELECT position FROM load_rejects").fetchall() == [(2,)]
-    assert stored_totals(db, "G") == (2, 1, 1, "SUCCESS")
+    # Positions live inside the total, so a new batch spans its input's lines up to
+    # the last non-blank one; the blank positions inside it have received nothing.
+    assert stored_totals(db, "G") == (5, 1, 1, "STARTED")
 
 
 def test_repair_needs_an_existing_batch(dsn: str, tmp_path: Path) -> None:

@@ -169,7 +169,7 @@ def test_when_even_a_reject_is_refused_nothing_of_the_call_is_kept(
     conn: psycopg.Connection[Any], db: psycopg.Connection[Any]
 ) -> None:
     db.execute("ALTER TABLE load_rejects ADD CONSTRAINT few_positions CHECK (position < 1000)")
-    save_batch(conn, "aborts", make_batch(5, prefix="first"))
+    save_batch(conn, "aborts", make_batch(5, prefix="first"), total_images=1006)
     before = snapshot(db)
 
     with pytest.raises(DatabaseError) as info:
