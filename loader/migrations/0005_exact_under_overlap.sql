@@ -37,6 +37,22 @@ $$;
 -- [v5 tables: result history]
 
 -- [v5 indexes: plans]
+-- Plans that cannot flip (schema.sql, "v5 indexes: plans"): the (batch_id, status)
+-- index of the chains competed with chain_executions_position_once for the merge's
+-- position probe and, on an analyzed database, won it (reading the whole batch once
+-- per staged input); it goes, and the failures get a partial index of their own.
+-- Retention gets its index. Both are built under this transaction's locks (a plain
+-- CREATE INDEX blocks writes to the table while it runs: minutes on a table of
+-- millions of chains; run the upgrade when no load runs).
+DROP INDEX IF EXISTS chain_executions_batch_id_status_idx;
+CREATE INDEX chain_executions_failed_idx ON chain_executions (batch_id)
+    WHERE status = 'FAILURE';
+COMMENT ON INDEX chain_executions_failed_idx IS
+    'A batch''s failed chains (`loader status` failure counts and reasons) without reading its successes; partial so that no probe of a batch''s chains by position can take it instead of chain_executions_position_once.';
+CREATE INDEX batch_executions_finished_idx ON batch_executions (updated_at, id)
+    WHERE status IN ('SUCCESS', 'FAILURE');
+COMMENT ON INDEX batch_executions_finished_idx IS
+    'Finished batches by age (retention, finished_batches_before); the predicate must match the query''s word for word.';
 
 -- [v5 grants: roles and threat model]
 

@@ -26,17 +26,19 @@ WHERE batch_id = %(batch_id)s AND NOT EXISTS (SELECT FROM created);
 WITH be AS (
     SELECT b.*, coalesce(b.declared_images, b.total_images) AS declared,
            (SELECT count(*) FROM load_rejects r
-            WHERE r.batch_id = b.batch_id AND r.resolved_at IS NULL) AS rejected_images
+            WHERE r.batch_id = %(batch_id)s AND r.resolved_at IS NULL) AS rejected_images
     FROM batch_executions b
     WHERE b.batch_id = %(batch_id)s
 ),
 figures AS (
     -- The recount sits in the CASE branches, so only a stale batch pays for it (a
     -- LATERAL join on totals_stale would run it for every read, filtered afterwards).
+    -- It names the batch by the parameter: planned for this very value, it seeks
+    -- the batch through its index (schema.sql, "v5 indexes: plans").
     SELECT be.*,
-           CASE WHEN be.totals_stale THEN (SELECT rc.completed FROM loader_recount(be.batch_id) rc)
+           CASE WHEN be.totals_stale THEN (SELECT rc.completed FROM loader_recount(%(batch_id)s) rc)
                 ELSE be.completed_images END AS completed,
-           CASE WHEN be.totals_stale THEN (SELECT rc.failed + rc.rejected FROM loader_recount(be.batch_id) rc)
+           CASE WHEN be.totals_stale THEN (SELECT rc.failed + rc.rejected FROM loader_recount(%(batch_id)s) rc)
                 ELSE be.failed_images END AS failed
     FROM be
 )
