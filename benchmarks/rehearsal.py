@@ -237,6 +237,30 @@ def _retention(dsn: str, cutoff: str) -> dict[str, Any]:
     }
 
 
+def render(result: dict[str, Any]) -> str:
+    """The results as the Markdown tables of docs/scaling.md."""
+    load = result["load"]
+    lines = [
+        "| images loaded | elapsed | images/s (this slice) | task median (2,000 images) | database"
+        " | index blocks read outside shared_buffers | load average |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for p in load["timeline"]:
+        lines.append(
+            f"| {p['images']:,} | {p['elapsed_s']:,.0f} s | {p['slice_images_per_s']:,}"
+            f" | {p['task_median_s']:.2f} s | {p['database_gib']} GiB | {p['index_blocks_read']:,}"
+            f" | {p['loadavg']} |"
+        )
+    sizes = result.get("sizes_after_load", {})
+    lines += ["", "| index | MiB | hit ratio in shared_buffers |", "|---|---:|---:|"]
+    hits = sizes.get("index_hit_ratio", {})
+    for name, mib in sizes.get("indexes_mib", {}).items():
+        lines.append(f"| `{name}` | {mib:,} | {hits.get(name)} |")
+    lines += ["", "| table | MiB |", "|---|---:|"]
+    lines += [f"| `{name}` | {mib:,} |" for name, mib in sizes.get("tables_mib", {}).items()]
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -249,7 +273,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--batch", type=int, default=2_000)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "rehearsal.json")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--render", action="store_true", help="print --out's results as Markdown tables")
     args = parser.parse_args(argv)
+    if args.render:
+        print(render(json.loads(args.out.read_text(encoding="utf-8"))))
+        return 0
     if not args.dsn:
         parser.error("--dsn (or LOADER_BENCH_DSN / LOADER_TEST_DSN) is required")
     with psycopg.connect(args.dsn, autocommit=True) as conn:
