@@ -285,7 +285,7 @@ def main(argv: list[str]) -> int:
         version = str(conn.execute("SHOW server_version").fetchone()[0]).split()[0]  # type: ignore[index]
         settings = dict(
             conn.execute(
-                "SELECT name, setting || coalesce(unit, '') FROM pg_settings"
+                "SELECT name, current_setting(name) FROM pg_settings"
                 " WHERE name IN ('shared_buffers', 'max_wal_size', 'work_mem', 'maintenance_work_mem')"
             ).fetchall()
         )
