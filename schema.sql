@@ -535,12 +535,14 @@ BEGIN
     FROM (
         -- The recount sits in the CASE branches, so only a stale batch pays for it.
         SELECT b.*, coalesce(b.declared_images, b.total_images) AS declared,
-               CASE WHEN b.totals_stale THEN (SELECT rc.completed FROM loader_recount(b.batch_id) rc)
+               -- Named by the parameter, not b.batch_id: planned for this batch,
+               -- the recount seeks it through its index ("v5 indexes: plans").
+               CASE WHEN b.totals_stale THEN (SELECT rc.completed FROM loader_recount(batch) rc)
                     ELSE b.completed_images END AS completed,
-               CASE WHEN b.totals_stale THEN (SELECT rc.failed + rc.rejected FROM loader_recount(b.batch_id) rc)
+               CASE WHEN b.totals_stale THEN (SELECT rc.failed + rc.rejected FROM loader_recount(batch) rc)
                     ELSE b.failed_images END AS failed,
                (SELECT count(*) FROM load_rejects r
-                WHERE r.batch_id = b.batch_id AND r.resolved_at IS NULL) AS rejected
+                WHERE r.batch_id = batch AND r.resolved_at IS NULL) AS rejected
         FROM batch_executions b
         WHERE b.batch_id = batch
     ) AS f;
@@ -625,8 +627,8 @@ COMMENT ON FUNCTION loader_recount(text) IS
 -- position) and rejects by (batch_id, position, raw_sha256))
 -- -----------------------------------------------------------------------------
 
--- FK chain -> batch, and the merge's per-batch recount of totals.
-CREATE INDEX IF NOT EXISTS chain_executions_batch_id_status_idx ON chain_executions (batch_id, status);
+-- FK chain -> batch and every per-batch read of the chains: the unique
+-- chain_executions_position_once (batch_id, position), below the v5 plans marker.
 -- FK task log -> chain (and the cascade when a chain is deleted).
 CREATE INDEX IF NOT EXISTS task_logs_chain_execution_id_idx ON task_logs (chain_execution_id);
 -- Operators listing stuck or failed tasks.
@@ -653,6 +655,25 @@ CREATE INDEX IF NOT EXISTS load_rejects_resolved_by_idx ON load_rejects (resolve
     WHERE resolved_by IS NOT NULL;
 
 -- [v5 indexes: plans]
+-- Version 5: a probe has one index that fits it, so no statistics can flip its plan.
+-- A batch that grew since the last ANALYZE looks like a handful of rows; the
+-- planner then took any index led by batch_id, and with (batch_id, status) it read
+-- the whole batch and filtered on position once per staged input (O(batch) per
+-- input, O(n^2) per batch). Every read of a batch's chains (the merge's position
+-- probe, the FK from batch_executions, recount, delete) goes through
+-- chain_executions_position_once (batch_id, position); only the failures keep an
+-- index of their own, partial, which no probe without status = 'FAILURE' can use.
+CREATE INDEX IF NOT EXISTS chain_executions_failed_idx ON chain_executions (batch_id)
+    WHERE status = 'FAILURE';
+COMMENT ON INDEX chain_executions_failed_idx IS
+    'A batch''s failed chains (`loader status` failure counts and reasons) without reading its successes; partial so that no probe of a batch''s chains by position can take it instead of chain_executions_position_once.';
+-- Retention (finished_batches_before): finished batches by age, read in order and
+-- cut by LIMIT, however many batches the table holds. The predicate must match the
+-- query's word for word (loader/sql/save.sql).
+CREATE INDEX IF NOT EXISTS batch_executions_finished_idx ON batch_executions (updated_at, id)
+    WHERE status IN ('SUCCESS', 'FAILURE');
+COMMENT ON INDEX batch_executions_finished_idx IS
+    'Finished batches by age (retention, finished_batches_before); the predicate must match the query''s word for word.';
 
 -- -----------------------------------------------------------------------------
 -- Grants: least privilege for the loader

@@ -36,6 +36,10 @@ BOXES = 5  # text boxes per image, as the issue's workload
 # LOADER_BENCH_APPROACHES="loader,raw COPY floor" measures only those (all by default).
 ONLY = tuple(a for a in os.environ.get("LOADER_BENCH_APPROACHES", "").split(",") if a)
 
+# LOADER_BENCH_DATABASES="fresh" measures on fresh databases only (both by default):
+# "analyzed" is a database holding earlier batches, ANALYZEd (loader.testing.earlier_batches).
+DATABASES = tuple(d for d in os.environ.get("LOADER_BENCH_DATABASES", "fresh,analyzed").split(",") if d)
+
 RESULTS: list[dict[str, Any]] = []
 META: dict[str, Any] = {}
 
@@ -89,12 +93,15 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     write = terminalreporter.write_line
     write("")
     write(f"## Save-path benchmarks ({report.heading(META)})")
-    write("")
-    for line in report.table(RESULTS).splitlines():
-        write(line)
-    write("")
-    for line in report.targets(RESULTS).splitlines():
-        write(line)
+    for database, results in report.by_database(RESULTS).items():
+        write("")
+        write(f"### {report.DATABASE_TITLES.get(database, database)}")
+        write("")
+        for line in report.table(results).splitlines():
+            write(line)
+        write("")
+        for line in report.targets(results).splitlines():
+            write(line)
     if SMOKE:
         write("")
         write("(smoke mode: N=100, one round; timings say nothing, the run only proves the suite works)")

@@ -72,13 +72,13 @@ def run_cli(dsn: str, source: Path, batch_id: str, chunk_size: int) -> dict[str,
 
 def table(runs: list[dict[str, Any]], images: int) -> str:
     lines = [
-        f"| chunk size | `loader load` of {images:,} images | images/s | peak client RSS |",
-        "|---:|---:|---:|---:|",
+        f"| database | chunk size | `loader load` of {images:,} images | images/s | peak client RSS |",
+        "|---|---:|---:|---:|---:|",
     ]
     for r in runs:
         lines.append(
-            f"| {r['chunk_size']:,} | {r['seconds']:.1f} s | {r['images_per_s']:,.0f} | "
-            f"{r['peak_rss_mib']:.0f} MiB |"
+            f"| {r.get('database', 'fresh')} | {r['chunk_size']:,} | {r['seconds']:.1f} s |"
+            f" {r['images_per_s']:,.0f} | {r['peak_rss_mib']:.0f} MiB |"
         )
     return "\n".join(lines)
 
@@ -92,6 +92,11 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--file", type=Path, default=None, help="JSONL input (default: generated in /tmp)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument(
+        "--databases",
+        default="fresh,analyzed",
+        help="fresh: the bare schema; analyzed: earlier batches stored and ANALYZEd (as production's)",
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.chunk_sizes.split(",") if s]
     source = write_jsonl(args.file or Path(f"/tmp/loader-bench-{args.images}.jsonl"), args.images)
@@ -103,18 +108,18 @@ def main(argv: list[str]) -> int:
             version = conn.execute("SHOW server_version").fetchone()
         templates = TemplateDatabases(server, prefix="loader_mem")
         stack.callback(templates.close)
-        for size in sizes:
-            dsn = templates.create()
+        for database, size in [(d, z) for d in args.databases.split(",") if d for z in sizes]:
+            dsn = templates.create(analyzed=database == "analyzed")
             try:
-                run = run_cli(dsn, source, f"mem-{size}", size)
+                run = {"database": database, **run_cli(dsn, source, f"mem-{size}", size)}
             finally:
                 templates.drop(dsn)
             if run["stored"] != args.images:
                 raise RuntimeError(f"stored {run['stored']} of {args.images} images")
             runs.append(run)
             print(
-                f"chunk {size:>6,}: {run['seconds']:6.1f} s, {run['images_per_s']:7,.0f} images/s, "
-                f"peak RSS {run['peak_rss_mib']:5.0f} MiB",
+                f"{database:>8} chunk {size:>6,}: {run['seconds']:6.1f} s, "
+                f"{run['images_per_s']:7,.0f} images/s, peak RSS {run['peak_rss_mib']:5.0f} MiB",
                 flush=True,
             )
 

@@ -34,8 +34,17 @@ _STYLE = {
 
 
 def plot(data: dict[str, Any], out: Path) -> Path:
-    results = data["results"]
+    # Every approach on fresh databases; the loader on analyzed ones too, dotted.
+    groups = report.by_database(data["results"])
+    results = groups.get("fresh") or next(iter(groups.values()))
     fig, ax = plt.subplots(figsize=(9, 5), dpi=120)
+    analyzed = sorted(
+        (r["n"], r["rows_per_s"]) for r in groups.get("analyzed", []) if r["approach"] == report.LOADER
+    )
+    if analyzed:
+        ax.plot(
+            *zip(*analyzed, strict=True), ":", color="black", marker="x", label="loader, analyzed database"
+        )
     for name in report.ORDER:
         points = sorted((r["n"], r["rows_per_s"]) for r in results if r["approach"] == name)
         if not points:

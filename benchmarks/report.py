@@ -17,6 +17,21 @@ FLOOR = "raw COPY floor"
 
 Result = dict[str, Any]
 
+#: What each kind of database held when the numbers were taken (results before issue 21 were all fresh).
+DATABASE_TITLES = {
+    "fresh": "On a fresh database (the schema, empty, never analyzed)",
+    "analyzed": "On an analyzed database holding earlier batches (as production's: statistics taken, "
+    "4 batches of 1,000 images stored before; loader.testing.earlier_batches)",
+}
+
+
+def by_database(results: Iterable[Result]) -> dict[str, list[Result]]:
+    """The results grouped by the database they were measured on, fresh first."""
+    groups: dict[str, list[Result]] = {}
+    for r in results:
+        groups.setdefault(r.get("database", "fresh"), []).append(r)
+    return dict(sorted(groups.items(), key=lambda item: item[0] != "fresh"))
+
 
 def _find(results: Iterable[Result], approach: str, n: int) -> Result | None:
     return next((r for r in results if r["approach"] == approach and r["n"] == n), None)

@@ -8,6 +8,11 @@ Per approach and N, in a fresh clone of the schema'd template database:
 2. timed rounds: the tables are truncated before each round, outside the timing,
    so every round loads into the same empty tables; the approach keeps its
    connection across rounds, as a worker keeps its pool.
+Every case runs on two databases (LOADER_BENCH_DATABASES picks): "fresh", the bare
+schema never analyzed, and "analyzed", a database holding earlier batches with
+statistics taken (loader.testing.earlier_batches), as production's is; there a round
+deletes the batch (delete_batch) instead of truncating, so the earlier rows and
+their statistics stay.
 No timing is asserted anywhere: the numbers go to the table and to extra_info.
 """
 
@@ -22,9 +27,10 @@ import psycopg
 import pytest
 import report
 from approaches import APPROACHES
-from conftest import BOXES, ONLY, RESULTS, SIZES, SMOKE, batch
+from conftest import BOXES, DATABASES, ONLY, RESULTS, SIZES, SMOKE, batch
 from counting import CLIENT, PG_STAT_STATEMENTS, Counter, database_of
 
+from loader import queries
 from loader.testing import TemplateDatabases
 
 # Time the timed rounds of one case may take, in seconds; rounds are also kept
@@ -45,7 +51,13 @@ TABLES = ", ".join(
     ]
 )
 
-CASES = [(n, name) for n in SIZES for name in report.ORDER if not ONLY or name in ONLY]
+CASES = [
+    (n, name, database)
+    for database in DATABASES
+    for n in SIZES
+    for name in report.ORDER
+    if not ONLY or name in ONLY
+]
 
 
 def _rounds(counted_run_s: float) -> int:
@@ -55,11 +67,14 @@ def _rounds(counted_run_s: float) -> int:
 
 
 def _check_stored(db: psycopg.Connection[Any], batch_id: str, n: int) -> None:
+    # The batch's own rows: an analyzed database holds earlier batches too.
     row = db.execute(
         """
         SELECT (SELECT count(*) FROM chain_executions WHERE batch_id = %(b)s),
-               (SELECT count(*) FROM ocr_executions),
-               (SELECT count(*) FROM ocr_text_boxes),
+               (SELECT count(*) FROM ocr_executions o JOIN chain_executions c USING (chain_id)
+                WHERE c.batch_id = %(b)s),
+               (SELECT count(*) FROM ocr_text_boxes b JOIN ocr_executions o ON o.id = b.ocr_execution_id
+                JOIN chain_executions c USING (chain_id) WHERE c.batch_id = %(b)s),
                (SELECT array[total_images, completed_images, failed_images]
                 FROM batch_executions WHERE batch_id = %(b)s AND status = 'SUCCESS')
         """,
@@ -68,11 +83,27 @@ def _check_stored(db: psycopg.Connection[Any], batch_id: str, n: int) -> None:
     assert row == (n, n, n * BOXES, [n, n, 0]), f"stored rows differ from the input: {row}"
 
 
-@pytest.mark.parametrize(("n", "name"), CASES, ids=[f"{n}-{name.replace(' ', '_')}" for n, name in CASES])
-def test_save(benchmark: Any, n: int, name: str, templates: TemplateDatabases, counter: Counter) -> None:
+def _emptied(db: psycopg.Connection[Any], batch_id: str, database: str) -> None:
+    """Before a round: the tables empty again (fresh), or the batch deleted (analyzed, whose
+    earlier batches and statistics stay, as production's do; the deleted rows stay dead
+    until autovacuum, as production's do)."""
+    if database == "fresh":
+        db.execute(f"TRUNCATE {TABLES}")
+        return
+    with db.transaction():
+        db.execute(queries.get("batch_lock"), {"batch_id": batch_id})
+        db.execute(queries.get("delete_batch"), {"batch_id": batch_id})
+
+
+@pytest.mark.parametrize(
+    ("n", "name", "database"), CASES, ids=[f"{d}-{n}-{name.replace(' ', '_')}" for n, name, d in CASES]
+)
+def test_save(
+    benchmark: Any, n: int, name: str, database: str, templates: TemplateDatabases, counter: Counter
+) -> None:
     results = batch(n)
     batch_id = f"bench-{n}"
-    dsn = templates.create()
+    dsn = templates.create(analyzed=database == "analyzed")
     dbname = database_of(dsn)
     approach = APPROACHES[name]()
     try:
@@ -99,7 +130,7 @@ def test_save(benchmark: Any, n: int, name: str, templates: TemplateDatabases, c
                 assert statements == client_count, (statements, client_count)
 
             def truncate() -> tuple[tuple[Any, ...], dict[str, Any]]:
-                db.execute(f"TRUNCATE {TABLES}")
+                _emptied(db, batch_id, database)
                 return (batch_id, results), {}
 
             rounds = _rounds(counted_run_s)
@@ -117,6 +148,7 @@ def test_save(benchmark: Any, n: int, name: str, templates: TemplateDatabases, c
     result = {
         "approach": name,
         "n": n,
+        "database": database,
         "rows": n * (2 + BOXES),
         "rounds": rounds,
         "median_s": median,

@@ -283,14 +283,58 @@ def provision_server() -> Iterator[str]:
         yield uri
 
 
+#: What an analyzed database holds before a test starts (earlier_batches): finished
+#: batches of this many images, with failures and rejects among them, and one
+#: batch half loaded; enough for the statistics to know batches, too little to
+#: slow the template down (~2 s once per session).
+EARLIER_BATCH_IMAGES = 1000
+EARLIER_FINISHED_BATCHES = 3
+#: The inputs datagen.break_some damages: one in this many (failures, rejects).
+EARLIER_BROKEN_EVERY = 37
+
+
+def earlier_batches(dsn: str) -> list[str]:
+    """Fill a database as production holds it, then ANALYZE it; returns the batch ids written.
+
+    Finished batches (stored successes, failures, open rejects) and one batch still
+    loading (half its declared images), all named ``earlier-...`` with image paths
+    under ``/data/earlier-.../``. The statistics ANALYZE takes then know these
+    batches and nothing of any batch a test writes later: every new batch looks
+    rare to the planner, as a batch that grew since the last autovacuum does.
+    """
+    from loader.datagen import break_some, make_batch  # noqa: PLC0415  (test data, imported on use)
+    from loader.save import register_batch, save_batch  # noqa: PLC0415  (loader.save imports much)
+
+    names = [f"earlier-{n}" for n in range(EARLIER_FINISHED_BATCHES)] + ["earlier-loading"]
+    with psycopg.connect(dsn) as conn:
+        for name in names:
+            images = make_batch(EARLIER_BATCH_IMAGES, prefix=name)
+            break_some(images, every=EARLIER_BROKEN_EVERY)
+            images[-1] = dict(images[0])  # a duplicate image_path: an open reject
+            if name == "earlier-loading":
+                register_batch(conn, name, 2 * EARLIER_BATCH_IMAGES)
+            save_batch(conn, name, images)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        # VACUUM too, so autovacuum finds nothing to do in a template being cloned.
+        conn.execute("VACUUM (ANALYZE)")
+    return names
+
+
 class TemplateDatabases:
-    """A template database holding the schema, and clones of it on demand."""
+    """A template database holding the schema, and clones of it on demand.
+
+    ``create()`` clones the bare schema; ``create(analyzed=True)`` clones a second
+    template made once from the first: earlier batches stored and ANALYZE run
+    (earlier_batches), as on a production database. Statistics live in the
+    database's catalog, so every clone inherits them.
+    """
 
     def __init__(self, maintenance_dsn: str, prefix: str = "loader_test") -> None:
         self.maintenance_dsn = maintenance_dsn
         self.prefix = f"{prefix}_{uuid.uuid4().hex[:8]}"
         self.template = f"{self.prefix}_tpl"
         self._clones = 0
+        self._analyzed: str | None = None
         with self._admin() as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.template)))
         template_dsn = with_dbname(maintenance_dsn, self.template)
@@ -305,21 +349,33 @@ class TemplateDatabases:
     def _admin(self) -> psycopg.Connection[tuple[object, ...]]:
         return psycopg.connect(self.maintenance_dsn, autocommit=True)
 
-    def create(self) -> str:
-        """A fresh database with the schema applied; returns its DSN."""
+    def analyzed_template(self) -> str:
+        """The name of the template holding earlier batches and statistics (made on first use)."""
+        if self._analyzed is None:
+            name = f"{self.prefix}_tpl_analyzed"
+            self._clone(self.template, name)
+            earlier_batches(with_dbname(self.maintenance_dsn, name))
+            self._analyzed = name
+        return self._analyzed
+
+    def create(self, *, analyzed: bool = False) -> str:
+        """A database holding the schema: empty, or (analyzed) as earlier_batches leaves it; its DSN."""
         self._clones += 1
         name = f"{self.prefix}_{self._clones}"
+        self._clone(self.analyzed_template() if analyzed else self.template, name)
+        return with_dbname(self.maintenance_dsn, name)
+
+    def _clone(self, template: str, name: str) -> None:
         with self._admin() as conn:
             # FILE_COPY: a plain file copy of a small template is ~3x faster than
             # the WAL_LOG default (PostgreSQL 15+); older servers lack the option.
             strategy = sql.SQL(" STRATEGY FILE_COPY") if conn.info.server_version >= 150000 else sql.SQL("")
             conn.execute(
                 sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                    sql.Identifier(name), sql.Identifier(self.template)
+                    sql.Identifier(name), sql.Identifier(template)
                 )
                 + strategy
             )
-        return with_dbname(self.maintenance_dsn, name)
 
     def drop(self, dsn: str) -> None:
         name = str(conninfo_to_dict(dsn)["dbname"])

@@ -42,10 +42,27 @@ def templates(pg_server: str) -> Iterator[TemplateDatabases]:
     tpl.close()
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # A module or test marked production_statistics runs once per kind of database.
+    if (
+        metafunc.definition.get_closest_marker("production_statistics")
+        and "statistics" in metafunc.fixturenames
+    ):
+        metafunc.parametrize("statistics", ["fresh", "analyzed"], indirect=True)
+
+
 @pytest.fixture
-def dsn(templates: TemplateDatabases) -> Iterator[str]:
-    """DSN of a fresh database holding the loader schema, dropped after the test."""
-    url = templates.create()
+def statistics(request: pytest.FixtureRequest) -> str:
+    """What the test's database knows before the test: 'fresh' (the schema, empty, never
+    analyzed) or 'analyzed' (earlier batches stored and ANALYZE run, as a production
+    database: loader.testing.earlier_batches). Tests marked production_statistics run on both."""
+    return str(getattr(request, "param", "fresh"))
+
+
+@pytest.fixture
+def dsn(templates: TemplateDatabases, statistics: str) -> Iterator[str]:
+    """DSN of a database holding the loader schema (and earlier batches, when analyzed), dropped after."""
+    url = templates.create(analyzed=statistics == "analyzed")
     yield url
     templates.drop(url)
 

@@ -31,6 +31,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from approaches import Approach, CopyFloor, Loader  # noqa: E402
+from no_probes import LoaderWithoutProbes  # noqa: E402
 from prototypes import BoxesDirect, SplitBoxesDirect, SplitCall  # noqa: E402
 from test_save_path import TABLES, _check_stored  # noqa: E402
 
@@ -40,6 +41,8 @@ from loader.testing import TemplateDatabases, embedded_server  # noqa: E402
 CANDIDATES: dict[str, Callable[[], Approach]] = {
     "loader": Loader,
     "floor": CopyFloor,
+    # The loader with the identity rule's probes taken out of its merge (what they cost).
+    "no-probes": LoaderWithoutProbes,
     "split2": lambda: SplitCall(2),
     "split4": lambda: SplitCall(4),
     "boxes-direct": BoxesDirect,
@@ -104,7 +107,7 @@ def main(argv: list[str]) -> int:
             floor = medians.get("floor")
             for name, median in medians.items():
                 versus = f"{floor / median:.2f}x" if floor else "-"
-                statements = CANDIDATES[name]().statements(n, 5) if name != "loader" else 8
+                statements = 8 if name in ("loader", "no-probes") else CANDIDATES[name]().statements(n, 5)
                 rate = 7 * n / median
                 print(f"| {n:,} | {name} | {statements} | {median * 1000:.0f} ms | {rate:,.0f} | {versus} |")
             sys.stdout.flush()

@@ -128,12 +128,14 @@ BEGIN
     FROM (
         -- The recount sits in the CASE branches, so only a stale batch pays for it.
         SELECT b.*, coalesce(b.declared_images, b.total_images) AS declared,
-               CASE WHEN b.totals_stale THEN (SELECT rc.completed FROM loader_recount(b.batch_id) rc)
+               -- Named by the parameter, not b.batch_id: planned for this batch,
+               -- the recount seeks it through its index ("v5 indexes: plans").
+               CASE WHEN b.totals_stale THEN (SELECT rc.completed FROM loader_recount(batch) rc)
                     ELSE b.completed_images END AS completed,
-               CASE WHEN b.totals_stale THEN (SELECT rc.failed + rc.rejected FROM loader_recount(b.batch_id) rc)
+               CASE WHEN b.totals_stale THEN (SELECT rc.failed + rc.rejected FROM loader_recount(batch) rc)
                     ELSE b.failed_images END AS failed,
                (SELECT count(*) FROM load_rejects r
-                WHERE r.batch_id = b.batch_id AND r.resolved_at IS NULL) AS rejected
+                WHERE r.batch_id = batch AND r.resolved_at IS NULL) AS rejected
         FROM batch_executions b
         WHERE b.batch_id = batch
     ) AS f;
@@ -263,6 +265,22 @@ GRANT SELECT, INSERT ON ocr_result_history TO loader_writer;
 GRANT DELETE ON ocr_result_history TO loader_admin;
 
 -- [v5 indexes: plans]
+-- Plans that cannot flip (schema.sql, "v5 indexes: plans"): the (batch_id, status)
+-- index of the chains competed with chain_executions_position_once for the merge's
+-- position probe and, on an analyzed database, won it (reading the whole batch once
+-- per staged input); it goes, and the failures get a partial index of their own.
+-- Retention gets its index. Both are built under this transaction's locks (a plain
+-- CREATE INDEX blocks writes to the table while it runs: minutes on a table of
+-- millions of chains; run the upgrade when no load runs).
+DROP INDEX IF EXISTS chain_executions_batch_id_status_idx;
+CREATE INDEX chain_executions_failed_idx ON chain_executions (batch_id)
+    WHERE status = 'FAILURE';
+COMMENT ON INDEX chain_executions_failed_idx IS
+    'A batch''s failed chains (`loader status` failure counts and reasons) without reading its successes; partial so that no probe of a batch''s chains by position can take it instead of chain_executions_position_once.';
+CREATE INDEX batch_executions_finished_idx ON batch_executions (updated_at, id)
+    WHERE status IN ('SUCCESS', 'FAILURE');
+COMMENT ON INDEX batch_executions_finished_idx IS
+    'Finished batches by age (retention, finished_batches_before); the predicate must match the query''s word for word.';
 
 -- [v5 grants: roles and threat model]
 -- Version 5: loader_writer updates in place only the columns a save writes,

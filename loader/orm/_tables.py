@@ -67,6 +67,13 @@ class BatchExecution(Timestamps, Base):
             "id",
             postgresql_where=text("status IN ('PENDING', 'STARTED')"),
         ),
+        # Version 5: retention's finished batches by age (finished_batches_before in loader/sql/save.sql).
+        Index(
+            "batch_executions_finished_idx",
+            "updated_at",
+            "id",
+            postgresql_where=text("status IN ('SUCCESS', 'FAILURE')"),
+        ),
         {"comment": "One OCR batch: a set of images processed together."},
     )
 
@@ -192,7 +199,8 @@ class ChainExecution(Timestamps, Base):
         CheckConstraint("total_tasks >= 0", name="chain_executions_total_tasks_check"),
         CheckConstraint("completed_tasks >= 0", name="chain_executions_completed_tasks_check"),
         CheckConstraint("failed_tasks >= 0", name="chain_executions_failed_tasks_check"),
-        Index("chain_executions_batch_id_status_idx", "batch_id", "status"),
+        # Version 5: partial, so no probe by position can take it (schema.sql, "v5 indexes: plans").
+        Index("chain_executions_failed_idx", "batch_id", postgresql_where=text("status = 'FAILURE'")),
         CheckConstraint("position >= 0", name="chain_executions_position_check"),
         UniqueConstraint("batch_id", "position", name="chain_executions_position_once"),
         {"comment": "One Celery chain per image of a batch."},

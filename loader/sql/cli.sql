@@ -80,7 +80,7 @@ SELECT (SELECT count(*) FROM chain_executions
 
 -- name: batch_failure_reasons
 -- A batch's failure reasons grouped by kind (values, quoted text and numbers blanked out), most frequent first, with one real example each.
--- Stored failures are found through the (batch_id, status) index of the chains,
+-- Stored failures are found through the partial index of failed chains (chain_executions_failed_idx),
 -- rejects through the (batch_id, ...) unique index of load_rejects.
 WITH reasons AS (
     SELECT 'failed' AS outcome, o.error AS reason

@@ -525,15 +525,18 @@ base AS (
     -- A batch another writer touched (totals_stale) is recounted from its rows,
     -- once: the statement's snapshot holds them as they were before this call.
     -- outside_writes as counted from: the batch UPDATE below clears the mark
-    -- only if no other writer has written since.
+    -- only if no other writer has written since. Its reads name the batch by the
+    -- parameter, not be.batch_id: planned for this very value, they seek the batch
+    -- through its index (schema.sql, "v5 indexes: plans"), not what an average
+    -- batch would cost.
     SELECT be.batch_id, coalesce(be.declared_images, be.total_images) AS declared, be.created_at,
            be.updated_at, be.status AS current, be.outside_writes,
-           CASE WHEN be.totals_stale THEN (SELECT rc.completed FROM loader_recount(be.batch_id) rc)
+           CASE WHEN be.totals_stale THEN (SELECT rc.completed FROM loader_recount(%(batch_id)s) rc)
                 ELSE be.completed_images END AS completed,
-           CASE WHEN be.totals_stale THEN (SELECT rc.failed + rc.rejected FROM loader_recount(be.batch_id) rc)
+           CASE WHEN be.totals_stale THEN (SELECT rc.failed + rc.rejected FROM loader_recount(%(batch_id)s) rc)
                 ELSE be.failed_images END AS failed,
            (SELECT count(*) FROM load_rejects r
-            WHERE r.batch_id = be.batch_id AND r.resolved_at IS NULL) AS rejected
+            WHERE r.batch_id = %(batch_id)s AND r.resolved_at IS NULL) AS rejected
     FROM batch_executions be
     WHERE be.batch_id = %(batch_id)s
 ),
@@ -605,7 +608,9 @@ WITH keeping AS (
 counted AS (
     SELECT be.batch_id, coalesce(be.declared_images, be.total_images) AS declared, be.status AS current,
            be.outside_writes, rc.completed, rc.failed + rc.rejected AS failed
-    FROM batch_executions be, keeping, loader_recount(be.batch_id) rc
+    -- loader_recount of the parameter, not of be.batch_id: planned for this very
+    -- value, it seeks the batch through its index (schema.sql, "v5 indexes: plans").
+    FROM batch_executions be, keeping, loader_recount(%(batch_id)s) rc
     WHERE be.batch_id = %(batch_id)s
 ),
 totals AS (

@@ -17,6 +17,9 @@ from loader.chunks import Chunk, Totals, load_chunks
 from loader.jsonl import Sources
 from loader.pipeline import Judged, judge, save_judged
 
+# Every test here runs on a fresh database and on an analyzed one holding earlier batches.
+pytestmark = pytest.mark.production_statistics
+
 
 def write(path: Path, n: int, *, status: str = "success", broken: frozenset[int] = frozenset()) -> Path:
     lines = []

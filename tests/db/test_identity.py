@@ -20,6 +20,9 @@ from loader.celery.submit import submit_batch
 from loader.cli import cli
 from loader.testing import TemplateDatabases
 
+# Every test here runs on a fresh database and on an analyzed one holding earlier batches.
+pytestmark = pytest.mark.production_statistics
+
 BATCH = "hostile"
 RESULT_TIMEOUT_S = 120
 
