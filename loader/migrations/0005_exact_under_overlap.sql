@@ -195,8 +195,9 @@ COMMENT ON FUNCTION loader_locked_call(text, bytea, integer, integer, integer) I
 ALTER TABLE load_rejects ADD COLUMN IF NOT EXISTS legacy_position boolean NOT NULL DEFAULT false;
 COMMENT ON COLUMN load_rejects.legacy_position IS
     'Version 5: true for rejects stored before version 4, whose position may be relative to their call (version 3 numbered a Celery chunk''s rejects from 0); the merge supersedes one when the same input arrives at its batch position (its position + the call''s first position).';
--- The merge asks whether a batch holds any open ones before probing per input.
-CREATE INDEX IF NOT EXISTS load_rejects_legacy_open_idx ON load_rejects (batch_id)
+-- The merge asks whether a batch holds any open ones, then probes the one
+-- position an input would have had in version 3 (its position - the call's first).
+CREATE INDEX IF NOT EXISTS load_rejects_legacy_open_idx ON load_rejects (batch_id, position)
     WHERE legacy_position AND resolved_at IS NULL;
 -- A lower position taking a duplicated image renames the image's other
 -- duplicates ("first at position P"): the only column of a reject, besides
@@ -278,9 +279,13 @@ CREATE INDEX chain_executions_failed_idx ON chain_executions (batch_id)
 COMMENT ON INDEX chain_executions_failed_idx IS
     'A batch''s failed chains (`loader status` failure counts and reasons) without reading its successes; partial so that no probe of a batch''s chains by position can take it instead of chain_executions_position_once.';
 CREATE INDEX batch_executions_finished_idx ON batch_executions (updated_at, id)
-    WHERE status IN ('SUCCESS', 'FAILURE');
+    WHERE status IN ('SUCCESS', 'FAILURE') AND NOT totals_stale;
 COMMENT ON INDEX batch_executions_finished_idx IS
-    'Finished batches by age (retention, finished_batches_before); the predicate must match the query''s word for word.';
+    'Finished batches the loader counted, by age (retention, finished_batches_before); stale ones are in batch_executions_stale_idx. The predicate must match the query''s word for word.';
+-- Stale batches by age: retention judges them by their rows, whatever status
+-- another writer stored (finished_batches_before, loader/sql/lifecycle.sql).
+CREATE INDEX IF NOT EXISTS batch_executions_stale_idx ON batch_executions (updated_at, id)
+    WHERE totals_stale;
 
 -- [v5 grants: roles and threat model]
 -- Version 5: loader_writer updates in place only the columns a save writes,

@@ -67,13 +67,14 @@ class BatchExecution(Timestamps, Base):
             "id",
             postgresql_where=text("status IN ('PENDING', 'STARTED')"),
         ),
-        # Version 5: retention's finished batches by age (finished_batches_before in loader/sql/save.sql).
+        # Version 5: retention's finished and stale batches by age (loader/sql/lifecycle.sql).
         Index(
             "batch_executions_finished_idx",
             "updated_at",
             "id",
-            postgresql_where=text("status IN ('SUCCESS', 'FAILURE')"),
+            postgresql_where=text("status IN ('SUCCESS', 'FAILURE') AND NOT totals_stale"),
         ),
+        Index("batch_executions_stale_idx", "updated_at", "id", postgresql_where=text("totals_stale")),
         {"comment": "One OCR batch: a set of images processed together."},
     )
 
@@ -412,6 +413,7 @@ class LoadReject(Timestamps, Base):
         Index(
             "load_rejects_legacy_open_idx",
             "batch_id",
+            "position",
             postgresql_where=text("legacy_position AND resolved_at IS NULL"),
         ),
         {

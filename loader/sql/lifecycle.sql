@@ -59,35 +59,40 @@ SELECT (SELECT count(*) FROM batch) AS batches, (SELECT count(*) FROM chain_rows
        (SELECT count(*) FROM logs) AS task_logs, (SELECT count(*) FROM rejects) AS rejects;
 
 -- name: finished_batches_before
--- Candidates for retention: batches finished (SUCCESS or FAILURE, by a recount for a stale one) whose row last changed before a time, oldest first, after a keyset.
+-- Candidates for retention: batches finished (SUCCESS or FAILURE), or stale (judged by their rows under their lock), whose row last changed before a time, oldest first, after a keyset.
 -- Only a candidate list: retention_verdict judges each again under its lock.
 -- Keyset pagination on (updated_at, id): a batch skipped (changed meanwhile,
 -- or refused) is never listed again by the same pass, so no batch can stop a
 -- pass or make it loop.
+-- Two ordered index scans, one per partial index, each cut by LIMIT and merged
+-- (an OR of the two predicates matches neither index, and read every old
+-- batch): finished batches the loader counted (batch_executions_finished_idx),
+-- and stale ones, whatever status another writer stored (batch_executions_stale_idx;
+-- every batch upgraded from version 3 is one until it is recounted). Nothing is
+-- recounted here: retention_verdict recounts each candidate under its lock and
+-- skips one its rows do not call finished (a filter here, after the LIMIT,
+-- could return an empty page with candidates after it).
 WITH listed AS (
-    SELECT b.id, b.batch_id, b.status, b.total_images, b.updated_at, b.totals_stale,
-           coalesce(b.declared_images, b.total_images) AS declared
-    FROM batch_executions b
-    WHERE (b.status IN ('SUCCESS', 'FAILURE') OR b.totals_stale)
-      AND b.updated_at < %(before)s
-      AND (b.updated_at, b.id) > (%(after_updated_at)s, %(after_id)s)
-),
-judged AS (
-    -- The recount sits in the CASE, so only a stale batch pays for it.
-    SELECT l.*,
-           CASE WHEN l.totals_stale
-                THEN (SELECT loader_batch_status(l.declared, rc.completed, rc.failed + rc.rejected, l.status)
-                      FROM loader_recount(l.batch_id) rc)
-                ELSE l.status END AS by_rows,
-           CASE WHEN l.totals_stale
-                THEN (SELECT greatest(l.declared, rc.completed + rc.failed + rc.rejected)
-                      FROM loader_recount(l.batch_id) rc)
-                ELSE l.total_images END AS by_rows_total
-    FROM listed l
+    (SELECT b.id, b.batch_id, b.status, b.total_images, b.updated_at, b.totals_stale,
+            coalesce(b.declared_images, b.total_images) AS declared
+     FROM batch_executions b
+     WHERE b.status IN ('SUCCESS', 'FAILURE') AND NOT b.totals_stale
+       AND b.updated_at < %(before)s
+       AND (b.updated_at, b.id) > (%(after_updated_at)s, %(after_id)s)
+     ORDER BY b.updated_at, b.id
+     LIMIT %(limit)s)
+    UNION ALL
+    (SELECT b.id, b.batch_id, b.status, b.total_images, b.updated_at, b.totals_stale,
+            coalesce(b.declared_images, b.total_images) AS declared
+     FROM batch_executions b
+     WHERE b.totals_stale
+       AND b.updated_at < %(before)s
+       AND (b.updated_at, b.id) > (%(after_updated_at)s, %(after_id)s)
+     ORDER BY b.updated_at, b.id
+     LIMIT %(limit)s)
 )
-SELECT id, batch_id, by_rows::text AS status, by_rows_total AS total_images, updated_at
-FROM judged
-WHERE by_rows IN ('SUCCESS', 'FAILURE')
+SELECT id, batch_id, status::text AS status, total_images, updated_at
+FROM listed
 ORDER BY updated_at, id
 LIMIT %(limit)s;
 

@@ -455,14 +455,15 @@ superseded AS (
     -- A repair line refused again takes the place of the open reject it was
     -- meant to fix (resolved, by no OCR row), so the position counts once;
     -- so does a version-3 reject of an input now judged at its batch position.
+    -- The ids as one array: a primary-key probe each, whatever the planner
+    -- guesses of the staged rows (as a join it read the table whole).
     UPDATE load_rejects r
     SET resolved_at = now()
-    FROM (
-        SELECT hrej_id AS id FROM judged WHERE verdict = 'supersede'
-        UNION
-        SELECT legacy_id FROM judged WHERE legacy_id IS NOT NULL
-    ) AS x
-    WHERE r.id = x.id AND (SELECT count(*) FROM renamed) >= 0
+    WHERE r.id = ANY (ARRAY(
+              SELECT hrej_id FROM judged WHERE verdict = 'supersede'
+              UNION
+              SELECT legacy_id FROM judged WHERE legacy_id IS NOT NULL))
+      AND (SELECT count(*) FROM renamed) >= 0
     RETURNING r.id
 ),
 ledger AS (

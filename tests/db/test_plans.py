@@ -13,6 +13,7 @@ and no table of the schema is read whole.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ from loader import queries, register_batch, save_batch
 from loader.connection import SCHEMA_VERSION
 from loader.copy import STAGE_BOXES, STAGE_IMAGES, copy_rows, staging_names
 from loader.datagen import break_some, make_batch
-from loader.save import DEFAULT_SETTINGS, _box_rows, _image_rows  # staging rows as a call builds them
+from loader.save import _box_rows, _image_rows  # staging rows as a call builds them
+from loader.settings import Settings
 from loader.testing import TemplateDatabases
 from loader.validate import prepare
 
@@ -82,7 +84,12 @@ OPEN_REJECTS = probe("load_rejects", "batch_id", "load_rejects_open_by_position_
 REJECTS_OF_BATCH = probe("load_rejects", "batch_id", "load_rejects_once")
 LOGS_OF_CHAIN = probe("task_logs", "chain_execution_id", "task_logs_chain_execution_id_idx")
 REJECT_AT = probe(
-    "load_rejects", "batch_id,position", "load_rejects_open_by_position_idx", "load_rejects_once"
+    "load_rejects",
+    "batch_id,position",
+    "load_rejects_open_by_position_idx",
+    "load_rejects_once",
+    # A version-3 reject at the position the input had in its call (migration 0005).
+    "load_rejects_legacy_open_idx",
 )
 LEDGER = probe("loader_calls", "batch_id,digest", "loader_calls_pkey")
 CALLS_OF_BATCH = probe("loader_calls", "batch_id", "loader_calls_pkey")
@@ -149,6 +156,33 @@ def violations(plan: dict[str, Any], probes: list[Probe]) -> list[str]:
                     f"Index Cond {s.index_cond or '-'}, Filter {s.filters or '-'}"
                 )
     return found
+
+
+def executed(conn: psycopg.Connection[Any], query: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The plans PostgreSQL ran for a statement and for every statement nested in it.
+
+    EXPLAIN shows a call of a function that is not inlined (lock_batch's VOLATILE
+    loader_locked_call, which must read after the lock; get_progress's plpgsql
+    loader_progress) as one Function Scan. auto_explain, sent to the client as
+    warnings (lock_batch raises client_min_messages to warning), shows the plans
+    of the statements inside them as they ran. The statement runs once, in a
+    transaction rolled back.
+    """
+    notices: list[str] = []
+    conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+    conn.execute("LOAD 'auto_explain'")
+    for name, value in [
+        ("log_min_duration", "0"),
+        ("log_nested_statements", "on"),
+        ("log_format", "json"),
+        ("log_level", "warning"),
+    ]:
+        conn.execute("SELECT set_config(%s, %s, true)", [f"auto_explain.{name}", value])
+    conn.execute(query, params, prepare=False)
+    conn.rollback()
+    plans = [json.loads(n[n.index("{") :])["Plan"] for n in notices if '"Plan"' in n]
+    assert plans, "auto_explain logged no plan"
+    return {"Node Type": "Executed statements", "Plans": plans}
 
 
 def explain(
@@ -218,14 +252,21 @@ def _task_logs(conn: psycopg.Connection[Any]) -> None:
     )
 
 
+# The loader's defaults, as a call sends them.
+_SETTINGS = Settings()
+
+
 def _lock_params(batch_id: str) -> dict[str, Any]:
     return {
         "batch_id": batch_id,
         "total_images": CHUNK * (GROWN_CHUNKS + 1),
         "digest": b"\x01" * 32,
-        "work_mem": DEFAULT_SETTINGS.work_mem,
-        "statement_timeout": DEFAULT_SETTINGS.statement_timeout,
-        "lock_timeout": DEFAULT_SETTINGS.lock_timeout,
+        "first_position": GROWN_CHUNKS * CHUNK,
+        "last_position": (GROWN_CHUNKS + 1) * CHUNK - 1,
+        "inputs": CHUNK,
+        "work_mem": _SETTINGS.work_mem,
+        "statement_timeout": _SETTINGS.statement_timeout,
+        "lock_timeout": _SETTINGS.lock_timeout,
         "schema_version": SCHEMA_VERSION,
     }
 
@@ -272,8 +313,6 @@ def test_the_merge_seeks_every_probe_in_a_batch_that_grew_since_analyze(grown: s
 @pytest.mark.parametrize(
     ("name", "probes"),
     [
-        ("lock_batch", [BATCH, OPEN_REJECTS, LEDGER]),
-        ("batch_progress", [BATCH, OPEN_REJECTS, CHAINS_OF_BATCH, OCR_OF_CHAIN]),
         ("recount_batch", [BATCH, OPEN_REJECTS, CHAINS_OF_BATCH, OCR_OF_CHAIN]),
         (
             "delete_batch",
@@ -294,6 +333,30 @@ def test_reads_of_one_batch_seek_it_in_a_batch_that_grew_since_analyze(
     assert violations(plan, probes) == []
 
 
+@pytest.mark.parametrize(
+    ("name", "probes"),
+    [
+        # After its lock, loader_locked_call: the ledger, and the rows at the call's positions.
+        ("lock_batch", [BATCH, LEDGER, CHAINS_OF_BATCH, OCR_OF_CHAIN, OPEN_REJECTS]),
+        # loader_progress, and (a stale batch) loader_recount inside it.
+        ("batch_progress", [BATCH, OPEN_REJECTS]),
+    ],
+)
+def test_reads_inside_functions_seek_the_batch_in_a_batch_that_grew_since_analyze(
+    grown: str, name: str, probes: list[Probe]
+) -> None:
+    with psycopg.connect(grown) as conn:
+        plan = executed(conn, queries.get(name), _lock_params(GROWN))
+    assert violations(plan, probes) == []
+
+
+def test_a_stale_batchs_progress_recounts_it_through_its_index(grown: str) -> None:
+    with psycopg.connect(grown) as conn:
+        conn.execute("UPDATE batch_executions SET totals_stale = true WHERE batch_id = %s", [GROWN])
+        plan = executed(conn, queries.get("batch_progress"), _lock_params(GROWN))
+    assert violations(plan, [BATCH, OPEN_REJECTS, CHAINS_OF_BATCH, OCR_OF_CHAIN]) == []
+
+
 def test_the_recount_function_seeks_the_batch(grown: str) -> None:
     with psycopg.connect(grown) as conn:
         plan = explain(conn, "SELECT * FROM loader_recount(%(batch_id)s)", {"batch_id": GROWN})
@@ -301,12 +364,19 @@ def test_the_recount_function_seeks_the_batch(grown: str) -> None:
 
 
 def test_retention_reads_finished_batches_by_age_through_their_index(grown: str) -> None:
-    finished = probe("batch_executions", "updated_at", "batch_executions_finished_idx")
+    finished = probe(
+        "batch_executions", "updated_at", "batch_executions_finished_idx", "batch_executions_stale_idx"
+    )
     with psycopg.connect(grown) as conn:
         plan = explain(
             conn,
             queries.get("finished_batches_before"),
-            {"before": datetime.now(UTC) - timedelta(days=30), "limit": 100},
+            {
+                "before": datetime.now(UTC) - timedelta(days=30),
+                "limit": 100,
+                "after_updated_at": datetime(1, 1, 1, tzinfo=UTC),
+                "after_id": 0,
+            },
         )
     assert violations(plan, [finished]) == []
 
