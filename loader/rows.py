@@ -61,6 +61,8 @@ class MergeRow(NamedTuple):
     updated_at: datetime | None
     announced: int
     recorded: int
+    #: The batch reads stale after the merge: another writer committed while it ran.
+    left_stale: bool = False
 
     def progress(self, batch_id: str) -> BatchProgress:
         return BatchProgress(

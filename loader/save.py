@@ -34,7 +34,7 @@ from loader.errors import (
     translating,
 )
 from loader.models import BatchProgress, LoadReport
-from loader.progress import get_progress
+from loader.progress import get_progress, reread_if_stale
 from loader.report import log_saved, tally_report
 from loader.rows import LockRow, MergeRow
 from loader.settings import Settings, current_settings
@@ -262,6 +262,7 @@ def _run_attempt(
             late = isolate.reject_lost(conn, merge_params, rows, images, rejects, _image_rows)
             rows, images, rejects = late.rows, late.images, late.rejects
             statements += late.statements
+        rows, statements = reread_if_stale(conn, call.batch_id, rows, statements)
     return _Attempt(rows, rejects, images, statements, None if head.created else head.total_images)
 
 

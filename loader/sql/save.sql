@@ -572,7 +572,8 @@ batch AS (
       AND (t.changed
            OR (be.total_images, be.completed_images, be.failed_images, be.status, be.totals_stale)
               IS DISTINCT FROM (t.total_images, t.completed, t.failed, t.status, false))
-    RETURNING be.batch_id, be.total_images, be.completed_images, be.failed_images, be.status, be.updated_at
+    RETURNING be.batch_id, be.total_images, be.completed_images, be.failed_images, be.status, be.updated_at,
+              be.totals_stale
 ),
 announced AS (
     -- Delivered to LISTEN loader_progress sessions when the call commits, never
@@ -589,7 +590,11 @@ SELECT o.pos, o.outcome, o.reason, coalesce(o.resolved, false) AS resolved,
        t.rejected AS rejected_images, t.status::text AS status,
        t.created_at, coalesce((SELECT updated_at FROM batch), t.updated_at) AS updated_at,
        (SELECT count(*) FROM announced) AS announced,
-       (SELECT recorded FROM delta) AS recorded
+       (SELECT recorded FROM delta) AS recorded,
+       -- Another writer wrote while this statement ran (its UPDATE re-read the
+       -- batch row and kept it stale): the totals above are this statement's
+       -- snapshot's, and the caller reads the batch's progress again.
+       coalesce((SELECT totals_stale FROM batch), false) AS left_stale
 FROM totals t
 LEFT JOIN outcome o ON true
 ORDER BY o.pos;
