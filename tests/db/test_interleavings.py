@@ -548,7 +548,9 @@ def test_a_load_whose_batch_is_deleted_never_ends_in_a_false_success(dsn: str, t
             assert result.exit_code == 0, result.output
         elif result.exit_code == 0:
             deleted = outcome.results["d_delete"]
-            assert deleted.images == LINES, f"the load ended well though its batch was deleted: {result.output}"
+            assert deleted.images == LINES, (
+                f"the load ended well though its batch was deleted: {result.output}"
+            )
         else:
             assert "was deleted while loading" in result.output and world.batch("b") in result.output
 

@@ -14,6 +14,7 @@ stale) and the status the loader's rule gives them.
 from __future__ import annotations
 
 import itertools
+import os
 from typing import Any, ClassVar
 
 import psycopg
@@ -317,8 +318,12 @@ def test_the_loader_holds_what_the_model_of_the_identity_rule_says_after_every_s
     run_state_machine_as_test(
         LoaderAndModel,
         settings=settings(
-            max_examples=12,
+            max_examples=int(os.environ.get("LOADER_MODEL_EXAMPLES", "12")),
             stateful_step_count=10,
+            # CI explores the same sequences on every run, so a red run is this
+            # change's, never a new draw's; LOADER_MODEL_EXAMPLES=500
+            # LOADER_MODEL_RANDOM=1 explores further (docs/architecture.md).
+            derandomize=not os.environ.get("LOADER_MODEL_RANDOM"),
             report_multiple_bugs=False,  # shrink the first failure only: CI time stays bounded
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],

@@ -183,23 +183,31 @@ class Model:
             self.before.setdefault(position, set()).add(held.input)
             del self.held[position]
             self._place(position, given)
-        elif isinstance(held, Stored) and self._failed(position) and given.image == held.input.image:
-            self.held[position] = Stored(given)
-            self.flipped.pop(position, None)
+        elif not given.junk and (at := self.holder(given.image)) is not None and self._failed(at):
+            # A result for an image the batch stores as failed replaces that failure,
+            # wherever it is stored (README, identity table: a repair goes by the image).
+            self.held[at] = Stored(given)
+            self.flipped.pop(at, None)
         # Anything else fixes nothing: refused, not counted.
 
     def _replace(self, position: int, given: Input) -> None:
-        if given.junk or given.image in self.foreign:
-            return  # a line that cannot be parsed, or another batch's image: that line refused
+        if given.image in self.foreign:
+            return  # another batch's image: that line refused, never taken
+        if given.junk:
+            # A line that cannot be parsed replaces nothing: refused where the position
+            # holds an input; at a free position it is a new input, as in a plain call.
+            if position not in self.held:
+                self._place(position, given)
+            return
         assert given.image is not None
         at = self.holder(given.image)
         if at is None:
             self._plain(position, given)
             return
-        self.held[at] = Stored(given)  # the image's result, replaced where it is stored
+        # The image's result, replaced where it is stored (README, identity table: a
+        # re-OCR addresses the image wherever it is stored); P itself receives nothing.
+        self.held[at] = Stored(given)
         self.flipped.pop(at, None)
-        if at != position and position not in self.held:
-            self._place(position, given)  # this position: as in a plain call (a duplicate)
 
     def _failed(self, position: int) -> bool:
         held = self.held[position]
