@@ -60,8 +60,13 @@ def get_progress(pool_or_conn: Connectable, batch_id: str) -> BatchProgress:
         connection(pool_or_conn) as conn,
         translating(f"reading batch {quoted(batch_id)}"),
         conn.transaction(),
-        conn.cursor(row_factory=kwargs_row(BatchProgress)) as cur,
     ):
+        return _read_progress(conn, batch_id)
+
+
+def _read_progress(conn: psycopg.Connection[Any], batch_id: str) -> BatchProgress:
+    """The batch's progress read by a new statement of the connection's transaction."""
+    with conn.cursor(row_factory=kwargs_row(BatchProgress)) as cur:
         progress = cur.execute(queries.get("batch_progress"), {"batch_id": batch_id}).fetchone()
     if progress is None:
         raise not_found(batch_id)
@@ -243,7 +248,7 @@ def reread_if_stale(
     """
     if not rows or not rows[0].left_stale:
         return rows, statements
-    now = get_progress(conn, batch_id)
+    now = _read_progress(conn, batch_id)
     fresh = [
         row._replace(
             total_images=now.total_images,
