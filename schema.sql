@@ -379,86 +379,7 @@ CREATE OR REPLACE TRIGGER ocr_text_boxes_next_position BEFORE INSERT ON ocr_text
 -- they count only marks the batch totals_stale, and the next merge (or
 -- recount_batch) recounts it from its rows. The setting is a guard against
 -- accidents, not a privilege: any session may set it.
-CREATE OR REPLACE FUNCTION loader_note_batch_write() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_OP = 'INSERT' THEN
-        NEW.declared_images := coalesce(NEW.declared_images, NEW.total_images);
-        NEW.totals_stale := NEW.totals_stale OR NEW.completed_images <> 0 OR NEW.failed_images <> 0;
-    ELSE
-        -- Another writer setting total_images declares the batch's size.
-        IF NEW.total_images IS DISTINCT FROM OLD.total_images THEN
-            NEW.declared_images := NEW.total_images;
-        END IF;
-        IF (NEW.completed_images, NEW.failed_images) IS DISTINCT FROM (OLD.completed_images, OLD.failed_images) THEN
-            NEW.totals_stale := true;
-        END IF;
-    END IF;
-    RETURN NEW;
-END
-$$;
-CREATE OR REPLACE TRIGGER batch_executions_written_outside BEFORE INSERT OR UPDATE ON batch_executions
-    FOR EACH ROW WHEN (current_setting('loader.keeping_totals', true) IS DISTINCT FROM 'on')
-    EXECUTE FUNCTION loader_note_batch_write();
-
-CREATE OR REPLACE FUNCTION loader_note_outside_write() RETURNS trigger
-LANGUAGE plpgsql AS $$
-DECLARE
-    touched text[];
-BEGIN
-    IF TG_TABLE_NAME = 'ocr_executions' THEN
-        -- An OCR row names its chain; the chain names the batch.
-        SELECT array_agg(c.batch_id) INTO touched
-        FROM chain_executions c
-        WHERE c.chain_id = ANY (CASE TG_OP WHEN 'INSERT' THEN ARRAY[NEW.chain_id]
-                                           WHEN 'DELETE' THEN ARRAY[OLD.chain_id]
-                                           ELSE ARRAY[OLD.chain_id, NEW.chain_id] END);
-    ELSE
-        touched := CASE TG_OP WHEN 'INSERT' THEN ARRAY[NEW.batch_id]
-                              WHEN 'DELETE' THEN ARRAY[OLD.batch_id]
-                              ELSE ARRAY[OLD.batch_id, NEW.batch_id] END;
-    END IF;
-    -- A batch being deleted in this statement is no longer visible: nothing to mark.
-    UPDATE batch_executions SET totals_stale = true
-    WHERE batch_id = ANY (touched) AND NOT totals_stale;
-    RETURN NULL;
-END
-$$;
-CREATE OR REPLACE TRIGGER ocr_executions_written_outside
-    AFTER INSERT OR DELETE OR UPDATE OF status, chain_id ON ocr_executions
-    FOR EACH ROW WHEN (current_setting('loader.keeping_totals', true) IS DISTINCT FROM 'on')
-    EXECUTE FUNCTION loader_note_outside_write();
-CREATE OR REPLACE TRIGGER chain_executions_written_outside
-    AFTER INSERT OR DELETE OR UPDATE OF batch_id ON chain_executions
-    FOR EACH ROW WHEN (current_setting('loader.keeping_totals', true) IS DISTINCT FROM 'on')
-    EXECUTE FUNCTION loader_note_outside_write();
-CREATE OR REPLACE TRIGGER load_rejects_written_outside
-    AFTER INSERT OR DELETE OR UPDATE OF batch_id, resolved_at ON load_rejects
-    FOR EACH ROW WHEN (current_setting('loader.keeping_totals', true) IS DISTINCT FROM 'on')
-    EXECUTE FUNCTION loader_note_outside_write();
-
--- [v5 triggers: counters and replays]
-
--- Version 5: a merge never clears what it did not see. Every write by another
--- writer to a batch or to the rows it counts bumps outside_writes (the
--- triggers below, even when the batch is already stale); a merge or
--- recount_batch clears totals_stale only if the outside_writes it counted from
--- is still the row's when it writes (its UPDATE re-reads the newest row version
--- after waiting for the row's lock), so a write committed while it ran keeps
--- the mark for the next reader.
-ALTER TABLE batch_executions ADD COLUMN IF NOT EXISTS outside_writes bigint NOT NULL DEFAULT 0;
-COMMENT ON COLUMN batch_executions.outside_writes IS
-    'Version 5: how many writes by writers other than the loader touched the batch or the rows it counts (trigger loader_note_batch_write); a merge clears totals_stale only when this is still the value it counted from.';
-
--- Version 5: what the ledger and the mark now mean (the comments above are version 4's).
-COMMENT ON TABLE loader_calls IS
-    'The calls each batch committed. A redelivered call is a replay (nothing judged or written) only when the rows at its positions confirm it (loader_locked_call); otherwise it is judged. Deleted with the batch.';
-COMMENT ON COLUMN loader_calls.digest IS
-    'SHA-256 of the call: its kind (plain, repair, replace), and every input with its position, over a typed canonical form (loader/digest.py: a Decimal and a string, bytes and str never share one).';
-COMMENT ON COLUMN batch_executions.totals_stale IS
-    'True when a writer other than the loader changed the counters, the status, the total or the rows they count (triggers loader_note_batch_write, loader_note_outside_write); readers then read the rows'' figures, and the next merge recounts the batch and clears it, unless another outside write came meanwhile (outside_writes). Only the loader clears it.';
-
--- Replaces the version-4 definition above: the status and the total are the
+-- Version 5: the status and the total are the
 -- loader's too (the application's start_execution() / complete_execution(), a
 -- hand-written UPDATE mark the batch stale, and readers derive the status from
 -- the rows by loader_batch_status); the mark cannot be cleared, nor the count
@@ -484,8 +405,11 @@ BEGIN
     RETURN NEW;
 END
 $$;
+CREATE OR REPLACE TRIGGER batch_executions_written_outside BEFORE INSERT OR UPDATE ON batch_executions
+    FOR EACH ROW WHEN (current_setting('loader.keeping_totals', true) IS DISTINCT FROM 'on')
+    EXECUTE FUNCTION loader_note_batch_write();
 
--- Replaces the version-4 definition above: the batch row is written even when
+-- Version 5: the batch row is written even when
 -- it is already stale, so the write counts (outside_writes) for a merge
 -- running meanwhile; once per transaction (a row this transaction already
 -- marked is skipped: the transaction holds its lock until it commits, so a
@@ -514,6 +438,39 @@ BEGIN
     RETURN NULL;
 END
 $$;
+CREATE OR REPLACE TRIGGER ocr_executions_written_outside
+    AFTER INSERT OR DELETE OR UPDATE OF status, chain_id ON ocr_executions
+    FOR EACH ROW WHEN (current_setting('loader.keeping_totals', true) IS DISTINCT FROM 'on')
+    EXECUTE FUNCTION loader_note_outside_write();
+CREATE OR REPLACE TRIGGER chain_executions_written_outside
+    AFTER INSERT OR DELETE OR UPDATE OF batch_id ON chain_executions
+    FOR EACH ROW WHEN (current_setting('loader.keeping_totals', true) IS DISTINCT FROM 'on')
+    EXECUTE FUNCTION loader_note_outside_write();
+CREATE OR REPLACE TRIGGER load_rejects_written_outside
+    AFTER INSERT OR DELETE OR UPDATE OF batch_id, resolved_at ON load_rejects
+    FOR EACH ROW WHEN (current_setting('loader.keeping_totals', true) IS DISTINCT FROM 'on')
+    EXECUTE FUNCTION loader_note_outside_write();
+
+-- [v5 triggers: counters and replays]
+
+-- Version 5: a merge never clears what it did not see. Every write by another
+-- writer to a batch or to the rows it counts bumps outside_writes (the
+-- triggers above, even when the batch is already stale); a merge or
+-- recount_batch clears totals_stale only if the outside_writes it counted from
+-- is still the row's when it writes (its UPDATE re-reads the newest row version
+-- after waiting for the row's lock), so a write committed while it ran keeps
+-- the mark for the next reader.
+ALTER TABLE batch_executions ADD COLUMN IF NOT EXISTS outside_writes bigint NOT NULL DEFAULT 0;
+COMMENT ON COLUMN batch_executions.outside_writes IS
+    'Version 5: how many writes by writers other than the loader touched the batch or the rows it counts (trigger loader_note_batch_write); a merge clears totals_stale only when this is still the value it counted from.';
+
+-- Version 5: what the ledger and the mark now mean (the comments above are version 4's).
+COMMENT ON TABLE loader_calls IS
+    'The calls each batch committed. A redelivered call is a replay (nothing judged or written) only when the rows at its positions confirm it (loader_locked_call); otherwise it is judged. Deleted with the batch.';
+COMMENT ON COLUMN loader_calls.digest IS
+    'SHA-256 of the call: its kind (plain, repair, replace), and every input with its position, over a typed canonical form (loader/digest.py: a Decimal and a string, bytes and str never share one).';
+COMMENT ON COLUMN batch_executions.totals_stale IS
+    'True when a writer other than the loader changed the counters, the status, the total or the rows they count (triggers loader_note_batch_write, loader_note_outside_write); readers then read the rows'' figures, and the next merge recounts the batch and clears it, unless another outside write came meanwhile (outside_writes). Only the loader clears it.';
 
 -- A batch's progress as readers see it: the stored totals, or, while another
 -- writer left them stale, the rows' recount and the status loader_batch_status
