@@ -45,6 +45,8 @@ TABLES = ", ".join(
         "load_rejects",
         "task_logs",
         "loader_calls",
+        # Result history (schema version 5) references batch_executions.
+        "ocr_result_history",
     ]
 )
 
