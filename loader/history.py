@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 import psycopg
-from psycopg.rows import class_row
+from psycopg.rows import class_row, dict_row
 
 from loader import queries
 from loader.batch_ids import check_batch_id
@@ -136,22 +136,6 @@ class Comparison(NamedTuple):
         return data
 
 
-class _ComparisonRow(NamedTuple):
-    batch_images: int
-    compared: int
-    unchanged: int
-    success_to_failed: int
-    failed_to_success: int
-    text_changed: int
-    boxes_added: int
-    boxes_removed: int
-    from_mean_confidence: float | None
-    to_mean_confidence: float | None
-    from_models: list[str | None]
-    to_models: list[str | None]
-    most_changed: list[dict[str, Any]]
-
-
 class _Target(NamedTuple):
     image_path: str
     position: int | None
@@ -218,16 +202,12 @@ def compare(
             # Its cost estimate (an index probe per image) crosses JIT's threshold, whose
             # compiling then costs more than it saves.
             conn.execute("SET LOCAL jit = off")
-            cur = conn.cursor(row_factory=class_row(_ComparisonRow))
+            cur = conn.cursor(row_factory=dict_row)
             row = cur.execute(queries.get("compare_versions"), params).fetchone()
     assert row is not None, "an aggregate returns one row"
-    return Comparison(
-        batch_id,
-        from_model,
-        to_model,
-        *row[:-1],
-        most_changed=[ChangedImage(**image) for image in row.most_changed],
-    )
+    # The row's columns are Comparison's fields by name (loader/sql/history.sql).
+    row["most_changed"] = [ChangedImage(**image) for image in row["most_changed"]]
+    return Comparison(batch_id=batch_id, from_model=from_model, to_model=to_model, **row)
 
 
 def _inputs(targets: list[_Target]) -> list[tuple[int, dict[str, Any]]]:
