@@ -85,9 +85,9 @@ def test_result_history_keeps_each_replaced_field_and_a_replace_may_write_it(
 
 @pytest.mark.parametrize("field", STORED, ids=_IDS)
 def test_schema_sql_writes_each_declared_check_where_it_creates_the_column(field: Declared) -> None:
-    line = re.search(rf"^\s+{field.name}\s+[^\n]*$", _create_table("ocr_executions"), re.M)
-    assert line is not None, f"schema.sql's ocr_executions has no column {field.name}"
-    written = re.findall(r"CHECK \((.*)\)", line.group(0))
+    lines = re.findall(rf"^\s+(?:ADD COLUMN IF NOT EXISTS )?{field.name}\s+[^\n]*$", _ocr_executions(), re.M)
+    assert len(lines) == 1, f"schema.sql creates ocr_executions.{field.name} {len(lines)} times"
+    written = re.findall(r"CHECK \((.*)\)", lines[0])
     assert written == ([field.check] if field.check else [])
 
 
@@ -108,7 +108,10 @@ def test_the_orm_models_each_field_as_declared(field: Declared) -> None:
         assert OCRResultVersion.__table__.c[field.name].nullable == field.nullable
 
 
-def _create_table(name: str) -> str:
+def _ocr_executions() -> str:
+    """schema.sql's CREATE TABLE ocr_executions and its ALTER TABLEs (columns of later versions)."""
     text = schema_sql()
-    start = text.index(f"CREATE TABLE IF NOT EXISTS {name} (")
-    return text[start : text.index("\n);", start)]
+    start = text.index("CREATE TABLE IF NOT EXISTS ocr_executions (")
+    parts = [text[start : text.index("\n);", start)]]
+    parts += re.findall(r"^ALTER TABLE ocr_executions\b.*?;", text, re.M | re.S)
+    return "\n".join(parts)
