@@ -1,5 +1,5 @@
 -- =============================================================================
--- loader schema, version 5
+-- loader schema (its version: loader.schema_version, set below)
 --
 -- The contract between the loader and the DBA. Deploy with:
 --
@@ -7,13 +7,13 @@
 --
 -- * All or nothing: the whole file is one transaction; any error rolls it all back.
 -- * Safe to run twice: every object is created only when missing, so re-running
---   the file on a version-5 database changes nothing.
+--   the file on a database of its version changes nothing.
 -- * Refuses to run on a database holding another schema version (it raises and
 --   rolls back). An older one is upgraded in place by the numbered migrations
 --   in loader/migrations/ (`loader schema upgrade`), never by this file; a
 --   database the OCR application's ORM created is converted by `loader schema adopt`.
--- * A fresh install is created at version 5 directly and records versions 1
---   to 5, exactly as a version-1 database upgraded by migrations 0002 to 0005.
+-- * A fresh install is created at its version directly and records every version
+--   from 1, exactly as a version-1 database upgraded by the migrations.
 -- * The application's own SQLAlchemy models (loader.orm) read and write these
 --   tables; docs/application.md lists every difference from its original
 --   models and why none of them breaks what those models read and write.
@@ -25,6 +25,11 @@ BEGIN;
 
 -- "already exists, skipping" notices on a re-run are expected, not news.
 SET LOCAL client_min_messages = warning;
+
+-- The version this file builds: the newest migration's in loader/migrations (the
+-- loader's SCHEMA_VERSION is derived from them; a test holds the two equal).
+-- Read below by current_setting; written here only.
+SET LOCAL loader.schema_version = 5;
 
 -- Serialise concurrent deployments of this file (e.g. two test runs or two pods
 -- starting at once): the second waits and then finds everything in place.
@@ -46,13 +51,14 @@ COMMENT ON TABLE loader_schema_version IS
 DO $$
 DECLARE
     deployed integer;
+    release CONSTANT integer := current_setting('loader.schema_version')::integer;
 BEGIN
     SELECT max(version) INTO deployed FROM loader_schema_version;
-    IF deployed < 5 THEN
-        RAISE EXCEPTION 'loader schema.sql is version 5 but this database holds schema version %', deployed
+    IF deployed < release THEN
+        RAISE EXCEPTION 'loader schema.sql is version % but this database holds schema version %', release, deployed
             USING HINT = 'Upgrade it in place with `loader schema upgrade` (or apply loader/migrations/*.sql in order with psql); this file does not upgrade.';
-    ELSIF deployed > 5 THEN
-        RAISE EXCEPTION 'loader schema.sql is version 5 but this database holds the newer schema version %', deployed
+    ELSIF deployed > release THEN
+        RAISE EXCEPTION 'loader schema.sql is version % but this database holds the newer schema version %', release, deployed
             USING HINT = 'Use the schema.sql of the loader release that matches the database.';
     END IF;
 END
@@ -742,5 +748,15 @@ VALUES (1, 'initial schema: batches, chains, task logs, OCR executions, text box
        (4, 'one identity per input (chain_executions.position), call ledger, model_version, counters kept by the loader (declared_images, totals_stale, loader_recount), loader_admin deletes batches'),
        (5, 'exact under overlap: replays confirmed by rows, counters only the loader sets, retention under the batch lock; plans that cannot flip; result history')
 ON CONFLICT (version) DO NOTHING;
+
+-- Every version up to this file's is recorded, and none past it.
+DO $$
+BEGIN
+    IF (SELECT max(version) FROM loader_schema_version) <> current_setting('loader.schema_version')::integer THEN
+        RAISE EXCEPTION 'loader schema.sql records versions up to % but sets loader.schema_version to %',
+            (SELECT max(version) FROM loader_schema_version), current_setting('loader.schema_version');
+    END IF;
+END
+$$;
 
 COMMIT;

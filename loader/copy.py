@@ -1,14 +1,15 @@
 """The staged rows: declared once, and sent by binary COPY.
 
-Each staging table is a NamedTuple whose fields carry their PostgreSQL type
-(``Annotated[int, "int4"]``). From that one declaration follow the staging
-table's CREATE, the COPY column list and types, and the rows the save path
-builds by keyword; a new column is one field here and its use in the merge.
+Each staging table's columns are declared once with their COPY type: the
+loader's own as NamedTuple fields (``Annotated[int, "int4"]``), an OCR
+result's in loader/fields.py. From that follow the staging table's CREATE, the
+COPY column list and types, and the rows the save path builds by keyword.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import namedtuple
 from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, NamedTuple, get_type_hints
 
@@ -16,17 +17,14 @@ import psycopg
 from psycopg import sql
 from pydantic_core import to_json
 
+from loader import fields
 
-class StagedImage(NamedTuple):
-    """One input of a call: an image to store (``reject`` NULL) or a reject."""
+
+class StagedInput(NamedTuple):
+    """The loader's own columns of a staged input: an image to store (``reject`` NULL) or a reject."""
 
     pos: Annotated[int, "int4"]
     chain_id: Annotated[str | None, "text"]
-    image_path: Annotated[str | None, "text"]
-    public_path: Annotated[str | None, "text"]
-    status: Annotated[str | None, "text"]
-    error: Annotated[str | None, "text"]
-    model_version: Annotated[str | None, "text"]
     #: Why the input cannot be stored; the merge words duplicates itself (see ``duplicate``).
     reject: Annotated[str | None, "text"]
     #: A duplicate within the call: of its 'image_path' or its 'public_path'.
@@ -51,13 +49,27 @@ class StagedBox(NamedTuple):
 _DDL_TYPES = {"int4": "integer", "text": "text", "bytea": "bytea", "float8": "double precision"}
 
 
-class Layout:
-    """A staging table made from a NamedTuple declaration."""
+def _columns(row: type[tuple[Any, ...]]) -> list[tuple[str, str]]:
+    """A NamedTuple's fields with the COPY type each carries (``Annotated[int, "int4"]``)."""
+    hints = get_type_hints(row, include_extras=True)
+    return [(c, hints[c].__metadata__[0]) for c in row._fields]  # type: ignore[attr-defined]
 
-    def __init__(self, base: str, row: type[tuple[Any, ...]], not_null: Iterable[str] = ()) -> None:
-        hints = get_type_hints(row, include_extras=True)
-        self.columns = tuple(row._fields)  # type: ignore[attr-defined]
-        self.types = tuple(hints[c].__metadata__[0] for c in self.columns)
+
+def _row_type(name: str, columns: tuple[str, ...]) -> Any:
+    """A namedtuple of ``columns``, known at run time only (so typed Any: mypy types only literal ones)."""
+    make: Any = namedtuple
+    return make(name, columns)
+
+
+class Layout:
+    """A staging table: its columns and their COPY types, and the row type that holds them."""
+
+    def __init__(self, base: str, columns: Iterable[tuple[str, str]], not_null: Iterable[str] = ()) -> None:
+        pairs = list(columns)
+        self.columns = tuple(c for c, _ in pairs)
+        self.types = tuple(t for _, t in pairs)
+        #: The row, by keyword or position (a namedtuple of the columns).
+        self.row = _row_type(base, self.columns)
         required = set(not_null)
         shape = ",".join(f"{c}:{t}:{c in required}" for c, t in zip(self.columns, self.types, strict=True))
         # Named after its shape, so a session's table of an older layout (a
@@ -84,13 +96,25 @@ class Layout:
         )
 
 
-STAGE_IMAGES = Layout("loader_stage_images", StagedImage, not_null=("pos",))
-STAGE_BOXES = Layout("loader_stage_boxes", StagedBox, not_null=StagedBox._fields)
+# A staged input: the loader's columns, then an OCR result's stored fields (loader/fields.py).
+STAGE_IMAGES = Layout(
+    "loader_stage_images",
+    [*_columns(StagedInput), *((f.name, f.copy_type) for f in fields.STORED)],
+    not_null=("pos",),
+)
+STAGE_BOXES = Layout("loader_stage_boxes", _columns(StagedBox), not_null=StagedBox._fields)
+#: A staged input's row, built by keyword: StagedInput's columns and every stored field.
+StagedImage = STAGE_IMAGES.row
 
 
-def staging_names() -> dict[str, sql.Identifier]:
-    """The staging tables' names, for the ``{stage_images}`` / ``{stage_boxes}`` of loader/sql."""
-    return {"stage_images": STAGE_IMAGES.identifier, "stage_boxes": STAGE_BOXES.identifier}
+def staging_names() -> dict[str, sql.Composable]:
+    """What loader/sql fills in: the staging tables' names (``{stage_images}``, ``{stage_boxes}``)
+    and the lists of an OCR result's columns (``{result_columns}`` ..., loader/fields.py)."""
+    return {
+        "stage_images": STAGE_IMAGES.identifier,
+        "stage_boxes": STAGE_BOXES.identifier,
+        **fields.sql_lists(),
+    }
 
 
 def bbox_json(bbox: list[list[Any]]) -> str:

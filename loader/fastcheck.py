@@ -11,44 +11,55 @@ message. So this path may only ever be stricter than the model, never looser,
 and for what it accepts it yields exactly what the model path yields; the
 tests in tests/unit/test_fastcheck.py hold both to that.
 
-Keep this in step with the models in loader/models.py: a new rule there must be
-either checked here or made to return None here.
+The fields besides the boxes are checked as loader/fields.py declares them
+(``Declared.quick``), so a field added there is checked here too; a rule of a
+new kind must say there what the fast path makes of it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from math import isfinite
 from typing import Any, TypeGuard
 
 from loader.copy import bbox_json
-from loader.models import MAX_BBOX_POINTS, MAX_COORDINATE, MAX_MODEL_VERSION_CHARS, MAX_TEXT_CHARS
-
-_STATUSES = ("success", "failed")
+from loader.fields import MAX_BBOX_POINTS, MAX_COORDINATE, MAX_TEXT_CHARS, STORED, text_ok
 
 #: A box's COPY row: (position of the input, position of the box, text, confidence, bbox JSON).
 BoxRow = tuple[int, int, str, float, str]
 
 
-class Checked:
-    """A certainly valid input, reduced to what is stored."""
+@dataclass(slots=True)
+class Stored:
+    """What is stored of an input: its declared fields by name (loader/fields.py), and its boxes."""
 
-    __slots__ = ("boxes", "error", "model_version", "public_path", "status")
+    #: Every stored field of loader/fields.py, in declaration order (image_path first).
+    fields: dict[str, Any]
+    #: COPY rows of the boxes, in reading order.
+    boxes: list[BoxRow]
+    #: True when the loader found the input invalid (stored as failed with ``error``).
+    invalid: bool = False
 
-    def __init__(
-        self,
-        public_path: str | None,
-        status: str,
-        error: str | None,
-        boxes: list[BoxRow],
-        model_version: str | None = None,
-    ) -> None:
-        self.public_path = public_path
-        self.status = status
-        self.error = error
-        self.model_version = model_version
-        #: COPY rows of the boxes, in reading order (also for a failed result, whose boxes are not stored).
-        self.boxes = boxes
+    @property
+    def image_path(self) -> str:
+        path: str = self.fields["image_path"]
+        return path
+
+    @property
+    def public_path(self) -> str | None:
+        path: str | None = self.fields["public_path"]
+        return path
+
+    @property
+    def status(self) -> str:
+        status: str = self.fields["status"]
+        return status
+
+    @property
+    def error(self) -> str | None:
+        error: str | None = self.fields["error"]
+        return error
 
 
 def _confidence(value: object) -> float | None:
@@ -86,14 +97,7 @@ def _bbox_ok(bbox: object) -> TypeGuard[list[list[Any]]]:
 
 def _text_ok(text: object) -> TypeGuard[str]:
     """Storable text within the length limit: no NUL, no lone surrogate."""
-    if type(text) is not str or len(text) > MAX_TEXT_CHARS or "\x00" in text:
-        return False
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate
-            return False
-    return True
+    return type(text) is str and len(text) <= MAX_TEXT_CHARS and text_ok(text)
 
 
 def box_rows(boxes: object, pos: int) -> list[BoxRow] | None:
@@ -114,36 +118,31 @@ def box_rows(boxes: object, pos: int) -> list[BoxRow] | None:
     return rows
 
 
-def _header_ok(data: dict[str, Any], path_ok: Callable[[object], bool]) -> bool:
-    """The fields besides the boxes: public_path, status, error, model_version."""
-    public_path = data.get("public_path")
-    if public_path is not None and (type(public_path) is not str or not path_ok(public_path)):
-        return False
-    status = data.get("status", "success")
-    if type(status) is not str or status not in _STATUSES:
-        return False
-    error = data.get("error")
-    if error is not None and type(error) is not str:
-        return False
-    version = data.get("model_version")
-    return version is None or (_text_ok(version) and 0 < len(version) <= MAX_MODEL_VERSION_CHARS)
+def _checks(path_ok: Callable[[object], bool]) -> list[tuple[str, Any, Callable[[object], bool]]]:
+    """Each stored field but image_path: its name, its default, and its quick check."""
+    return [(f.name, f.default, f.quick(path_ok)) for f in STORED if f.name != "image_path"]
 
 
-def check(data: Any, path_ok: Callable[[object], bool], pos: int) -> Checked | None:
+# The checks, per path_ok given (validate.py gives one, once).
+_CHECKS: dict[Callable[[object], bool], list[tuple[str, Any, Callable[[object], bool]]]] = {}
+
+
+def check(data: Any, path_ok: Callable[[object], bool], pos: int) -> Stored | None:
     """``data`` judged in one pass: its stored form if certainly valid, else None.
 
     ``path_ok(value)`` says whether a path is usable (validate.path_problem is
     None); ``data["image_path"]`` must already have passed it.
     """
-    if type(data) is not dict or type(data.get("image_path")) is not str or not _header_ok(data, path_ok):
+    if type(data) is not dict or type(data.get("image_path")) is not str:
         return None
+    checks = _CHECKS.get(path_ok) or _CHECKS.setdefault(path_ok, _checks(path_ok))
+    fields = {"image_path": data["image_path"]}
+    for name, default, ok in checks:
+        value = data.get(name, default)
+        if not ok(value):
+            return None
+        fields[name] = value
     rows = box_rows(data.get("text_boxes", []), pos)
     if rows is None:
         return None
-    return Checked(
-        data.get("public_path"),
-        data.get("status", "success"),
-        data.get("error"),
-        rows,
-        data.get("model_version"),
-    )
+    return Stored(fields, rows)

@@ -25,6 +25,7 @@ from loader import queries
 from loader.batch_ids import check_batch_id
 from loader.connection import Connectable, connection
 from loader.errors import ConfigurationError, quoted, translating
+from loader.fields import REPLACED
 from loader.models import LoadReport
 from loader.progress import get_progress
 from loader.save import save_prepared
@@ -143,9 +144,8 @@ class _Target(NamedTuple):
     current_model: str | None
     version: int
     model_version: str | None
-    status: str
-    error: str | None
-    public_path: str | None
+    #: The kept result's columns by name: its fields (loader/fields.py, REPLACED) among them.
+    kept: dict[str, Any]
     boxes: list[dict[str, Any]]
 
 
@@ -225,10 +225,7 @@ def _inputs(targets: list[_Target]) -> list[tuple[int, dict[str, Any]]]:
             position = target.position
         result = {
             "image_path": target.image_path,
-            "public_path": target.public_path,
-            "status": target.status,
-            "error": target.error,
-            "model_version": target.model_version,
+            **{f.name: target.kept[f.name] for f in REPLACED},
             "text_boxes": target.boxes,
         }
         inputs.append((position, result))

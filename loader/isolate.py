@@ -268,7 +268,7 @@ class _Net:
             self._give_up(refusal)
         if unit.status == "success":
             # Most refusals are in a box (text, confidence, bbox): keep the image, as failed.
-            again = self.store([dataclasses.replace(unit, status="failed", error=reason, boxes=[])])
+            again = self.store([unit.as_failed(reason)])
             if again is None:
                 return
             reason = describe_refusal(again)

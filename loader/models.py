@@ -3,35 +3,21 @@
 from __future__ import annotations
 
 import enum
-import sys
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, GetPydanticSchema
-from pydantic_core import core_schema
+from pydantic import BaseModel, ConfigDict, Field
 
-# Longest text accepted for one box, in characters. OCR of a page yields at most a
-# few thousand; anything near this is a corrupted result, not text worth storing.
-MAX_TEXT_CHARS = 100_000
-# Most points one bbox may hold. Boxes are quadrilaterals or short polygons; a
-# longer list is a corrupted result and would bloat the jsonb column.
-MAX_BBOX_POINTS = 64
-# Largest magnitude of a bbox coordinate: the largest finite double. Integers are
-# kept as integers (stored as sent, ``10`` stays ``10``) up to the same bound the
-# floats have, so the set of accepted values is the same as when every
-# coordinate was made a float; a larger integer is as corrupt as an infinity.
-MAX_COORDINATE = int(sys.float_info.max)
-# Longest image_path / public_path, in UTF-8 bytes. Both columns carry a unique
-# btree index, whose entries hold at most 2704 bytes (a third of an 8 kB page);
-# a longer path made the merge fail for the whole call (SQLSTATE 54000), and
-# 4096 characters of Hangul are 12 kB. 2048 bytes stays clear of that limit.
-MAX_PATH_BYTES = 2048
-# Longest model_version, in characters (schema.sql's CHECK): a model's name and
-# version, never free text.
-MAX_MODEL_VERSION_CHARS = 255
-# Longest upstream error message kept, in characters; longer ones are truncated
-# with a marker rather than rejected, because the reason must always be stored.
-MAX_ERROR_CHARS = 10_000
+from loader.fields import (  # noqa: F401 (the limits, as loader.models has always offered them)
+    MAX_BBOX_POINTS,
+    MAX_COORDINATE,
+    MAX_ERROR_CHARS,
+    MAX_MODEL_VERSION_CHARS,
+    MAX_PATH_BYTES,
+    MAX_TEXT_CHARS,
+    BoxFields,
+    ResultFields,
+)
 
 
 class ProcessStatus(enum.StrEnum):
@@ -46,89 +32,16 @@ class ProcessStatus(enum.StrEnum):
     REVOKED = "REVOKED"
 
 
-def _storable_text(value: str) -> str:
-    """PostgreSQL text holds neither NUL nor lone UTF-16 surrogates: refuse them here, not in COPY."""
-    if "\x00" in value:
-        raise ValueError("contains a NUL byte, which PostgreSQL text cannot store")
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"is not valid Unicode (lone surrogate at index {exc.start})") from None
-    return value
-
-
-def _indexable_path(value: str) -> str:
-    """A path must be non-blank and fit the unique index on its column."""
-    if not value.strip():
-        raise ValueError("is empty or only whitespace")
-    size = len(value) if value.isascii() else len(value.encode("utf-8"))
-    if size > MAX_PATH_BYTES:
-        raise ValueError(f"is longer than {MAX_PATH_BYTES} bytes in UTF-8 ({size})")
-    return value
-
-
-StorableText = Annotated[str, AfterValidator(_storable_text)]
-StorablePath = Annotated[StorableText, AfterValidator(_indexable_path)]
-
-# A coordinate is an int (kept as one: JSON's 10 must come back as 10, not 10.0)
-# or a finite float; never a bool, a string, NaN or an infinity. One error for
-# both branches, so a message reads "bbox[0][1]: Input should be ..." rather
-# than one line per branch of the union.
-Coordinate = Annotated[
-    int | float,
-    GetPydanticSchema(
-        lambda _source, _handler: core_schema.union_schema(
-            [
-                core_schema.int_schema(strict=True, ge=-MAX_COORDINATE, le=MAX_COORDINATE),
-                # Floats only: a strict float schema alone would also take (and
-                # convert) the integers the first branch refused as too large.
-                core_schema.json_or_python_schema(
-                    json_schema=core_schema.float_schema(strict=True, allow_inf_nan=False),
-                    python_schema=core_schema.chain_schema(
-                        [core_schema.is_instance_schema(float), core_schema.float_schema(allow_inf_nan=False)]
-                    ),
-                ),
-            ],
-            custom_error_type="coordinate",
-            custom_error_message=(
-                "Input should be a finite number (an integer or a float of magnitude at most 1.8e308)"
-            ),
-        )
-    ),
-]
-# A point is [x, y]; JSON has no tuples, so it arrives as a two-element list.
-Point = Annotated[list[Coordinate], Field(min_length=2, max_length=2)]
-
-
+# The fields, their types and limits are declared once, in loader/fields.py;
 # loader/fastcheck.py passes certainly valid dicts without these models (for
-# speed); a rule added to TextBox or OCRResult needs its check there too, and
+# speed), its checks derived from the same declaration, and
 # tests/unit/test_fastcheck.py holds the two to the same answers.
-class TextBox(BaseModel):
+class TextBox(BoxFields):
     """One recognised box: its text, the OCR confidence in [0, 1], and its polygon."""
 
-    # Strict: a confidence of "0.9" (a string) is a broken upstream, not a number.
-    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
 
-    text: Annotated[StorableText, Field(max_length=MAX_TEXT_CHARS)]
-    confidence: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
-    bbox: Annotated[list[Point], Field(min_length=1, max_length=MAX_BBOX_POINTS)]
-
-
-class OCRResult(BaseModel):
+class OCRResult(ResultFields[TextBox]):
     """The OCR outcome for one image, as the OCR stage reports it."""
-
-    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
-
-    image_path: Annotated[StorablePath, Field(min_length=1, max_length=MAX_PATH_BYTES)]
-    public_path: Annotated[StorablePath, Field(min_length=1, max_length=MAX_PATH_BYTES)] | None = None
-    status: Literal["success", "failed"] = "success"
-    error: str | None = None
-    text_boxes: list[TextBox] = Field(default_factory=list)
-    #: Which OCR model produced the result, when the stage says so (stored; a re-OCR replaces it).
-    model_version: Annotated[StorableText, Field(min_length=1, max_length=MAX_MODEL_VERSION_CHARS)] | None = (
-        None
-    )
 
 
 Outcome = Literal["stored", "failed", "rejected", "unchanged", "replaced", "refused"]

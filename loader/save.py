@@ -33,6 +33,7 @@ from loader.errors import (
     quoted,
     translating,
 )
+from loader.fields import NONE
 from loader.models import BatchProgress, LoadReport
 from loader.progress import get_progress, reread_if_stale
 from loader.report import log_saved, tally_report
@@ -103,36 +104,28 @@ class _Call:
         return self._prepared
 
 
-def _image_rows(images: list[Image], rejects: list[Reject]) -> Iterator[StagedImage]:
+def _image_rows(images: list[Image], rejects: list[Reject]) -> Iterator[tuple[Any, ...]]:
     for im in images:
         yield StagedImage(
             pos=im.pos,
             chain_id=im.chain_id,
-            image_path=im.image_path,
-            public_path=im.public_path,
-            status=im.status,
-            error=im.error,
-            model_version=im.model_version,
             reject=None,
             dup_of=None,
             duplicate=None,
             raw=None,
             raw_sha256=None,
+            **im.stored.fields,
         )
     for rj in rejects:
         yield StagedImage(
             pos=rj.pos,
             chain_id=None,
-            image_path=rj.image_path,
-            public_path=None,
-            status=None,
-            error=None,
-            model_version=None,
             reject=rj.reason,
             dup_of=rj.dup_of,
             duplicate=rj.duplicate,
             raw=rj.raw,
             raw_sha256=rj.raw_sha256,
+            **{**NONE, "image_path": rj.image_path},
         )
 
 

@@ -21,8 +21,9 @@ from pydantic_core import from_json
 from loader import fastcheck
 from loader.copy import bbox_json
 from loader.digest import call_digest as _typed_call_digest
-from loader.fastcheck import BoxRow
-from loader.models import MAX_ERROR_CHARS, MAX_MODEL_VERSION_CHARS, MAX_PATH_BYTES, OCRResult
+from loader.fastcheck import BoxRow, Stored
+from loader.fields import MAX_ERROR_CHARS, MAX_PATH_BYTES, STORED, Chars, Declared, Path
+from loader.models import OCRResult
 
 # Namespace of the chain ids the loader derives (UUIDv5), fixed forever: changing
 # it would make redelivered batches create new chains.
@@ -49,17 +50,35 @@ call_digest = _typed_call_digest
 
 @dataclass(frozen=True)
 class Image:
-    """An input that will be stored (as success or as failed)."""
+    """An input that will be stored (as success or as failed): its place, and what is stored of it."""
 
     pos: int
     chain_id: str
-    image_path: str
-    public_path: str | None
-    status: str  # 'success' | 'failed'
-    error: str | None
-    boxes: list[BoxRow]  # COPY rows for the box staging table
     source: Input
-    model_version: str | None = None
+    stored: Stored
+
+    @property
+    def image_path(self) -> str:
+        return self.stored.image_path
+
+    @property
+    def status(self) -> str:
+        """'success' or 'failed'."""
+        return self.stored.status
+
+    @property
+    def error(self) -> str | None:
+        return self.stored.error
+
+    @property
+    def boxes(self) -> list[BoxRow]:
+        """COPY rows for the box staging table."""
+        return self.stored.boxes
+
+    def as_failed(self, reason: str) -> Image:
+        """The input stored as failed after all (the database refused its boxes), ``reason`` its error."""
+        fields = {**self.stored.fields, "status": "failed", "error": storable(reason)}
+        return Image(self.pos, self.chain_id, self.source, Stored(fields, []))
 
 
 @dataclass(frozen=True)
@@ -188,6 +207,10 @@ def path_problem(value: Any, what: str) -> str | None:
     return None
 
 
+# Each stored field's quick check (loader/fields.py): whether a value is certainly storable as it is.
+_QUICK = {f.name: f.quick(_path_ok) for f in STORED}
+
+
 def describe(exc: ValidationError) -> str:
     """A pydantic error as one line naming each offending field and value."""
     parts = []
@@ -238,87 +261,72 @@ def _decode(item: Input) -> tuple[OCRResult | Mapping[str, Any] | None, str | No
     return None, f"not an OCR result (got a {type(item).__name__})"
 
 
-@dataclass(frozen=True)
-class _Verdict:
-    """What is stored of an input whose image_path is usable."""
-
-    public_path: str | None
-    status: str
-    error: str | None
-    boxes: list[BoxRow]
-    #: True when the loader found the input invalid (stored as failed with ``error``).
-    invalid: bool = False
-    model_version: str | None = None
-
-
 _NO_UPSTREAM_ERROR = "upstream OCR failure (no error message given)"
 
 
-def _outcome(
-    public_path: str | None, status: str, error: str | None, boxes: list[BoxRow], model_version: str | None
-) -> _Verdict:
-    if status == "failed":
-        # A failed result's boxes are not stored; its reason always is.
-        reason = storable(error or "") or _NO_UPSTREAM_ERROR
-        return _Verdict(public_path, "failed", reason, [], model_version=model_version)
-    return _Verdict(public_path, "success", None, boxes, model_version=model_version)
+def _outcome(stored: Stored) -> Stored:
+    """A valid result as stored: a failure keeps no boxes and always a reason; a success no error."""
+    fields = stored.fields
+    if fields["status"] == "failed":
+        fields["error"] = storable(fields["error"] or "") or _NO_UPSTREAM_ERROR
+        stored.boxes = []
+    else:
+        fields["error"] = None
+    return stored
 
 
-def _usable_version(version: object) -> str | None:
-    """A model_version that can be stored on its own (a failure still says which model it came from)."""
-    if not isinstance(version, str) or not 0 < len(version) <= MAX_MODEL_VERSION_CHARS or "\x00" in version:
-        return None
-    try:
-        version.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate
-        return None
-    return version
+def _usable(field: Declared, value: object) -> bool:
+    """Whether a value can be stored on its own (a failure still says which model it came from)."""
+    return value is not None and _QUICK[field.name](value)
 
 
-def _invalid(error: str, public_path: object, model_version: object = None) -> _Verdict:
-    """An invalid input, stored as failed; public_path and model_version are kept when usable on their own."""
-    usable = public_path if path_problem(public_path, "public_path") is None else None
-    return _Verdict(
-        usable if isinstance(usable, str) else None,
-        "failed",
-        error,
-        [],
-        invalid=True,
-        model_version=_usable_version(model_version),
-    )
+def _invalid(error: str, data: OCRResult | Mapping[str, Any], image_path: str) -> Stored:
+    """An invalid input, stored as failed; its other fields are kept when usable on their own."""
+    fields: dict[str, Any] = dict.fromkeys(f.name for f in STORED)
+    for f in STORED:
+        value = data.get(f.name) if isinstance(data, Mapping) else getattr(data, f.name, None)
+        if f.nullable and _usable(f, value):
+            fields[f.name] = value
+    fields.update(image_path=image_path, status="failed", error=storable(error))
+    return Stored(fields, [], invalid=True)
 
 
-def _judge_model(result: OCRResult, pos: int) -> _Verdict:
+def _judge_model(result: OCRResult, pos: int) -> Stored:
     # Checked for OCRResult objects too: one built with model_construct() was
     # never validated.
-    public_path = result.public_path
-    problem = None if public_path is None else path_problem(public_path, "public_path")
-    if problem:
-        return _invalid(f"invalid OCR result: {problem}", None, result.model_version)
-    version = result.model_version
-    if version is not None and (not version or len(version) > MAX_MODEL_VERSION_CHARS):
-        return _invalid(
-            f"invalid OCR result: model_version is empty or longer than {MAX_MODEL_VERSION_CHARS}", None
-        )
+    fields = {f.name: getattr(result, f.name) for f in STORED}
+    for f in STORED:
+        value = fields[f.name]
+        if f.name != "image_path" and not _QUICK[f.name](value):
+            problem = path_problem(value, f.name) if isinstance(f.rule, Path) else _unfit(f)
+            return _invalid(f"invalid OCR result: {problem}", result, result.image_path)
     if result.status == "failed":
-        return _outcome(public_path, "failed", result.error, [], version)
+        return _outcome(Stored(fields, []))
     rows = [
         (pos, n, box.text, box.confidence, bbox_json(box.bbox)) for n, box in enumerate(result.text_boxes)
     ]
-    return _outcome(public_path, "success", result.error, rows, version)
+    return _outcome(Stored(fields, rows))
 
 
-def _judge(data: OCRResult | Mapping[str, Any], pos: int) -> _Verdict:
+def _unfit(field: Declared) -> str:
+    """Why a value of a model built without validation cannot be stored."""
+    if isinstance(field.rule, Chars):
+        low = "empty or " if field.rule.min_chars else ""
+        return f"{field.name} is {low}longer than {field.rule.max_chars} or not storable text"
+    return f"{field.name} is not one of the values it takes"
+
+
+def _judge(data: OCRResult | Mapping[str, Any], pos: int) -> Stored:
     """The verdict on an input: inputs that are certainly valid skip the model (see fastcheck.py)."""
     if isinstance(data, OCRResult):
         return _judge_model(data, pos)
     quick = fastcheck.check(data, _path_ok, pos)
     if quick is not None:
-        return _outcome(quick.public_path, quick.status, quick.error, quick.boxes, quick.model_version)
+        return _outcome(quick)
     try:
         result = OCRResult.model_validate(data)
     except ValidationError as exc:
-        return _invalid(describe(exc), data.get("public_path"), data.get("model_version"))
+        return _invalid(describe(exc), data, data["image_path"])
     return _judge_model(result, pos)
 
 
@@ -363,27 +371,14 @@ class _Call:
             return
         self.keep(pos, item, image_path, verdict)
 
-    def keep(self, pos: int, item: Input, image_path: str, verdict: _Verdict) -> None:
+    def keep(self, pos: int, item: Input, image_path: str, verdict: Stored) -> None:
         self.seen_paths[image_path] = pos
         if verdict.public_path is not None:
             self.seen_public[verdict.public_path] = pos
         if verdict.invalid:
             assert verdict.error is not None
             self.prepared.invalid[pos] = verdict.error
-        error = verdict.error and storable(verdict.error)
-        self.prepared.images.append(
-            Image(
-                pos,
-                self.chain_id_of(image_path),
-                image_path,
-                verdict.public_path,
-                verdict.status,
-                error,
-                verdict.boxes,
-                item,
-                verdict.model_version,
-            )
-        )
+        self.prepared.images.append(Image(pos, self.chain_id_of(image_path), item, verdict))
 
 
 def prepare(batch_id: str, results: Iterable[Input], position_offset: int = 0) -> Prepared:

@@ -25,6 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import DOUBLE_PRECISION, JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from loader.fields import STORED
 from loader.orm._base import (
     OCR_STATUS,
     PROCESS_STATUS,
@@ -38,6 +39,9 @@ from loader.orm._base import (
 
 if TYPE_CHECKING:
     from loader.orm._history import OCRResultVersion
+
+# The comments of an OCR result's columns, as loader/fields.py declares them.
+_COMMENTS = {f.name: f.column.comment for f in STORED}
 
 
 class BatchExecution(Timestamps, Base):
@@ -289,13 +293,10 @@ class OCRExecution(Timestamps, Base):
 
     __tablename__ = "ocr_executions"
     __table_args__ = (
-        CheckConstraint("image_path <> ''", name="ocr_executions_image_path_check"),
-        CheckConstraint("public_path <> ''", name="ocr_executions_public_path_check"),
+        # Each result field's own CHECK, as loader/fields.py declares its limit.
+        *(CheckConstraint(f.check, name=f"ocr_executions_{f.name}_check") for f in STORED if f.check),
         # A failed image always says why; a successful one carries no error.
         CheckConstraint("(status = 'failed') = (error IS NOT NULL)", name="ocr_executions_error_iff_failed"),
-        CheckConstraint(
-            "model_version <> '' AND length(model_version) <= 255", name="ocr_executions_model_version_check"
-        ),
         CheckConstraint("result_version > 0", name="ocr_executions_result_version_check"),
         {"comment": "OCR result of one image."},
     )
@@ -304,14 +305,8 @@ class OCRExecution(Timestamps, Base):
     chain_id: Mapped[str] = mapped_column(
         Text, ForeignKey(ChainExecution.chain_id, ondelete="CASCADE"), unique=True
     )
-    image_path: Mapped[str] = mapped_column(
-        Text,
-        unique=True,
-        comment="Where the image was read from; unique across all batches (an image belongs to one batch).",
-    )
-    public_path: Mapped[str | None] = mapped_column(
-        Text, unique=True, comment="Public URL/path of the image, if any; unique when present."
-    )
+    image_path: Mapped[str] = mapped_column(Text, unique=True, comment=_COMMENTS["image_path"])
+    public_path: Mapped[str | None] = mapped_column(Text, unique=True, comment=_COMMENTS["public_path"])
     status: Mapped[OCRStatus] = mapped_column(OCR_STATUS)
     # Left out, schema.sql's trigger fills it in for a failed row (a stated
     # placeholder) and clears it for a successful one; fetched back either way.
@@ -319,14 +314,9 @@ class OCRExecution(Timestamps, Base):
         Text,
         server_default=FetchedValue(),
         server_onupdate=FetchedValue(),
-        comment="Why the image failed: the upstream OCR error, or the loader's validation message "
-        "(e.g. confidence out of range). NULL on success.",
+        comment=_COMMENTS["error"],
     )
-    model_version: Mapped[str | None] = mapped_column(
-        Text,
-        comment="Version 4: which OCR model produced this result, when the input said so; a re-OCR "
-        "(save_batch(replace=True)) replaces it with the result.",
-    )
+    model_version: Mapped[str | None] = mapped_column(Text, comment=_COMMENTS["model_version"])
 
     result_version: Mapped[int] = mapped_column(
         Integer,

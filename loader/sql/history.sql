@@ -139,7 +139,9 @@ FROM pairs;
 -- For each image of a batch with kept results: the result to restore (the newest kept one, or the newest of model %(to)s while the current one is another model), with its position.
 SELECT DISTINCT ON (h.ocr_execution_id)
        o.image_path, c.position, o.result_version AS current_version, o.model_version AS current_model,
-       h.version, h.model_version, h.status::text AS status, h.error, h.public_path,
+       h.version, h.model_version,
+       -- Every column of the kept result but its boxes: the fields a rollback restores.
+       to_jsonb(h) - ARRAY['texts', 'confidences', 'bboxes'] AS kept,
        (SELECT coalesce(jsonb_agg(jsonb_build_object('text', u.t, 'confidence', u.c, 'bbox', u.b) ORDER BY u.n), '[]'::jsonb)
         FROM unnest(h.texts, h.confidences, h.bboxes) WITH ORDINALITY AS u (t, c, b, n)) AS boxes
 FROM ocr_result_history h

@@ -1,7 +1,9 @@
 -- The save path: one call of save_batch() runs, in one transaction,
 -- lock_batch, the staging tables' CREATE (loader/copy.py), two COPYs into them,
 -- then merge. {stage_images} / {stage_boxes} are the staging tables' names,
--- filled in from their declaration in loader/copy.py.
+-- filled in from their declaration in loader/copy.py; {result_columns} and the
+-- other lists name an OCR result's fields as loader/fields.py declares them
+-- (fields.sql_lists says which list is which).
 
 -- name: lock_batch
 -- Check the schema version, serialise calls for one batch, create it if unknown, tune this transaction, and say whether this very call was committed before.
@@ -271,8 +273,8 @@ new_ocr AS (
     -- cannot deadlock. ON CONFLICT: a path claimed by another batch since
     -- this statement's snapshot is skipped here and reported as lost below.
     -- An input filling a slot joins the chain already there.
-    INSERT INTO ocr_executions (chain_id, image_path, public_path, status, error, model_version)
-    SELECT coalesce(slot_chain, chain_id), image_path, public_path, status::ocr_status, error, model_version
+    INSERT INTO ocr_executions (chain_id, {result_columns})
+    SELECT coalesce(slot_chain, chain_id), {result_values}
     FROM judged
     WHERE verdict IN ('new', 'fix', 'fill')
     ORDER BY image_path
@@ -322,8 +324,7 @@ replaced_ocr AS (
     -- no new OCR run of the image: its version stays, and the result it
     -- displaces is kept as the duplicate reject's raw (displaced).
     UPDATE ocr_executions o
-    SET status = j.status::ocr_status, error = j.error, public_path = j.public_path,
-        model_version = j.model_version,
+    SET {replaced_set},
         result_version = o.result_version + (j.verdict = 'replace')::integer
     FROM judged j
     WHERE j.verdict IN ('replace', 'take') AND o.id = j.mine_id
@@ -362,9 +363,9 @@ kept_results AS (
     -- Nothing is read or written when the call replaces nothing.
     -- Boxes as arrays (texts, confidences, bboxes): array_agg copies the values,
     -- where building JSON of them cost five times as much.
-    INSERT INTO ocr_result_history (batch_id, ocr_execution_id, version, model_version, status, error,
-                                    public_path, texts, confidences, bboxes, stored_at, replaced_by, replaced_in)
-    SELECT %(batch_id)s, o.id, o.result_version, o.model_version, o.status, o.error, o.public_path,
+    INSERT INTO ocr_result_history (batch_id, ocr_execution_id, version, {kept_columns},
+                                    texts, confidences, bboxes, stored_at, replaced_by, replaced_in)
+    SELECT %(batch_id)s, o.id, o.result_version, {kept_values},
            coalesce(b.texts, ARRAY[]::text[]), coalesce(b.confidences, ARRAY[]::float8[]),
            coalesce(b.bboxes, ARRAY[]::jsonb[]),
            o.updated_at, %(digest)s, %(mode)s
@@ -410,14 +411,13 @@ resolved AS (
 displaced AS (
     -- The position a lower input took an image from becomes that image's
     -- duplicate. Its raw bytes were never kept (an input stored is kept as rows),
-    -- so raw is the stored result re-encoded: PostgreSQL's jsonb text of
-    -- image_path, public_path, status, error, model_version and text_boxes in
-    -- reading order, as the snapshot holds them before this statement.
+    -- so raw is the stored result re-encoded: PostgreSQL's jsonb text of its
+    -- fields and its text_boxes in reading order, as the snapshot holds them
+    -- before this statement.
     SELECT j.mine_pos AS pos, j.image_path,
            format('duplicate image_path (first at position %%s)', j.pos) AS reason,
            convert_to(jsonb_build_object(
-               'image_path', o.image_path, 'public_path', o.public_path, 'status', o.status,
-               'error', o.error, 'model_version', o.model_version,
+               {raw_fields},
                'text_boxes', coalesce((
                    SELECT jsonb_agg(jsonb_build_object('text', b.text, 'confidence', b.confidence,
                                                        'bbox', b.bbox) ORDER BY b.position)

@@ -41,6 +41,7 @@ from loader import (
 )
 from loader.datagen import make_batch
 from loader.errors import redact_dsn
+from loader.fields import REPLACED
 from loader.schema import apply_schema
 
 
@@ -61,7 +62,8 @@ _MINIMAL_GRANTS = [
     " ON batch_executions TO {role}",
     "GRANT UPDATE (status, total_tasks, completed_tasks, failed_tasks, position)"
     " ON chain_executions TO {role}",
-    "GRANT UPDATE (status, error, public_path, model_version, result_version) ON ocr_executions TO {role}",
+    # A replace writes every field of the result (loader/fields.py) and its version number.
+    f"GRANT UPDATE ({', '.join(f.name for f in REPLACED)}, result_version) ON ocr_executions TO {{role}}",
     # The merge resolves rejects that later inputs repair.
     "GRANT UPDATE (resolved_at, resolved_by) ON load_rejects TO {role}",
     # A lower position taking a duplicated image renames its duplicates (checked for every merge).

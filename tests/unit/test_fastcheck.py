@@ -23,9 +23,8 @@ from loader.datagen import break_some, make_batch
 from loader.models import MAX_BBOX_POINTS, MAX_COORDINATE, MAX_TEXT_CHARS, OCRResult
 from loader.validate import CHAIN_NAMESPACE, Prepared, _path_ok, chain_id_for, prepare
 
-# Every field of the model but these is a field of fastcheck.Checked, compared one by one:
-# a field added to OCRResult and not to the fast path fails here.
-_NOT_COMPARED = {"image_path", "text_boxes"}
+# Every field of the model but its boxes is a stored field of fastcheck.Stored, compared one by one.
+_NOT_COMPARED = {"text_boxes"}
 
 
 def _model_rows(data: dict[str, Any], pos: int) -> dict[str, Any]:
@@ -38,8 +37,8 @@ def _model_rows(data: dict[str, Any], pos: int) -> dict[str, Any]:
     return {**fields, "boxes": rows}
 
 
-def _quick_rows(quick: loader.fastcheck.Checked) -> dict[str, Any]:
-    fields = {f: getattr(quick, f) for f in OCRResult.model_fields if f not in _NOT_COMPARED}
+def _quick_rows(quick: loader.fastcheck.Stored) -> dict[str, Any]:
+    fields = {f: quick.fields[f] for f in OCRResult.model_fields if f not in _NOT_COMPARED}
     return {**fields, "boxes": quick.boxes}
 
 
