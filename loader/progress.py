@@ -156,7 +156,7 @@ class IdleDeadline:
         return left
 
     def expired(self) -> TimeoutError:
-        return TimeoutError(f"batch {self.batch_id!r}: no progress for {self.idle_timeout} s")
+        return TimeoutError(f"batch {quoted(self.batch_id)}: no progress for {self.idle_timeout} s")
 
 
 class Following:
