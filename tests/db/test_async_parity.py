@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from helpers.pgbouncer import through
 
 from loader import aio, follow_progress, get_progress, make_pool, register_batch, save_batch
 from loader.connection import SCHEMA_VERSION
@@ -296,3 +297,22 @@ def test_the_situations_are_what_their_names_say(twins: tuple[str, str]) -> None
     idle = answers["idle"]
     assert isinstance(idle, list) and idle[-1][:2] == ("error", TimeoutError)
     assert idle[0][1]["status"] == ProcessStatus.STARTED
+
+
+def test_both_follow_a_finished_batch_through_a_transaction_pooler_and_refuse_an_open_one(
+    bouncer_transaction: str, dsn: str, db: psycopg.Connection[Any]
+) -> None:
+    """A finished batch needs no notifications, so neither API checks their delivery for
+    it; an unfinished one is refused by both, in the same words, behind the pooler."""
+    _finished(db)
+    register_batch(db, "open", 3)
+    pooled = through(bouncer_transaction, dsn)
+    finished = Case("finished, pooled", "follow", ("done", None), list)
+    unfinished = Case("open, pooled", "follow", ("open", None), list)
+
+    answers = [(sync_answer(pooled, case), async_answer(pooled, case)) for case in (finished, unfinished)]
+
+    assert [sync == asynchronous for sync, asynchronous in answers] == [True, True]
+    (done, _), (refused, _) = answers
+    assert isinstance(done, list) and [p[1]["status"] for p in done] == [ProcessStatus.SUCCESS]
+    assert isinstance(refused, list) and refused[-1][:2] == ("error", ConfigurationError)
