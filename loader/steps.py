@@ -228,16 +228,22 @@ def register_batch(batch_id: str, total_images: int) -> Step[BatchProgress]:
     return _register(batch_id, total)
 
 
+#: register_batch's statement runs at most twice: when a concurrent call created the
+#: batch after this statement's snapshot was taken, the INSERT finds the id taken
+#: while the SELECT cannot see its row; the second run, a new statement in a new
+#: transaction, sees every commit before it.
+_REGISTER_RUNS = 2
+
+
 def _register(batch_id: str, total: int) -> Step[BatchProgress]:
     params = {"batch_id": batch_id, "total_images": total}
     found: _Registered | None = None
     with translating(f"registering batch {quoted(batch_id)}"):
-        for _ in range(2):
+        for _ in range(_REGISTER_RUNS):
             rows: list[_Registered] = yield Statement(queries.get("register_batch"), params, row=_Registered)
             if rows:
                 found = rows[0]
                 break
-            # Created by a concurrent call after our snapshot: look again.
     conflict = total_conflict(batch_id, total, found.declared_images if found is not None else None)
     if conflict:
         raise BatchConflictError(conflict)

@@ -8,7 +8,9 @@ set up the same way, so a call that writes (register_batch) meets the same state
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -316,3 +318,43 @@ def test_both_follow_a_finished_batch_through_a_transaction_pooler_and_refuse_an
     (done, _), (refused, _) = answers
     assert isinstance(done, list) and [p[1]["status"] for p in done] == [ProcessStatus.SUCCESS]
     assert isinstance(refused, list) and refused[-1][:2] == ("error", ConfigurationError)
+
+
+def _waiting_on_a_lock(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as db:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if db.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            ).fetchone():
+                return
+            time.sleep(0.02)
+    raise AssertionError("register_batch never waited for the other transaction's batch")
+
+
+def _register_while_created(dsn: str, answer: Callable[[str, Case], object]) -> object:
+    """register_batch('r', 6) while another transaction creates 'r' with total 5, committed while
+    the call waits: the call's first statement finds the batch taken but cannot see it."""
+    case = Case("created meanwhile", "register_batch", ("r", 6), BatchConflictError)
+    with psycopg.connect(dsn) as other:
+        other.execute(
+            "INSERT INTO batch_executions (batch_id, total_images, declared_images) VALUES ('r', 5, 5)"
+        )
+        with ThreadPoolExecutor(1) as executor:
+            registering = executor.submit(answer, dsn, case)
+            try:
+                _waiting_on_a_lock(dsn)
+            finally:
+                other.commit()  # also when the wait failed: the call would wait for ever
+            return registering.result(timeout=60)
+
+
+def test_both_look_again_for_a_batch_a_concurrent_call_created(twins: tuple[str, str]) -> None:
+    """Without its second look the call would take the unseen batch for absent and pass
+    the conflicting total; both APIs look again and refuse it alike."""
+    sync = _register_while_created(twins[0], sync_answer)
+    asynchronous = _register_while_created(twins[1], async_answer)
+
+    assert _is_expected(sync, BatchConflictError), sync
+    assert asynchronous == sync
