@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, closing
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
@@ -55,11 +55,14 @@ from loader.models import BatchProgress
 from loader.progress import (
     CHANNEL,
     DELIVERY_CHECK_S,
-    FINISHED,
     PROBE_CONNECT_TIMEOUT_S,
     Following,
     IdleDeadline,
+    Listen,
+    Read,
+    Wait,
     event_batch_id,
+    follow_plan,
     following_lost,
     listen,
     listen_conninfo,
@@ -194,30 +197,35 @@ async def follow_progress(
     conninfo: str, batch_id: str, *, idle_timeout: float | None = None, listen_dsn: str | None = None
 ) -> AsyncGenerator[BatchProgress, None]:
     """loader.follow_progress as an async iterator, on a listening connection of its own:
-    the same reads, decisions (loader.progress.Following) and errors.
+    the same plan (loader.progress.follow_progress), reads and errors.
 
     For many followers in one process, use a ProgressHub (one connection for all).
     """
     target = listen_conninfo(conninfo, listen_dsn)
     check_dsn(target)
-    with translating(f"following batch {quoted(batch_id)}", following_lost(batch_id)):
+    with (
+        translating(f"following batch {quoted(batch_id)}", following_lost(batch_id)),
+        closing(follow_plan(batch_id, idle_timeout)) as plan,
+    ):
         async with await psycopg.AsyncConnection.connect(
             target, autocommit=True, prepare_threshold=None
         ) as conn:
-            first = await get_progress(conn, batch_id)
-            if first.status in FINISHED:
-                # Nothing to listen for: the final state, through a transaction pooler too.
-                yield first
-                return
-            await _check_delivery(conn, target)
-            await conn.execute(listen(CHANNEL))
-            follow = Following(batch_id, idle_timeout, await get_progress(conn, batch_id))
-            yield follow.last
-            while not follow.finished:
-                await _next_event_for(conn, batch_id, follow.deadline)
-                progress = await get_progress(conn, batch_id)
-                if follow.changed(progress):
-                    yield progress
+            reply: BatchProgress | None = None
+            while True:
+                try:
+                    effect = plan.send(reply)
+                except StopIteration:
+                    return
+                reply = None
+                if isinstance(effect, Read):
+                    reply = await get_progress(conn, batch_id)
+                elif isinstance(effect, Listen):
+                    await _check_delivery(conn, target)
+                    await conn.execute(listen(CHANNEL))
+                elif isinstance(effect, Wait):
+                    await _next_event_for(conn, batch_id, effect.deadline)
+                else:
+                    yield effect.progress
 
 
 @dataclass(eq=False)

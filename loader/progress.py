@@ -17,8 +17,10 @@ import os
 import shlex
 import time
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Generator, Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -49,6 +51,8 @@ DELIVERY_CHECK_S = 2.0
 
 #: Seconds the delivery check's sending connection may take to connect.
 PROBE_CONNECT_TIMEOUT_S = 10
+
+T = TypeVar("T")
 
 FINISHED = frozenset({ProcessStatus.SUCCESS, ProcessStatus.FAILURE})
 
@@ -189,6 +193,61 @@ def following_lost(batch_id: str) -> str:
     )
 
 
+# What follow_plan asks of its driver (follow_progress here and in loader.aio).
+
+
+@dataclass(frozen=True)
+class Read:
+    """Read the batch's progress (get_progress on the listening connection) and send it back."""
+
+
+@dataclass(frozen=True)
+class Listen:
+    """Check that notifications from other sessions arrive (check_delivery), then LISTEN loader_progress."""
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Wait for an event naming the batch; TimeoutError from ``deadline`` when none comes in time."""
+
+    deadline: IdleDeadline
+
+
+@dataclass(frozen=True)
+class Show:
+    """Yield ``progress`` to the follower."""
+
+    progress: BatchProgress
+
+
+FollowPlan = Generator[Read | Listen | Wait | Show, BatchProgress | None, T]
+
+
+def _read() -> FollowPlan[BatchProgress]:
+    progress = yield Read()
+    assert progress is not None, "a Read is answered with the batch's progress"
+    return progress
+
+
+def follow_plan(batch_id: str, idle_timeout: float | None) -> FollowPlan[None]:
+    """follow_progress's order of reads, listening and waits, for both APIs (sans I/O, as
+    loader.steps): a finished batch is shown at once, without listening; otherwise the
+    row is read again once listening, so a change committed meanwhile is not missed."""
+    first = yield from _read()
+    if first.status in FINISHED:
+        # Nothing to listen for: the final state, through a transaction pooler too.
+        yield Show(first)
+        return
+    yield Listen()
+    follow = Following(batch_id, idle_timeout, (yield from _read()))
+    yield Show(follow.last)
+    while not follow.finished:
+        yield Wait(follow.deadline)
+        progress = yield from _read()
+        if follow.changed(progress):
+            yield Show(progress)
+
+
 def _wait_for_event(conn: psycopg.Connection[Any], batch_id: str, deadline: IdleDeadline) -> None:
     """Until an event names ``batch_id``; events of other batches do not restart the wait."""
     while True:
@@ -212,28 +271,31 @@ def follow_progress(
     for an unknown batch, ConfigurationError when notifications do not reach the
     connection (a transaction pooler) of an unfinished batch, and TimeoutError
     when ``idle_timeout`` seconds pass without a change of this batch.
-    loader.aio.follow_progress is its twin, step for step.
+    The order is follow_plan's, which loader.aio.follow_progress drives too.
     """
     target = listen_conninfo(conninfo, listen_dsn)
     check_dsn(target)
     with (
         translating(f"following batch {quoted(batch_id)}", following_lost(batch_id)),
         psycopg.connect(target, autocommit=True, prepare_threshold=None) as conn,
+        closing(follow_plan(batch_id, idle_timeout)) as plan,
     ):
-        first = get_progress(conn, batch_id)
-        if first.status in FINISHED:
-            # Nothing to listen for: the final state, through a transaction pooler too.
-            yield first
-            return
-        check_delivery(conn, target)
-        conn.execute(listen(CHANNEL))
-        follow = Following(batch_id, idle_timeout, get_progress(conn, batch_id))
-        yield follow.last
-        while not follow.finished:
-            _wait_for_event(conn, batch_id, follow.deadline)
-            progress = get_progress(conn, batch_id)
-            if follow.changed(progress):
-                yield progress
+        reply: BatchProgress | None = None
+        while True:
+            try:
+                effect = plan.send(reply)
+            except StopIteration:
+                return
+            reply = None
+            if isinstance(effect, Read):
+                reply = get_progress(conn, batch_id)
+            elif isinstance(effect, Listen):
+                check_delivery(conn, target)
+                conn.execute(listen(CHANNEL))
+            elif isinstance(effect, Wait):
+                _wait_for_event(conn, batch_id, effect.deadline)
+            else:
+                yield effect.progress
 
 
 def recount_batch(pool_or_conn: Connectable, batch_id: str) -> BatchProgress:
