@@ -1,9 +1,12 @@
 """The loader for asyncio applications (FastAPI): psycopg's async connections and pools.
 
-- ``make_async_pool``, ``get_progress``, ``register_batch``: the sync calls'
-  twins, with the same SQL (loader/sql/meta.sql) and the same errors;
+- ``make_async_pool``, ``get_progress``, ``register_batch``: the sync calls
+  themselves, not copies: their steps (loader.steps: statements, retries,
+  errors and messages) run here on async connections, and the pool is made
+  from make_pool's arguments (loader.connection.pool_arguments);
 - ``follow_progress``: a batch's progress as an async iterator, on a listening
-  connection of its own (a script, a worker);
+  connection of its own (a script, a worker), driving the sync follower's plan
+  (loader.progress.follow_plan);
 - ``ProgressHub``: one listening connection per process, fanned out to any
   number of followers (an API streaming progress to browsers). An event wakes
   the hub, which reads the batch's row once for all of that batch's followers;
