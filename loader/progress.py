@@ -28,7 +28,7 @@ from psycopg import sql
 from loader import queries, steps
 from loader.connection import Connectable, call, connection
 from loader.dsn import check_dsn
-from loader.errors import BatchNotFoundError, ConfigurationError, quoted, redact_dsn, translating
+from loader.errors import BatchNotFoundError, ConfigurationError, printable, quoted, redact_dsn, translating
 from loader.models import BatchProgress, ProcessStatus
 from loader.rows import MergeRow
 
@@ -186,10 +186,11 @@ class Following:
 
 
 def following_lost(batch_id: str) -> str:
-    """The advice when a follower's connection went away."""
+    """The advice when a follower's connection went away (an id's control characters
+    escaped, as every message escapes them: the advice is printed to a terminal)."""
     return (
         "following stopped; the batch and its load are not affected: "
-        f"follow it again with `loader status {shlex.quote(batch_id)} --follow`"
+        f"follow it again with `loader status {printable(shlex.quote(batch_id))} --follow`"
     )
 
 
