@@ -1,9 +1,12 @@
 """The loader for asyncio applications (FastAPI): psycopg's async connections and pools.
 
-- ``make_async_pool``, ``get_progress``, ``register_batch``: the sync calls'
-  twins, with the same SQL (loader/sql/meta.sql) and the same errors;
+- ``make_async_pool``, ``get_progress``, ``register_batch``: the sync calls
+  themselves, not copies: their steps (loader.steps: statements, retries,
+  errors and messages) run here on async connections, and the pool is made
+  from make_pool's arguments (loader.connection.pool_arguments);
 - ``follow_progress``: a batch's progress as an async iterator, on a listening
-  connection of its own (a script, a worker);
+  connection of its own (a script, a worker), driving the sync follower's plan
+  (loader.progress.follow_plan);
 - ``ProgressHub``: one listening connection per process, fanned out to any
   number of followers (an API streaming progress to browsers). An event wakes
   the hub, which reads the batch's row once for all of that batch's followers;
@@ -20,55 +23,55 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, closing
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg import pq, sql
-from psycopg.rows import kwargs_row
 from psycopg_pool import AsyncConnectionPool, PoolClosed
 
-from loader import queries
-from loader.batch_ids import check_batch_id, check_total
+from loader import queries, steps
 from loader.connection import (
     FROM_ENVIRONMENT,
     SCHEMA_VERSION,
     _FromEnvironment,
+    check_idle,
+    pool_arguments,
+    pool_closed,
     pool_threshold,
-    prepare_threshold_setting,
+    pool_unreachable,
     preparing,
     remember_pool_threshold,
 )
 from loader.dsn import check_dsn
 from loader.errors import (
-    BatchConflictError,
     ConfigurationError,
     DatabaseError,
     LoaderError,
-    SchemaVersionError,
-    TransactionStateError,
     quoted,
     redact_dsn,
-    translate,
     translating,
 )
 from loader.models import BatchProgress
 from loader.progress import (
     CHANNEL,
     DELIVERY_CHECK_S,
-    FINISHED,
     PROBE_CONNECT_TIMEOUT_S,
+    Following,
     IdleDeadline,
+    Listen,
+    Read,
+    Wait,
     event_batch_id,
+    follow_plan,
+    following_lost,
+    listen,
     listen_conninfo,
     not_delivered,
-    not_found,
     probe_channel,
-    state,
+    unlisten,
 )
 
 __all__ = [
@@ -92,7 +95,11 @@ T = TypeVar("T")
 #: that followers barely notice (they get a fresh read once it is back).
 RECONNECT_S = 1.0
 
-_checked: weakref.WeakSet[psycopg.AsyncConnection[Any]] = weakref.WeakSet()
+
+async def _call(target: AsyncConnectable, step: steps.Step[T]) -> T:
+    """Run a shared step (loader.steps) on a connection from ``target``."""
+    async with connection(target) as conn:
+        return await steps.arun(conn, step)
 
 
 def make_async_pool(
@@ -104,132 +111,77 @@ def make_async_pool(
     name: str | None = None,
     prepare_threshold: int | _FromEnvironment | None = FROM_ENVIRONMENT,
 ) -> AsyncConnectionPool:
-    """loader.make_pool for asyncio: returned closed; ``await pool.open()`` it."""
-    check_dsn(conninfo)
-    threshold = prepare_threshold_setting() if prepare_threshold is FROM_ENVIRONMENT else prepare_threshold
-    pool: AsyncConnectionPool = AsyncConnectionPool(
+    """loader.make_pool for asyncio (the same arguments, pool_arguments): returned closed;
+    ``await pool.open()`` it."""
+    arguments = pool_arguments(
         conninfo,
-        kwargs={"prepare_threshold": threshold},
         min_size=min_size,
         max_size=max_size,
         timeout=timeout,
         name=name,
-        open=False,
-        check=AsyncConnectionPool.check_connection,
+        prepare_threshold=prepare_threshold,
     )
-    remember_pool_threshold(pool, threshold)
+    pool: AsyncConnectionPool = AsyncConnectionPool(**arguments, check=AsyncConnectionPool.check_connection)
+    remember_pool_threshold(pool, arguments["kwargs"]["prepare_threshold"])
     return pool
-
-
-async def _check_schema_version(conn: psycopg.AsyncConnection[Any]) -> None:
-    """loader.connection.check_schema_version for an async connection."""
-    if conn in _checked:
-        return
-    found = None
-    with translating("reading the schema version"):
-        try:
-            async with conn.transaction():
-                row = await (await conn.execute(queries.get("schema_version"), prepare=False)).fetchone()
-                found = row[0] if row else None
-        except psycopg.errors.UndefinedTable:
-            found = None
-    if found != SCHEMA_VERSION:
-        raise SchemaVersionError(SCHEMA_VERSION, found)
-    _checked.add(conn)
 
 
 @asynccontextmanager
 async def connection(target: AsyncConnectable) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    """An idle async connection, schema-checked, from a pool or the one given."""
+    """loader.connection.connection for asyncio: an idle async connection, schema-checked,
+    from a pool or the one given. Only the checkout is its own."""
     async with AsyncExitStack() as stack:
         if isinstance(target, AsyncConnectionPool):
             try:
                 conn = await stack.enter_async_context(target.connection())
             except PoolClosed as exc:
-                raise ConfigurationError(
-                    f"pool {target.name!r} is closed (or was never opened); open it with await pool.open()"
-                ) from exc
-            except psycopg.OperationalError as exc:  # PoolTimeout: the server is unreachable
-                raise translate(exc, f"getting a connection from pool {target.name!r}") from exc
+                raise pool_closed(target, "await pool.open()") from exc
+            except psycopg.OperationalError as exc:
+                raise pool_unreachable(target, exc) from exc
         elif isinstance(target, psycopg.AsyncConnection):
-            conn = _idle(target)
+            check_idle(target)
+            conn = target
         else:
             raise TypeError(
                 "expected a psycopg_pool.AsyncConnectionPool or psycopg.AsyncConnection, "
                 f"got {type(target).__name__}"
             )
         stack.enter_context(preparing(conn, pool_threshold(target)))
-        await _check_schema_version(conn)
+        await steps.arun(conn, steps.check_schema(conn, SCHEMA_VERSION))
         yield conn
 
 
-def _idle(conn: psycopg.AsyncConnection[Any]) -> psycopg.AsyncConnection[Any]:
-    if conn.closed:
-        raise DatabaseError(
-            "the connection is closed (by the caller, or lost with the server); connect again"
-        )
-    status = conn.info.transaction_status
-    if status != pq.TransactionStatus.IDLE:
-        raise TransactionStateError(
-            f"the connection is not idle (transaction status {status.name}); the loader runs and "
-            "commits its own transaction, so commit or roll back yours first, or pass a pool"
-        )
-    return conn
-
-
 async def get_progress(pool_or_conn: AsyncConnectable, batch_id: str) -> BatchProgress:
-    """loader.get_progress, awaited."""
-    async with connection(pool_or_conn) as conn:
-        with translating(f"reading batch {quoted(batch_id)}"):
-            async with conn.transaction(), conn.cursor(row_factory=kwargs_row(BatchProgress)) as cur:
-                await cur.execute(queries.get("batch_progress"), {"batch_id": batch_id})
-                progress = await cur.fetchone()
-    if progress is None:
-        raise not_found(batch_id)
-    return progress
+    """loader.get_progress, awaited (loader.steps.get_progress)."""
+    return await _call(pool_or_conn, steps.get_progress(batch_id))
 
 
 async def register_batch(pool_or_conn: AsyncConnectable, batch_id: str, total_images: int) -> BatchProgress:
-    """loader.register_batch, awaited: the same query, idempotent for the same total."""
-    batch_id = check_batch_id(batch_id)
-    total = check_total(total_images)
-    if total is None:
-        raise ConfigurationError("register_batch needs total_images")
-    params = {"batch_id": batch_id, "total_images": total}
-    async with connection(pool_or_conn) as conn:
-        with translating(f"registering batch {quoted(batch_id)}"):
-            for _ in range(2):
-                async with conn.transaction():
-                    row = await (await conn.execute(queries.get("register_batch"), params)).fetchone()
-                if row is not None:
-                    break
-                # Created by a concurrent call after our snapshot: look again.
-        if row is not None and row[0] != total:
-            raise BatchConflictError(
-                f"batch {quoted(batch_id)} already exists with total_images={row[0]}, not {total}"
-            )
-        return await get_progress(conn, batch_id)
+    """loader.register_batch, awaited (loader.steps.register_batch): idempotent for the same total."""
+    return await _call(pool_or_conn, steps.register_batch(batch_id, total_images))
+
+
+async def _check_delivery(listener: psycopg.AsyncConnection[Any], conninfo: str) -> None:
+    """loader.progress.check_delivery for an async listener, statement for statement."""
+    channel = probe_channel()
+    await listener.execute(listen(channel))
+    async with await psycopg.AsyncConnection.connect(
+        conninfo, autocommit=True, prepare_threshold=None, connect_timeout=PROBE_CONNECT_TIMEOUT_S
+    ) as sender:
+        await sender.execute(queries.get("progress_delivery_probe"), {"channel": channel})
+    if not [n async for n in listener.notifies(timeout=DELIVERY_CHECK_S, stop_after=1)]:
+        raise not_delivered(conninfo)
+    await listener.execute(unlisten(channel))
 
 
 async def _listener(conninfo: str) -> psycopg.AsyncConnection[Any]:
-    """An autocommit connection that notifications from other sessions reach, listening on loader_progress.
-
-    The delivery check is loader.progress.check_delivery's: refused with
-    ConfigurationError behind a transaction pooler.
-    """
+    """An autocommit connection that notifications from other sessions reach, listening on
+    loader_progress; ConfigurationError behind a transaction pooler (_check_delivery)."""
     check_dsn(conninfo)
     conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True, prepare_threshold=None)
     try:
-        channel = probe_channel()
-        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-        async with await psycopg.AsyncConnection.connect(
-            conninfo, autocommit=True, prepare_threshold=None, connect_timeout=PROBE_CONNECT_TIMEOUT_S
-        ) as sender:
-            await sender.execute(queries.get("progress_delivery_probe"), {"channel": channel})
-        if not [n async for n in conn.notifies(timeout=DELIVERY_CHECK_S, stop_after=1)]:
-            raise not_delivered(conninfo)
-        await conn.execute(sql.SQL("UNLISTEN {}").format(sql.Identifier(channel)))
-        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+        await _check_delivery(conn, conninfo)
+        await conn.execute(listen(CHANNEL))
     except BaseException:
         await conn.close()
         raise
@@ -247,24 +199,36 @@ async def _next_event_for(conn: psycopg.AsyncConnection[Any], batch_id: str, dea
 async def follow_progress(
     conninfo: str, batch_id: str, *, idle_timeout: float | None = None, listen_dsn: str | None = None
 ) -> AsyncGenerator[BatchProgress, None]:
-    """loader.follow_progress as an async iterator, on a listening connection of its own.
+    """loader.follow_progress as an async iterator, on a listening connection of its own:
+    the same plan (loader.progress.follow_progress), reads and errors.
 
     For many followers in one process, use a ProgressHub (one connection for all).
     """
     target = listen_conninfo(conninfo, listen_dsn)
-    with translating(f"following batch {quoted(batch_id)}"):
-        conn = await _listener(target)
-        async with conn:
-            last = await get_progress(conn, batch_id)
-            yield last
-            deadline = IdleDeadline(batch_id, idle_timeout)
-            while last.status not in FINISHED:
-                await _next_event_for(conn, batch_id, deadline)
-                progress = await get_progress(conn, batch_id)
-                if state(progress) != state(last):
-                    last = progress
-                    deadline.restart()
-                    yield progress
+    check_dsn(target)
+    with (
+        translating(f"following batch {quoted(batch_id)}", following_lost(batch_id)),
+        closing(follow_plan(batch_id, idle_timeout)) as plan,
+    ):
+        async with await psycopg.AsyncConnection.connect(
+            target, autocommit=True, prepare_threshold=None
+        ) as conn:
+            reply: BatchProgress | None = None
+            while True:
+                try:
+                    effect = plan.send(reply)
+                except StopIteration:
+                    return
+                reply = None
+                if isinstance(effect, Read):
+                    reply = await get_progress(conn, batch_id)
+                elif isinstance(effect, Listen):
+                    await _check_delivery(conn, target)
+                    await conn.execute(listen(CHANNEL))
+                elif isinstance(effect, Wait):
+                    await _next_event_for(conn, batch_id, effect.deadline)
+                else:
+                    yield effect.progress
 
 
 @dataclass(eq=False)
@@ -445,17 +409,14 @@ class ProgressHub:
         topic.followers.add(follower)
         try:
             self._wake(batch_id)  # the first state, from a read started after joining
-            last = await follower.next(None)
-            yield last
-            deadline = IdleDeadline(batch_id, idle_timeout)
-            while last.status not in FINISHED:
+            follow = Following(batch_id, idle_timeout, await follower.next(None))
+            yield follow.last
+            while not follow.finished:
                 try:
-                    progress = await follower.next(deadline.remaining())
+                    progress = await follower.next(follow.deadline.remaining())
                 except TimeoutError:
-                    raise deadline.expired() from None
-                if state(progress) != state(last):
-                    last = progress
-                    deadline.restart()
+                    raise follow.deadline.expired() from None
+                if follow.changed(progress):
                     yield progress
         finally:
             topic.followers.discard(follower)

@@ -8,21 +8,19 @@ import weakref
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import pq
-from psycopg_pool import ConnectionPool, PoolClosed
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolClosed
 
-from loader import queries
+from loader import steps
 from loader.dsn import check_dsn
 from loader.errors import (
     ConfigurationError,
     DatabaseError,
-    SchemaVersionError,
     TransactionStateError,
     translate,
-    translating,
 )
 
 
@@ -38,10 +36,7 @@ SCHEMA_VERSION = _newest_migration()
 
 Connectable = ConnectionPool | psycopg.Connection[Any]
 
-# Connections whose schema version was already checked; weak so closed
-# connections drop out. Keyed by the connection object itself.
-_checked: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
-
+T = TypeVar("T")
 
 #: psycopg's ``prepare_threshold`` for the loader's connections, when set: the
 #: executions of a query after which it is prepared on the server. Unset (the
@@ -84,29 +79,39 @@ def prepare_threshold_setting() -> int | None:
 
 
 def check_schema_version(conn: psycopg.Connection[Any]) -> None:
-    """Refuse a database whose schema version is not SCHEMA_VERSION.
+    """Refuse a database whose schema version is not SCHEMA_VERSION (loader.steps.check_schema).
 
     Done once per connection, at checkout rather than in a pool's ``configure``
     callback: there a failure only makes the pool retry until PoolTimeout, while
     here the caller gets the SchemaVersionError naming both versions.
     """
-    if conn in _checked:
-        return
-    was_idle = conn.info.transaction_status == pq.TransactionStatus.IDLE
-    try:
-        with translating("reading the schema version"):
-            try:
-                row = conn.execute(queries.get("schema_version"), prepare=False).fetchone()
-                found = row[0] if row else None
-            except psycopg.errors.UndefinedTable:
-                found = None
-                conn.rollback()
-    finally:
-        if was_idle and not conn.autocommit and conn.info.transaction_status != pq.TransactionStatus.IDLE:
-            conn.rollback()
-    if found != SCHEMA_VERSION:
-        raise SchemaVersionError(SCHEMA_VERSION, found)
-    _checked.add(conn)
+    steps.run(conn, steps.check_schema(conn, SCHEMA_VERSION))
+
+
+def pool_arguments(
+    conninfo: str,
+    *,
+    min_size: int,
+    max_size: int,
+    timeout: float,
+    name: str | None,
+    prepare_threshold: int | _FromEnvironment | None,
+) -> dict[str, Any]:
+    """What make_pool and loader.aio.make_async_pool give their pool class (besides ``check``).
+
+    Raises ConfigurationError at once for a DSN libpq cannot parse.
+    """
+    check_dsn(conninfo)
+    threshold = prepare_threshold_setting() if prepare_threshold is FROM_ENVIRONMENT else prepare_threshold
+    return {
+        "conninfo": conninfo,
+        "kwargs": {"prepare_threshold": threshold},
+        "min_size": min_size,
+        "max_size": max_size,
+        "timeout": timeout,
+        "name": name,
+        "open": False,
+    }
 
 
 def make_pool(
@@ -129,68 +134,85 @@ def make_pool(
     Returned closed (``open=False``): open it explicitly, after any fork.
     Raises ConfigurationError at once for a DSN libpq cannot parse.
     """
-    check_dsn(conninfo)
-    threshold = prepare_threshold_setting() if prepare_threshold is FROM_ENVIRONMENT else prepare_threshold
-    pool = ConnectionPool(
+    arguments = pool_arguments(
         conninfo,
-        kwargs={"prepare_threshold": threshold},
         min_size=min_size,
         max_size=max_size,
         timeout=timeout,
         name=name,
-        open=False,
-        check=ConnectionPool.check_connection,
+        prepare_threshold=prepare_threshold,
     )
-    remember_pool_threshold(pool, threshold)
+    pool = ConnectionPool(**arguments, check=ConnectionPool.check_connection)
+    remember_pool_threshold(pool, arguments["kwargs"]["prepare_threshold"])
     return pool
 
 
 def mark_checked(conn: psycopg.Connection[Any]) -> None:
     """Record that ``conn`` was found on the right schema version by other means."""
-    _checked.add(conn)
+    steps.mark_checked(conn)
 
 
-@contextmanager
-def connection(target: Connectable, *, check_version: bool = True) -> Iterator[psycopg.Connection[Any]]:
-    """An idle connection, schema-checked, from a pool or the one given.
+def pool_closed(pool: ConnectionPool | AsyncConnectionPool, opening: str) -> ConfigurationError:
+    return ConfigurationError(f"pool {pool.name!r} is closed (or was never opened); open it with {opening}")
 
-    A connection handed in while inside a transaction is refused: the loader
-    owns its transaction and commits it, which would commit the caller's work.
+
+def pool_unreachable(
+    pool: ConnectionPool | AsyncConnectionPool, exc: psycopg.OperationalError
+) -> DatabaseError:
+    """A pool's checkout that failed (PoolTimeout: the server is unreachable), translated."""
+    return translate(exc, f"getting a connection from pool {pool.name!r}")
+
+
+def check_idle(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+    """Refuse a connection handed in closed, or inside a transaction.
+
+    The loader owns its transaction and commits it, which would commit the
+    caller's work.
     """
-    if isinstance(target, ConnectionPool):
-        with ExitStack() as stack:
-            try:
-                conn = stack.enter_context(target.connection())
-            except PoolClosed as exc:
-                raise ConfigurationError(
-                    f"pool {target.name!r} is closed (or was never opened); open it with pool.open()"
-                ) from exc
-            except psycopg.OperationalError as exc:  # PoolTimeout: the server is unreachable
-                raise translate(exc, f"getting a connection from pool {target.name!r}") from exc
-            stack.enter_context(preparing(conn, pool_threshold(target)))
-            if check_version:
-                check_schema_version(conn)
-            yield conn
-        return
-    if not isinstance(target, psycopg.Connection):
-        raise TypeError(
-            f"expected a psycopg_pool.ConnectionPool or psycopg.Connection, got {type(target).__name__}"
-        )
-    if target.closed:
+    if conn.closed:
         raise DatabaseError(
             "the connection is closed (by the caller, or lost with the server); "
             "connect again, or pass a pool, which replaces broken connections"
         )
-    status = target.info.transaction_status
+    status = conn.info.transaction_status
     if status != pq.TransactionStatus.IDLE:
         raise TransactionStateError(
             f"the connection is not idle (transaction status {status.name}); the loader runs and "
             "commits its own transaction, so commit or roll back yours first, or pass a pool"
         )
-    with preparing(target, FROM_ENVIRONMENT):
+
+
+@contextmanager
+def connection(target: Connectable, *, check_version: bool = True) -> Iterator[psycopg.Connection[Any]]:
+    """An idle connection, schema-checked, from a pool or the one given (check_idle).
+
+    loader.aio.connection is its twin for asyncio: only the checkout differs.
+    """
+    with ExitStack() as stack:
+        if isinstance(target, ConnectionPool):
+            try:
+                conn = stack.enter_context(target.connection())
+            except PoolClosed as exc:
+                raise pool_closed(target, "pool.open()") from exc
+            except psycopg.OperationalError as exc:
+                raise pool_unreachable(target, exc) from exc
+        elif isinstance(target, psycopg.Connection):
+            check_idle(target)
+            conn = target
+        else:
+            raise TypeError(
+                f"expected a psycopg_pool.ConnectionPool or psycopg.Connection, got {type(target).__name__}"
+            )
+        stack.enter_context(preparing(conn, pool_threshold(target)))
         if check_version:
-            check_schema_version(target)
-        yield target
+            check_schema_version(conn)
+        yield conn
+
+
+def call(target: Connectable, step: steps.Step[T]) -> T:
+    """Run a shared step (loader.steps) on a connection from ``target``."""
+    with connection(target) as conn:
+        return steps.run(conn, step)
 
 
 def remember_pool_threshold(pool: object, threshold: int | None) -> None:

@@ -17,17 +17,18 @@ import os
 import shlex
 import time
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Generator, Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import kwargs_row
 
-from loader import queries
-from loader.connection import Connectable, connection
+from loader import queries, steps
+from loader.connection import Connectable, call, connection
 from loader.dsn import check_dsn
-from loader.errors import BatchNotFoundError, ConfigurationError, quoted, redact_dsn, translating
+from loader.errors import BatchNotFoundError, ConfigurationError, printable, quoted, redact_dsn, translating
 from loader.models import BatchProgress, ProcessStatus
 from loader.rows import MergeRow
 
@@ -51,33 +52,19 @@ DELIVERY_CHECK_S = 2.0
 #: Seconds the delivery check's sending connection may take to connect.
 PROBE_CONNECT_TIMEOUT_S = 10
 
+T = TypeVar("T")
+
 FINISHED = frozenset({ProcessStatus.SUCCESS, ProcessStatus.FAILURE})
 
 
 def get_progress(pool_or_conn: Connectable, batch_id: str) -> BatchProgress:
-    """The batch's totals, status and percentage, as last committed."""
-    with (
-        connection(pool_or_conn) as conn,
-        translating(f"reading batch {quoted(batch_id)}"),
-        conn.transaction(),
-    ):
-        return _read_progress(conn, batch_id)
+    """The batch's totals, status and percentage, as last committed (loader.steps.get_progress)."""
+    return call(pool_or_conn, steps.get_progress(batch_id))
 
 
 def _read_progress(conn: psycopg.Connection[Any], batch_id: str) -> BatchProgress:
     """The batch's progress read by a new statement of the connection's transaction."""
-    with conn.cursor(row_factory=kwargs_row(BatchProgress)) as cur:
-        progress = cur.execute(queries.get("batch_progress"), {"batch_id": batch_id}).fetchone()
-    if progress is None:
-        raise not_found(batch_id)
-    return progress
-
-
-def not_found(batch_id: str) -> BatchNotFoundError:
-    return BatchNotFoundError(
-        f"no batch {quoted(batch_id)} in this database; check the id, or list batches with `loader status`",
-        batch_id,
-    )
+    return steps.run(conn, steps.batch_progress(batch_id, alone=False))
 
 
 def event_batch_id(payload: str) -> str | None:
@@ -123,6 +110,14 @@ def not_delivered(conninfo: str) -> ConfigurationError:
     )
 
 
+def listen(channel: str) -> sql.Composed:
+    return sql.SQL("LISTEN {}").format(sql.Identifier(channel))
+
+
+def unlisten(channel: str) -> sql.Composed:
+    return sql.SQL("UNLISTEN {}").format(sql.Identifier(channel))
+
+
 def check_delivery(listener: psycopg.Connection[Any], conninfo: str) -> None:
     """Refuse ``listener`` unless a NOTIFY from another session reaches it.
 
@@ -131,17 +126,17 @@ def check_delivery(listener: psycopg.Connection[Any], conninfo: str) -> None:
     connection that ran its LISTEN and come back in the same response, which
     would pass a check the later events fail. Done before ``LISTEN
     loader_progress``, so a refused listener leaves no such LISTEN behind on a
-    pooled server connection.
+    pooled server connection. loader.aio's check is its twin, statement for statement.
     """
     channel = probe_channel()
-    listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+    listener.execute(listen(channel))
     with psycopg.connect(
         conninfo, autocommit=True, prepare_threshold=None, connect_timeout=PROBE_CONNECT_TIMEOUT_S
     ) as sender:
         sender.execute(queries.get("progress_delivery_probe"), {"channel": channel})
     if not any(True for _ in listener.notifies(timeout=DELIVERY_CHECK_S, stop_after=1)):
         raise not_delivered(conninfo)
-    listener.execute(sql.SQL("UNLISTEN {}").format(sql.Identifier(channel)))
+    listener.execute(unlisten(channel))
 
 
 class IdleDeadline:
@@ -165,7 +160,93 @@ class IdleDeadline:
         return left
 
     def expired(self) -> TimeoutError:
-        return TimeoutError(f"batch {self.batch_id!r}: no progress for {self.idle_timeout} s")
+        return TimeoutError(f"batch {quoted(self.batch_id)}: no progress for {self.idle_timeout} s")
+
+
+class Following:
+    """What a follower decides, in either API: which reads it yields (those whose state
+    differs from the last one yielded), when it is done (a finished state), and when it
+    gives up (``deadline``: ``idle_timeout`` seconds after its batch last changed)."""
+
+    def __init__(self, batch_id: str, idle_timeout: float | None, first: BatchProgress) -> None:
+        self.last = first
+        self.deadline = IdleDeadline(batch_id, idle_timeout)
+
+    @property
+    def finished(self) -> bool:
+        return self.last.status in FINISHED
+
+    def changed(self, progress: BatchProgress) -> bool:
+        """Whether ``progress`` is to be yielded: it becomes the last state, the deadline restarts."""
+        if state(progress) == state(self.last):
+            return False
+        self.last = progress
+        self.deadline.restart()
+        return True
+
+
+def following_lost(batch_id: str) -> str:
+    """The advice when a follower's connection went away (an id's control characters
+    escaped, as every message escapes them: the advice is printed to a terminal)."""
+    return (
+        "following stopped; the batch and its load are not affected: "
+        f"follow it again with `loader status {printable(shlex.quote(batch_id))} --follow`"
+    )
+
+
+# What follow_plan asks of its driver (follow_progress here and in loader.aio).
+
+
+@dataclass(frozen=True)
+class Read:
+    """Read the batch's progress (get_progress on the listening connection) and send it back."""
+
+
+@dataclass(frozen=True)
+class Listen:
+    """Check that notifications from other sessions arrive (check_delivery), then LISTEN loader_progress."""
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Wait for an event naming the batch; TimeoutError from ``deadline`` when none comes in time."""
+
+    deadline: IdleDeadline
+
+
+@dataclass(frozen=True)
+class Show:
+    """Yield ``progress`` to the follower."""
+
+    progress: BatchProgress
+
+
+FollowPlan = Generator[Read | Listen | Wait | Show, BatchProgress | None, T]
+
+
+def _read() -> FollowPlan[BatchProgress]:
+    progress = yield Read()
+    assert progress is not None, "a Read is answered with the batch's progress"
+    return progress
+
+
+def follow_plan(batch_id: str, idle_timeout: float | None) -> FollowPlan[None]:
+    """follow_progress's order of reads, listening and waits, for both APIs (sans I/O, as
+    loader.steps): a finished batch is shown at once, without listening; otherwise the
+    row is read again once listening, so a change committed meanwhile is not missed."""
+    first = yield from _read()
+    if first.status in FINISHED:
+        # Nothing to listen for: the final state, through a transaction pooler too.
+        yield Show(first)
+        return
+    yield Listen()
+    follow = Following(batch_id, idle_timeout, (yield from _read()))
+    yield Show(follow.last)
+    while not follow.finished:
+        yield Wait(follow.deadline)
+        progress = yield from _read()
+        if follow.changed(progress):
+            yield Show(progress)
 
 
 def _wait_for_event(conn: psycopg.Connection[Any], batch_id: str, deadline: IdleDeadline) -> None:
@@ -191,34 +272,31 @@ def follow_progress(
     for an unknown batch, ConfigurationError when notifications do not reach the
     connection (a transaction pooler) of an unfinished batch, and TimeoutError
     when ``idle_timeout`` seconds pass without a change of this batch.
+    The order is follow_plan's, which loader.aio.follow_progress drives too.
     """
     target = listen_conninfo(conninfo, listen_dsn)
     check_dsn(target)
-    lost = (
-        "following stopped; the batch and its load are not affected: "
-        f"follow it again with `loader status {shlex.quote(batch_id)} --follow`"
-    )
     with (
-        translating(f"following batch {quoted(batch_id)}", lost),
+        translating(f"following batch {quoted(batch_id)}", following_lost(batch_id)),
         psycopg.connect(target, autocommit=True, prepare_threshold=None) as conn,
+        closing(follow_plan(batch_id, idle_timeout)) as plan,
     ):
-        first = get_progress(conn, batch_id)
-        if first.status in FINISHED:
-            # Nothing to listen for: the final state, through a transaction pooler too.
-            yield first
-            return
-        check_delivery(conn, target)
-        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
-        last = get_progress(conn, batch_id)
-        yield last
-        deadline = IdleDeadline(batch_id, idle_timeout)
-        while last.status not in FINISHED:
-            _wait_for_event(conn, batch_id, deadline)
-            progress = get_progress(conn, batch_id)
-            if state(progress) != state(last):
-                last = progress
-                deadline.restart()
-                yield progress
+        reply: BatchProgress | None = None
+        while True:
+            try:
+                effect = plan.send(reply)
+            except StopIteration:
+                return
+            reply = None
+            if isinstance(effect, Read):
+                reply = get_progress(conn, batch_id)
+            elif isinstance(effect, Listen):
+                check_delivery(conn, target)
+                conn.execute(listen(CHANNEL))
+            elif isinstance(effect, Wait):
+                _wait_for_event(conn, batch_id, effect.deadline)
+            else:
+                yield effect.progress
 
 
 def recount_batch(pool_or_conn: Connectable, batch_id: str) -> BatchProgress:

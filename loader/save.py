@@ -13,7 +13,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import class_row
 
-from loader import isolate, queries
+from loader import isolate, queries, steps
 from loader.batch_ids import (
     check_batch_id,
     check_inside,
@@ -35,7 +35,7 @@ from loader.errors import (
 )
 from loader.fields import NONE
 from loader.models import BatchProgress, LoadReport
-from loader.progress import get_progress, reread_if_stale
+from loader.progress import reread_if_stale
 from loader.report import log_saved, tally_report
 from loader.rows import LockRow, MergeRow
 from loader.settings import Settings, current_settings
@@ -465,23 +465,9 @@ def register_batch(pool_or_conn: Connectable, batch_id: str, total_images: int) 
     """Declare a batch that will arrive in chunks. Idempotent for the same total.
 
     Its status stays PENDING until its first images arrive. Raises
-    BatchConflictError if the batch exists with another total.
+    BatchConflictError if the batch exists with another total. The call is
+    loader.steps.register_batch, which loader.aio.register_batch runs too.
     """
-    batch_id = check_batch_id(batch_id)
-    total = check_total(total_images)
-    if total is None:
-        raise ConfigurationError("register_batch needs total_images")
+    step = steps.register_batch(batch_id, total_images)  # the arguments are checked here
     with connection(pool_or_conn) as conn:
-        with translating(f"registering batch {batch_id!r}"):
-            for _ in range(2):
-                with conn.transaction():
-                    row = conn.execute(
-                        queries.get("register_batch"), {"batch_id": batch_id, "total_images": total}
-                    ).fetchone()
-                if row is not None:
-                    break
-                # Created by a concurrent call after our snapshot: look again.
-        conflict = total_conflict(batch_id, total, row[0] if row is not None else None)
-        if conflict:
-            raise BatchConflictError(conflict)
-        return get_progress(conn, batch_id)
+        return steps.run(conn, step)
