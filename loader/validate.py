@@ -1,8 +1,13 @@
 """Judging every input before COPY, so that COPY never fails on data.
 
-Each input ends as one of:
+To judge an input is to decide what it becomes, one of:
 - an image to store (success with its boxes, or failed with the reason), or
 - a reject (it cannot be stored at all), kept with its raw bytes.
+
+To judge a call (judge_call, the one place: save_batch, loader.pipeline.judge and
+loader.chunks come here) is to judge each of its inputs and digest them: a Judged.
+The merge then gives each staged input its verdict by position (save.sql's
+``judged`` step: what the input does to the batch), which no client code decides.
 """
 
 from __future__ import annotations
