@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 
 from loader.errors import quoted
 from loader.models import Counts, InputIssue, LoadReport, Outcome
@@ -11,21 +12,32 @@ from loader.rows import MergeRow
 from loader.validate import Image, Reject
 
 
+def _replaced(row: MergeRow, image: Image | None) -> str:
+    now = f": now failed: {image.error}" if image and image.status == "failed" else ""
+    return f"replaced the result stored before{now}"
+
+
+# The issue's reason for each outcome the report takes as the merge says it.
+_REASON_OF: dict[Outcome, Callable[[MergeRow, Image | None], str]] = {
+    Outcome.REJECTED: lambda row, _image: row.reason or "rejected",
+    Outcome.UNCHANGED: lambda _row, _image: "this position of the batch already received this input",
+    Outcome.REFUSED: lambda row, _image: row.reason or "refused",
+    Outcome.REPLACED: _replaced,
+}
+
+
 def _reported(row: MergeRow, image: Image | None) -> tuple[Outcome, str | None]:
-    """What a report counts for one merge row, and its issue's reason (None: a fresh success)."""
-    match row.outcome:
-        case Outcome.REJECTED:
-            return Outcome.REJECTED, row.reason or "rejected"
-        case Outcome.UNCHANGED:
-            return Outcome.UNCHANGED, "this position of the batch already received this input"
-        case Outcome.REFUSED:
-            return Outcome.REFUSED, row.reason or "refused"
-        case Outcome.REPLACED:
-            now = f": now failed: {image.error}" if image and image.status == "failed" else ""
-            return Outcome.REPLACED, f"replaced the result stored before{now}"
+    """What a report counts for one merge row, and its issue's reason (None: a fresh success).
+    The merge says stored for an image stored as failed too: its OCR status tells them apart."""
+    if row.outcome is not None and row.outcome in _REASON_OF:
+        return row.outcome, _REASON_OF[row.outcome](row, image)
     if image and image.status == "failed":
         return Outcome.FAILED, image.error or "failed"
     return Outcome.STORED, None
+
+
+# The outcomes whose images' boxes a report counts: the boxes this call stored.
+_WITH_BOXES = frozenset({Outcome.STORED, Outcome.REPLACED})
 
 
 def tally_report(
@@ -42,20 +54,22 @@ def tally_report(
     """Every input counted in exactly one outcome, with an issue for each that is not a fresh success."""
     by_pos_image = {im.pos: im for im in images}
     by_pos_path = {rj.pos: rj.image_path for rj in rejects}
-    tally: Counter[str] = Counter(received=received)
+    outcomes: list[Outcome] = []
+    resolved = boxes = 0
     issues: list[InputIssue] = []
     for row in rows:
         if row.pos is None:
             continue
         image = by_pos_image.get(row.pos)
         outcome, reason = _reported(row, image)
-        tally[outcome] += 1
-        tally["resolved"] += row.resolved
-        if image and outcome in (Outcome.STORED, Outcome.REPLACED):
-            tally["boxes"] += len(image.boxes)
+        outcomes.append(outcome)
+        resolved += row.resolved
+        if image is not None and outcome in _WITH_BOXES:
+            boxes += len(image.boxes)
         if reason is not None:
             path = image.image_path if image else by_pos_path.get(row.pos)
             issues.append(InputIssue(position=row.pos, image_path=path, outcome=outcome, reason=reason))
+    tally: dict[str, int] = {**Counter(outcomes), "received": received, "resolved": resolved, "boxes": boxes}
     return LoadReport(
         batch_id=batch_id,
         **Counts.of(tally).counts(),

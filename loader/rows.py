@@ -87,17 +87,22 @@ class MergeRow(NamedTuple):
         return other._replace(pos=self.pos, outcome=self.outcome, reason=self.reason, resolved=self.resolved)
 
 
+# Outcome by its word: a dict lookup per row, where Outcome(word) is a Python call.
+_OUTCOME_OF = {outcome.value: outcome for outcome in Outcome}
+
+
 def _merge_row(cursor: psycopg.Cursor[Any]) -> RowMaker[MergeRow]:
     """class_row(MergeRow), with the outcome read into Outcome: a word of the merge the
-    enum does not know fails here, not as an uncounted input."""
+    enum does not know fails here (ValueError), not as an uncounted input."""
     if cursor.description is None:
         return class_row(MergeRow)(cursor)  # no result: psycopg's own answer
     names = [column.name for column in cursor.description]
 
     def row(values: Sequence[Any]) -> MergeRow:
         fields = dict(zip(names, values, strict=True))
-        if fields["outcome"] is not None:
-            fields["outcome"] = Outcome(fields["outcome"])
+        word = fields["outcome"]
+        if word is not None:
+            fields["outcome"] = _OUTCOME_OF.get(word) or Outcome(word)
         return MergeRow(**fields)
 
     return row

@@ -70,7 +70,7 @@ class Image:
 #: The reason staged for a duplicate within the call. The merge words a duplicate's
 #: reason itself (save.sql, judged.reason), naming the position that holds the image
 #: in the whole batch, so it reads the same wherever the chunk boundaries fell; this
-#: text is never stored nor reported (tests/db/test_judging.py).
+#: text is never stored nor reported (tests/unit/test_judging.py, tests/db/test_judged_calls.py).
 WORDED_BY_THE_MERGE = "(a duplicate: the merge words its reason)"
 
 
@@ -103,7 +103,8 @@ class _Verdicts:
     invalid: dict[int, str] = field(default_factory=dict)
 
 
-@dataclass
+# eq=False: two Judged are the same call by their digest, not by how far they were judged.
+@dataclass(eq=False)
 class Judged:
     """One call of a batch, judged: its inputs' digest and what each input becomes
     (an image to store, as success or failed, or a reject). Made by judge_call only.
