@@ -32,7 +32,7 @@ from loader.copy import STAGE_BOXES, STAGE_IMAGES, copy_rows, staging_names
 from loader.datagen import make_batch
 from loader.save import DEFAULT_SETTINGS, _box_rows, _image_rows
 from loader.testing import TemplateDatabases, embedded_server
-from loader.validate import prepare
+from loader.validate import judge_call
 
 
 def _nodes(plan: dict[str, Any], cte: str | None = None) -> Iterator[tuple[str | None, dict[str, Any]]]:
@@ -59,7 +59,7 @@ def explain_merge(dsn: str, images: int) -> dict[str, Any]:
             },
             prepare=False,
         )
-        prepared = prepare(batch_id, make_batch(images, prefix="steps"))
+        prepared = judge_call(batch_id, enumerate(make_batch(images, prefix="steps")))
         conn.execute(sql.SQL("; ").join([STAGE_IMAGES.create(), STAGE_BOXES.create()]))
         copy_rows(conn, STAGE_IMAGES, _image_rows(prepared.images, list(prepared.rejects)))
         copy_rows(conn, STAGE_BOXES, _box_rows(prepared.images))

@@ -2,11 +2,11 @@
 
     .venv/bin/python benchmarks/profile_save.py [--images 10000] [--rounds 5] [--dsn DSN]
 
-1. Phases (medians over the rounds, each into emptied tables): prepare (judging
+1. Phases (medians over the rounds, each into emptied tables): judge_call (judging
    the inputs), lock_batch, the two staging COPYs, the merge, the rest.
 2. The merge once more under EXPLAIN (ANALYZE, BUFFERS): the time of each
    insert and of the foreign-key triggers (that call is then rolled back).
-3. cProfile of prepare(): the functions it spends its time in.
+3. cProfile of judge_call(): the functions it spends its time in.
 Server: --dsn, else LOADER_BENCH_DSN / LOADER_TEST_DSN, else the embedded PostgreSQL 18.
 """
 
@@ -34,7 +34,7 @@ import loader.save as save_module
 from loader import save_batch
 from loader.datagen import make_batch
 from loader.testing import TemplateDatabases, embedded_server
-from loader.validate import prepare
+from loader.validate import judge_call
 
 TABLES = ", ".join(
     [
@@ -59,7 +59,7 @@ class _Explained(Exception):
 def _timed_phases(phases: dict[str, float], explain: list[str] | None = None) -> Iterator[None]:
     """Time save_batch's steps by wrapping what it calls (the code itself is untouched)."""
     real_execute = psycopg.Connection.execute
-    real_copy, real_prepare = save_module.copy_rows, save_module.prepare
+    real_copy, real_judge = save_module.copy_rows, save_module.judge_call
 
     def add(name: str, started: float) -> None:
         phases[name] = phases.get(name, 0.0) + time.perf_counter() - started
@@ -89,12 +89,15 @@ def _timed_phases(phases: dict[str, float], explain: list[str] | None = None) ->
 
     psycopg.Connection.execute = execute  # type: ignore[method-assign]
     save_module.copy_rows = wrap("staging COPYs", real_copy)
-    save_module.prepare = wrap("prepare (validation)", real_prepare)
+    # Judged at once, so the phase holds the judging (save_batch judges when the verdicts are first read).
+    save_module.judge_call = wrap(
+        "judge_call (validation)", lambda batch_id, numbered, now: real_judge(batch_id, numbered)
+    )
     try:
         yield
     finally:
         psycopg.Connection.execute = real_execute  # type: ignore[method-assign]
-        save_module.copy_rows, save_module.prepare = real_copy, real_prepare
+        save_module.copy_rows, save_module.judge_call = real_copy, real_judge
 
 
 def _plan_summary(lines: list[str]) -> list[str]:
@@ -149,9 +152,9 @@ def main(argv: list[str]) -> int:
     for line in _plan_summary(plan):
         print(f"  {line}")
 
-    print("\nprepare() under cProfile (cumulative, top 12):")
+    print("\njudge_call() under cProfile (cumulative, top 12):")
     profile = cProfile.Profile()
-    profile.runcall(prepare, "profiled", results)
+    profile.runcall(judge_call, "profiled", enumerate(results))
     pstats.Stats(profile).sort_stats("cumulative").print_stats(12)
     return 0
 

@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from loader.jsonl import Sources, is_blank
-from loader.models import BatchProgress, InputIssue, LoadReport
-from loader.pipeline import Judged
-from loader.validate import call_digest, prepare_at
+from loader.models import BatchProgress, Counts, InputIssue, LoadReport
+from loader.validate import Judged, judge_call
 
 # A chunk is also cut when its lines reach this many bytes, so a file of huge
 # lines cannot grow one chunk beyond memory: 64 MiB of raw JSON.
@@ -54,15 +53,7 @@ class Totals:
     """The sum of the chunk reports of one load."""
 
     batch_id: str
-    received: int = 0
-    stored: int = 0
-    failed: int = 0
-    rejected: int = 0
-    unchanged: int = 0
-    replaced: int = 0
-    refused: int = 0
-    resolved: int = 0
-    boxes: int = 0
+    counts: Counts = field(default_factory=lambda: Counts.of({}))
     statements: int = 0
     attempts: int = 0
     chunks: int = 0
@@ -71,15 +62,7 @@ class Totals:
     progress: BatchProgress | None = None
 
     def add(self, report: LoadReport) -> None:
-        self.received += report.received
-        self.stored += report.stored
-        self.failed += report.failed
-        self.rejected += report.rejected
-        self.unchanged += report.unchanged
-        self.replaced += report.replaced
-        self.refused += report.refused
-        self.resolved += report.resolved
-        self.boxes += report.boxes
+        self.counts += report
         self.statements += report.statements
         self.attempts += report.attempts
         self.chunks += 1
@@ -93,15 +76,7 @@ class Totals:
         assert self.progress is not None, "no chunk was stored"
         return LoadReport(
             batch_id=self.batch_id,
-            received=self.received,
-            stored=self.stored,
-            failed=self.failed,
-            rejected=self.rejected,
-            unchanged=self.unchanged,
-            replaced=self.replaced,
-            refused=self.refused,
-            resolved=self.resolved,
-            boxes=self.boxes,
+            **self.counts.counts(),
             statements=self.statements,
             attempts=max(self.attempts, 1),
             duration_s=duration_s,
@@ -135,7 +110,9 @@ class Outcome:
 
 
 @dataclass(frozen=True)
-class _Judged:
+class _Ahead:
+    """A chunk judged ahead: where it started, how many lines."""
+
     first: int
     lines: int
     judged: Judged
@@ -173,10 +150,7 @@ def judge_lines(batch_id: str, lines: list[bytes], first: int, cancel: threading
             if not is_blank(line):
                 yield position, line
 
-    numbered = list(inputs())
-    judged = prepare_at(batch_id, numbered)
-    judged.digest = call_digest(numbered)
-    return judged
+    return judge_call(batch_id, inputs())
 
 
 def _in_thread(work: Callable[[], T]) -> Future[T]:
@@ -211,7 +185,7 @@ def load_chunks(
     Line N of the sources is the input at position ``offset`` + N of the batch
     (a file holding a later part of a batch passes the position of its first line).
 
-    ``store`` saves one judged chunk (e.g. ``save_prepared`` with retries);
+    ``store`` saves one judged chunk (e.g. ``save_judged`` with retries);
     ``on_chunk`` is called after each commit; ``stop`` is asked after each
     commit and ends the load there when it says so. An error of the reader
     or of ``store`` propagates once the chunks before it are committed.
@@ -221,22 +195,22 @@ def load_chunks(
     chunks = cut(sources.lines(), skip, chunk_size)
     cancel = threading.Event()
 
-    def judge_next() -> _Judged | None:
+    def judge_next() -> _Ahead | None:
         item = next(chunks, None)
         if item is None:
             return None
         first, lines = item
-        return _Judged(first, len(lines), judge_lines(batch_id, lines, offset + first, cancel))
+        return _Ahead(first, len(lines), judge_lines(batch_id, lines, offset + first, cancel))
 
     next_position, stopped = skip, False
     ahead = _in_thread(judge_next)
     try:
-        while (judged := ahead.result()) is not None:
-            log.info("chunk read", extra={"batch_id": batch_id, "lines": _span(judged.first, judged.lines)})
+        while (read := ahead.result()) is not None:
+            log.info("chunk read", extra={"batch_id": batch_id, "lines": _span(read.first, read.lines)})
             ahead = _in_thread(judge_next)  # the next chunk is judged while this one is stored
-            report = store(judged.judged)
+            report = store(read.judged)
             totals.add(report)
-            chunk = Chunk(judged.first, judged.lines, report)
+            chunk = Chunk(read.first, read.lines, report)
             next_position = chunk.next_position
             log.info(
                 "chunk committed", extra={**report.log_fields(), "lines": _span(chunk.first, chunk.lines)}

@@ -28,9 +28,9 @@ from loader.errors import ConfigurationError, quoted, translating
 from loader.fields import REPLACED
 from loader.models import LoadReport
 from loader.progress import get_progress
-from loader.save import save_prepared
+from loader.save import save_judged
 from loader.settings import Settings
-from loader.validate import call_digest, prepare_at
+from loader.validate import judge_call
 
 __all__ = [
     "BatchVersion",
@@ -277,12 +277,12 @@ def rollback(
         if not targets:
             return Rollback(None, {})
         inputs = _inputs(targets)
-        prepared = prepare_at(batch_id, inputs)
+        judged = judge_call(batch_id, inputs)
         # The ledger's key: the restored results, and the versions they replace, so a
         # later rollback to the same results (after another re-OCR) is a new call.
         state = b"".join(t.current_version.to_bytes(4, "little") for t in targets)
-        prepared.digest = hashlib.sha256(b"rollback\0" + call_digest(inputs) + state).digest()
-        report = save_prepared(conn, batch_id, prepared, replace=True, settings=settings)
+        judged.digest = hashlib.sha256(b"rollback\0" + judged.digest + state).digest()
+        report = save_judged(conn, batch_id, judged, replace=True, settings=settings)
     return Rollback(report, _by_model(targets))
 
 

@@ -27,13 +27,13 @@ from typing import Any, NoReturn
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import class_row
 
 from loader import queries
 from loader.copy import STAGE_BOXES, STAGE_IMAGES, copy_rows, staging_names
 from loader.errors import DatabaseError, translate
 from loader.errors import DataRefused as DataRefused  # noqa: PLC0414  (re-exported: save.py uses isolate.DataRefused)
-from loader.rows import MergeRow
+from loader.models import Outcome
+from loader.rows import MergeRow, run_merge
 from loader.validate import Image, Reject, path_problem, raw_bytes, storable
 
 log = logging.getLogger("loader")
@@ -184,7 +184,7 @@ def reject_lost(
     what a rerun of the whole call would end with, without its cost and
     without failing when batches keep racing for the same paths.
     """
-    lost = {row.pos: row.reason for row in rows if row.outcome == "lost"}
+    lost = {row.pos: row.reason for row in rows if row.outcome == Outcome.LOST}
     late = [
         Reject(im.pos, im.image_path, lost[im.pos] or CLAIMED_CONCURRENTLY, raw_bytes(im.source))
         for im in images
@@ -192,7 +192,7 @@ def reject_lost(
     ]
     conn.execute(_EMPTY_STAGING, prepare=False)
     copy_rows(conn, STAGE_IMAGES, image_rows([], late))
-    again = _merge(conn, params)
+    again = run_merge(conn, _MERGE, params)
     final = again[0]
     outcomes = [row for row in rows if row.pos is not None and row.pos not in lost]
     outcomes += [row for row in again if row.pos is not None]
@@ -205,11 +205,6 @@ def reject_lost(
         [*rejects, *late],
         3,
     )
-
-
-def _merge(conn: psycopg.Connection[Any], params: MergeParams) -> list[MergeRow]:
-    with conn.cursor(row_factory=class_row(MergeRow)) as cur:
-        return cur.execute(_MERGE, params, prepare=False).fetchall()
 
 
 class _Net:
@@ -240,7 +235,7 @@ class _Net:
                     self.statements += 1
                     copy_rows(self.conn, STAGE_BOXES, self.box_rows(images))
                 self.statements += 1
-                rows = _merge(self.conn, self.params)
+                rows = run_merge(self.conn, _MERGE, self.params)
                 self.statements += 1
                 self.conn.execute(_EMPTY_STAGING, prepare=False)
         except Exception as exc:

@@ -38,7 +38,7 @@ MAX_LINE_BYTES = 64 * 1024 * 1024
 # its own buffer is 8 KiB, which costs a system call per few lines).
 READ_BUFFER_BYTES = 1024 * 1024
 
-# Bytes at the start of each source judged for being text at all: a few dozen
+# Bytes at the start of each source checked for being text at all: a few dozen
 # lines, enough to tell JSON from a binary file without reading much of it.
 SAMPLE_BYTES = 64 * 1024
 # Share of undecodable bytes in the sample beyond which the input is not UTF-8
@@ -54,7 +54,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 
 # Decompression is bounded: a gzip source may not unpack to more than
 # MAX_GZIP_RATIO times the compressed bytes read so far, plus GZIP_FREE_BYTES
-# (64 KiB: what a small file may hold before the ratio is judged).
+# (64 KiB: what a small file may hold before the ratio is checked).
 # JSON lines of OCR results compress 5 to 20 times (datagen's, very repetitive:
 # ~25); gzip's own limit is ~1,030, which a bomb reaches (4.9 KB holding
 # 5,000,000 newlines). The check costs one comparison per 1 MiB read; a

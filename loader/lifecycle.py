@@ -1,6 +1,6 @@
 """The end of a batch's life: deleting it with everything under it, and retention.
 
-Retention lists candidates without locks, then judges each one again in the
+Retention lists candidates without locks, then checks each one again in the
 transaction that deletes it, under the batch's lock (the one every save takes)
 and from its rows (loader/sql/lifecycle.sql, retention_verdict): a batch is
 deleted only when a recount of its rows says it is finished and neither it nor
@@ -60,7 +60,7 @@ class Deleted(NamedTuple):
 
 
 class Skipped(NamedTuple):
-    """A retention candidate left in place: why, judged under its lock from its rows."""
+    """A retention candidate left in place: why, as checked under its lock from its rows."""
 
     batch_id: str
     reason: str
@@ -138,7 +138,7 @@ def finished_batches(
     """Candidates for retention: batches finished (by a recount for a stale one) whose row
     last changed before ``before``, oldest first, after the keyset ``after`` (updated_at, id).
 
-    A list, not a verdict: delete_finished judges each one again under its lock.
+    A list, not a verdict: delete_finished checks each one again under its lock.
     """
     _check_before(before)
     after_at, after_id = after or _FIRST
@@ -189,7 +189,7 @@ def _retire_locked(pool_or_conn: Connectable, batch_id: str, before: datetime) -
 
 
 def iter_delete_finished(pool_or_conn: Connectable, before: datetime) -> Iterator[Deleted | Skipped]:
-    """Retention, step by step: each candidate judged and deleted (or skipped) as it is reached.
+    """Retention, step by step: each candidate checked and deleted (or skipped) as it is reached.
 
     A generator: nothing happens until it is iterated, and stopping early stops
     the pass (every batch either whole or gone). delete_finished runs it all.
@@ -211,7 +211,7 @@ def delete_finished(
     """Retention: delete every batch finished before ``before``, now, oldest first.
 
     Deletes when called (not lazily) and returns what it deleted; ``progress``
-    is called after each batch deleted or skipped. Each candidate is judged
+    is called after each batch deleted or skipped. Each candidate is checked
     again under the batch's lock, in its delete's transaction, from its rows:
     one that a recount does not call finished, or that (or any row under it)
     changed at or after ``before``, is skipped. One transaction per batch:

@@ -28,9 +28,6 @@ if os.environ.get(MULTIPROC_DIR_ENV):
     # directory would make importing the loader fail.
     os.makedirs(os.environ[MULTIPROC_DIR_ENV], exist_ok=True)
 
-#: The outcomes that partition a call's inputs (each input counted in exactly one).
-OUTCOMES = ("stored", "failed", "rejected", "unchanged", "replaced", "refused")
-
 # Save call durations, in seconds: from a few images (milliseconds) to a large chunk
 # (seconds; docs/benchmarks.md) and a call waiting on locks up to the lock timeout
 # (90 s by default); the buckets cover that range about evenly on a log scale.
@@ -67,8 +64,9 @@ PAYLOAD_BYTES = Counter(
 
 def record_save(report: LoadReport) -> None:
     """Count one save call: call this once after every save, with its report."""
-    for outcome in OUTCOMES:
-        IMAGES.labels(outcome).inc(getattr(report, outcome))
+    # The outcomes that partition a call's inputs (each input counted in exactly one).
+    for outcome, count in report.outcomes().items():
+        IMAGES.labels(outcome).inc(count)
     REPLACED.inc(report.replaced)
     SAVE_DURATION.observe(report.duration_s)
     STATEMENTS.inc(report.statements)

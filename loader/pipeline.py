@@ -10,55 +10,17 @@ errors and transaction are exactly those of save_batch on the same inputs.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TypeAlias
 
-from loader.connection import Connectable
-from loader.errors import ConfigurationError
-from loader.models import LoadReport
-from loader.save import save_prepared
-from loader.settings import Settings
-from loader.validate import Input, Prepared, call_digest, prepare
+from loader.save import judge_checked, save_judged
+from loader.validate import Input, Judged
 
-#: What ``judge`` returns: opaque, for ``save_judged`` with the same batch_id only.
-Judged: TypeAlias = Prepared
+__all__ = ["Judged", "judge", "save_judged"]
 
 
 def judge(batch_id: str, results: Iterable[Input], position_offset: int = 0) -> Judged:
-    """Judge ``results`` (OCRResult objects, dicts or raw JSON lines) as save_batch would; no database."""
-    if isinstance(results, str | bytes):
-        raise ConfigurationError("results must be an iterable of inputs, not a single str/bytes")
-    if not isinstance(position_offset, int) or isinstance(position_offset, bool) or position_offset < 0:
-        raise ConfigurationError(f"position_offset must be a non-negative integer, got {position_offset!r}")
-    inputs = list(results)
-    judged = prepare(batch_id, inputs, position_offset)
-    judged.digest = call_digest(enumerate(inputs, position_offset))
-    return judged
+    """Judge ``results`` (OCRResult objects, dicts or raw JSON lines) as save_batch would; no database.
 
-
-def save_judged(
-    pool_or_conn: Connectable,
-    batch_id: str,
-    judged: Judged,
-    *,
-    total_images: int | None = None,
-    settings: Settings | None = None,
-    repair: bool = False,
-    replace: bool = False,
-) -> LoadReport:
-    """Store what ``judge(batch_id, ...)`` returned, in one transaction; duration_s covers the storing.
-
-    ``settings``, ``repair``, ``replace``: as save_batch's (no settings: ``Settings()``,
-    read from the environment at the call). A judged call is a chunk of its batch:
-    without ``total_images`` the batch must exist (BatchNotFoundError otherwise), so
-    a load never re-creates a batch deleted while it runs; its positions must lie
-    inside the batch's declared total (PositionBeyondTotalError).
+    The arguments are checked as save_batch checks them (ConfigurationError). What it
+    returns is for ``save_judged`` with the same batch_id only.
     """
-    return save_prepared(
-        pool_or_conn,
-        batch_id,
-        judged,
-        total_images=total_images,
-        settings=settings,
-        repair=repair,
-        replace=replace,
-    )
+    return judge_checked(batch_id, results, position_offset, now=True)

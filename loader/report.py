@@ -3,54 +3,41 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any
+from collections import Counter
+from collections.abc import Callable
 
 from loader.errors import quoted
-from loader.models import InputIssue, LoadReport
+from loader.models import Counts, InputIssue, LoadReport, Outcome
 from loader.rows import MergeRow
 from loader.validate import Image, Reject
 
 
-@dataclass
-class _Tally:
-    """The report's counts, input by input."""
+def _replaced(row: MergeRow, image: Image | None) -> str:
+    now = f": now failed: {image.error}" if image and image.status == "failed" else ""
+    return f"replaced the result stored before{now}"
 
-    stored: int = 0
-    failed: int = 0
-    rejected: int = 0
-    unchanged: int = 0
-    replaced: int = 0
-    refused: int = 0
-    boxes: int = 0
-    issues: list[InputIssue] = field(default_factory=list)
 
-    def issue(self, pos: int, path: str | None, outcome: Any, reason: str) -> None:
-        self.issues.append(InputIssue(position=pos, image_path=path, outcome=outcome, reason=reason))
+# The issue's reason for each outcome the report takes as the merge says it.
+_REASON_OF: dict[Outcome, Callable[[MergeRow, Image | None], str]] = {
+    Outcome.REJECTED: lambda row, _image: row.reason or "rejected",
+    Outcome.UNCHANGED: lambda _row, _image: "this position of the batch already received this input",
+    Outcome.REFUSED: lambda row, _image: row.reason or "refused",
+    Outcome.REPLACED: _replaced,
+}
 
-    def add(self, row: MergeRow, image: Image | None, reject: Reject | None) -> None:
-        pos = row.pos or 0
-        path = image.image_path if image else (reject.image_path if reject else None)
-        if row.outcome == "rejected":
-            self.rejected += 1
-            self.issue(pos, path, "rejected", row.reason or (reject.reason if reject else "rejected"))
-        elif row.outcome == "unchanged":
-            self.unchanged += 1
-            self.issue(pos, path, "unchanged", "this position of the batch already received this input")
-        elif row.outcome == "refused":
-            self.refused += 1
-            self.issue(pos, path, "refused", row.reason or "refused")
-        elif row.outcome == "replaced":
-            self.replaced += 1
-            self.boxes += len(image.boxes) if image else 0
-            now = f": now failed: {image.error}" if image and image.status == "failed" else ""
-            self.issue(pos, path, "replaced", f"replaced the result stored before{now}")
-        elif image and image.status == "failed":
-            self.failed += 1
-            self.issue(pos, path, "failed", image.error or "failed")
-        else:
-            self.stored += 1
-            self.boxes += len(image.boxes) if image else 0
+
+def _reported(row: MergeRow, image: Image | None) -> tuple[Outcome, str | None]:
+    """What a report counts for one merge row, and its issue's reason (None: a fresh success).
+    The merge says stored for an image stored as failed too: its OCR status tells them apart."""
+    if row.outcome is not None and row.outcome in _REASON_OF:
+        return row.outcome, _REASON_OF[row.outcome](row, image)
+    if image and image.status == "failed":
+        return Outcome.FAILED, image.error or "failed"
+    return Outcome.STORED, None
+
+
+# The outcomes whose images' boxes a report counts: the boxes this call stored.
+_WITH_BOXES = frozenset({Outcome.STORED, Outcome.REPLACED})
 
 
 def tally_report(
@@ -66,34 +53,37 @@ def tally_report(
 ) -> LoadReport:
     """Every input counted in exactly one outcome, with an issue for each that is not a fresh success."""
     by_pos_image = {im.pos: im for im in images}
-    by_pos_reject = {rj.pos: rj for rj in rejects}
-    tally = _Tally()
+    by_pos_path = {rj.pos: rj.image_path for rj in rejects}
+    outcomes: list[Outcome] = []
+    resolved = boxes = 0
+    issues: list[InputIssue] = []
     for row in rows:
-        if row.pos is not None:
-            tally.add(row, by_pos_image.get(row.pos), by_pos_reject.get(row.pos))
+        if row.pos is None:
+            continue
+        image = by_pos_image.get(row.pos)
+        outcome, reason = _reported(row, image)
+        outcomes.append(outcome)
+        resolved += row.resolved
+        if image is not None and outcome in _WITH_BOXES:
+            boxes += len(image.boxes)
+        if reason is not None:
+            path = image.image_path if image else by_pos_path.get(row.pos)
+            issues.append(InputIssue(position=row.pos, image_path=path, outcome=outcome, reason=reason))
+    tally: dict[str, int] = {**Counter(outcomes), "received": received, "resolved": resolved, "boxes": boxes}
     return LoadReport(
         batch_id=batch_id,
-        received=received,
-        stored=tally.stored,
-        failed=tally.failed,
-        rejected=tally.rejected,
-        unchanged=tally.unchanged,
-        replaced=tally.replaced,
-        refused=tally.refused,
-        resolved=sum(1 for row in rows if row.pos is not None and row.resolved),
-        boxes=tally.boxes,
+        **Counts.of(tally).counts(),
         statements=statements,
         attempts=attempts,
         duration_s=duration,
         progress=rows[0].progress(batch_id),
-        issues=sorted(tally.issues, key=lambda i: i.position),
+        issues=sorted(issues, key=lambda i: i.position),
     )
 
 
-def _remark(report: LoadReport) -> str:
-    if report.refused:
-        return f", {report.refused} refused"
-    return " (a redelivery: nothing written)" if report.replayed else ""
+# Outcomes the log line names only when some input had them (a plain call never
+# refuses), so a plain call's line keeps its shape (docs/deployment.md, "Logging").
+_NAMED_WHEN_ANY = frozenset({Outcome.REFUSED})
 
 
 def log_saved(log: logging.Logger, report: LoadReport) -> None:
@@ -105,17 +95,14 @@ def log_saved(log: logging.Logger, report: LoadReport) -> None:
     ``report.log_fields()``) for a formatter that renders them (docs/deployment.md,
     "Logging").
     """
+    named = [(o, n) for o, n in report.outcomes().items() if n or o not in _NAMED_WHEN_ANY]
+    redelivery = " (a redelivery: nothing written)" if report.replayed and not report.refused else ""
     log.info(
-        "saved batch %s: %d inputs: %d stored, %d failed, %d rejected, %d unchanged, %d replaced%s; "
-        "%d statements, %.3f s",
+        "saved batch %s: %d inputs: " + ", ".join(f"%d {o}" for o, _ in named) + "%s; %d statements, %.3f s",
         quoted(report.batch_id),
         report.received,
-        report.stored,
-        report.failed,
-        report.rejected,
-        report.unchanged,
-        report.replaced,
-        _remark(report),
+        *(n for _, n in named),
+        redelivery,
         report.statements,
         report.duration_s,
         extra=report.log_fields(),

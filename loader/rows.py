@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from loader.models import BatchProgress, ProcessStatus
+import psycopg
+from psycopg import sql
+from psycopg.rows import RowMaker, class_row
+
+from loader.models import BatchProgress, Outcome, ProcessStatus
 
 
 class LockRow(NamedTuple):
@@ -48,7 +53,8 @@ class MergeRow(NamedTuple):
     """One staged input's outcome, and the batch's totals (``pos`` None: a call without inputs)."""
 
     pos: int | None
-    outcome: str | None
+    #: Never REPORTED_OUTCOMES' failed (the merge says stored); None on the row of totals only.
+    outcome: Outcome | None
     #: The merge's words for a reject, a refusal, an input to reject in a second pass, or a conflict's holder.
     reason: str | None
     resolved: bool
@@ -79,3 +85,30 @@ class MergeRow(NamedTuple):
     def with_totals_of(self, other: MergeRow) -> MergeRow:
         """This input's outcome with the totals of a later merge of the same call."""
         return other._replace(pos=self.pos, outcome=self.outcome, reason=self.reason, resolved=self.resolved)
+
+
+# Outcome by its word: a dict lookup per row, where Outcome(word) is a Python call.
+_OUTCOME_OF = {outcome.value: outcome for outcome in Outcome}
+
+
+def _merge_row(cursor: psycopg.Cursor[Any]) -> RowMaker[MergeRow]:
+    """class_row(MergeRow), with the outcome read into Outcome: a word of the merge the
+    enum does not know fails here (ValueError), not as an uncounted input."""
+    if cursor.description is None:
+        return class_row(MergeRow)(cursor)  # no result: psycopg's own answer
+    names = [column.name for column in cursor.description]
+
+    def row(values: Sequence[Any]) -> MergeRow:
+        fields = dict(zip(names, values, strict=True))
+        word = fields["outcome"]
+        if word is not None:
+            fields["outcome"] = _OUTCOME_OF.get(word) or Outcome(word)
+        return MergeRow(**fields)
+
+    return row
+
+
+def run_merge(conn: psycopg.Connection[Any], merge: sql.Composed, params: dict[str, Any]) -> list[MergeRow]:
+    """Run the merge (loader/sql/save.sql, its staging tables' names filled in): its rows."""
+    with conn.cursor(row_factory=_merge_row) as cur:
+        return cur.execute(merge, params, prepare=False).fetchall()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import psycopg
@@ -34,12 +34,12 @@ from loader.errors import (
     translating,
 )
 from loader.fields import NONE
-from loader.models import BatchProgress, LoadReport
+from loader.models import BatchProgress, Counts, LoadReport, Outcome
 from loader.progress import reread_if_stale
 from loader.report import log_saved, tally_report
-from loader.rows import LockRow, MergeRow
+from loader.rows import LockRow, MergeRow, run_merge
 from loader.settings import Settings, current_settings
-from loader.validate import Image, Input, Prepared, Reject, call_digest, prepare
+from loader.validate import Image, Input, Judged, Reject, judge_call
 
 log = logging.getLogger("loader")
 
@@ -74,34 +74,36 @@ def _mode(repair: bool, replace: bool) -> Mode:
     return "repair" if repair else "replace" if replace else "plain"
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Call:
-    """One call of a batch: its inputs' digest, and how to judge them (once, and only if needed)."""
+    """One call of a batch: what kind it is, and its inputs judged (their verdicts read only if needed)."""
 
-    batch_id: str
     mode: Mode
-    digest: bytes
-    received: int
-    first_position: int | None
-    #: The position of the call's last input (None without inputs): with
-    #: first_position, the range whose rows must confirm a ledger hit (schema.sql,
-    #: loader_locked_call); it must lie inside the declared total.
-    last_position: int | None
-    judge: Callable[[], Prepared]
+    judged: Judged
     #: The call may be the whole batch (save_batch from position 0): without a
     #: total_images it may create its batch, with as many images as it has inputs.
     whole: bool = False
-    _prepared: Prepared | None = field(default=None, repr=False)
+
+    @property
+    def batch_id(self) -> str:
+        return self.judged.batch_id
 
     @property
     def key(self) -> bytes:
         """The ledger's key: the inputs' digest, and what kind of call they came in."""
-        return hashlib.sha256(self.mode.encode() + b"\0" + self.digest).digest()
+        return hashlib.sha256(self.mode.encode() + b"\0" + self.judged.digest).digest()
 
-    def prepared(self) -> Prepared:
-        if self._prepared is None:
-            self._prepared = self.judge()
-        return self._prepared
+
+def judge_checked(batch_id: str, results: Iterable[Input], position_offset: int, *, now: bool) -> Judged:
+    """The inputs of save_batch and loader.pipeline.judge, checked the same way and judged:
+    ``now``, or (save_batch) when their verdicts are first read."""
+    batch_id = check_batch_id(batch_id)
+    if isinstance(results, str | bytes):
+        raise ConfigurationError("results must be an iterable of inputs, not a single str/bytes")
+    offset = check_offset(position_offset)
+    inputs = list(results)
+    check_last_position(offset + len(inputs) - 1)
+    return judge_call(batch_id, enumerate(inputs, offset), now=now)
 
 
 def _image_rows(images: list[Image], rejects: list[Reject]) -> Iterator[tuple[Any, ...]]:
@@ -149,17 +151,19 @@ class _Attempt:
 def _lock(
     conn: psycopg.Connection[Any], call: _Call, total_images: int | None, settings: Settings
 ) -> LockRow:
+    judged = call.judged
+    # NULL: lock_batch creates no batch (a chunk needs a registered one).
+    total = total_images if total_images is not None or not call.whole else judged.received
     with conn.cursor(row_factory=class_row(LockRow)) as cur:
         head = cur.execute(
             queries.get("lock_batch"),
             {
                 "batch_id": call.batch_id,
-                # NULL: lock_batch creates no batch (a chunk needs a registered one).
-                "total_images": total_images if total_images is not None or not call.whole else call.received,
+                "total_images": total,
                 "digest": call.key,
-                "first_position": call.first_position,
-                "last_position": call.last_position,
-                "inputs": call.received,
+                "first_position": judged.first_position,
+                "last_position": judged.last_position,
+                "inputs": judged.received,
                 "work_mem": settings.work_mem,
                 "statement_timeout": settings.statement_timeout,
                 "lock_timeout": settings.lock_timeout,
@@ -181,7 +185,7 @@ def _lock(
     conflict = total_conflict(call.batch_id, total_images, head.declared_images)
     if conflict:
         raise BatchConflictError(conflict)
-    check_inside(call.batch_id, call.last_position, head.declared_images)
+    check_inside(call.batch_id, judged.last_position, head.declared_images)
     return head
 
 
@@ -194,17 +198,10 @@ def _created_meanwhile(conn: psycopg.Connection[Any], batch_id: str, head: LockR
     return head._replace(status="PENDING", declared_images=row[0], total_images=row[0])
 
 
-def _merge(conn: psycopg.Connection[Any], params: dict[str, Any]) -> list[MergeRow]:
-    with conn.cursor(row_factory=class_row(MergeRow)) as cur:
-        return cur.execute(_MERGE, params, prepare=False).fetchall()
-
-
-def _position_conflict(batch_id: str, rows: list[MergeRow], prepared: Prepared) -> PositionConflictError:
-    clashes = [row for row in rows if row.outcome == "conflict"]
+def _position_conflict(batch_id: str, rows: list[MergeRow], judged: Judged) -> PositionConflictError:
+    clashes = [row for row in rows if row.outcome == Outcome.CONFLICT]
     first = clashes[0]
-    sent = {im.pos: im.image_path for im in prepared.images} | {
-        rj.pos: rj.image_path for rj in prepared.rejects
-    }
+    sent = {im.pos: im.image_path for im in judged.images} | {rj.pos: rj.image_path for rj in judged.rejects}
     held = repr(first.reason[:80]) if first.reason else "a rejected input"
     return PositionConflictError(
         f"batch {quoted(batch_id)}: {len(clashes)} input(s) of this call claim positions that already hold "
@@ -229,16 +226,16 @@ def _run_attempt(
         head = _lock(conn, call, total_images, settings)
         if head.replayed:
             return _Attempt([], [], [], STATEMENTS_PER_REPLAY, head.total_images, head)
-        prepared = call.prepared()
-        images, rejects = prepared.images, list(prepared.rejects)
+        judged = call.judged
+        images, rejects = judged.images, list(judged.rejects)
         conn.execute(_CREATE_STAGING, prepare=False)
         statements = STATEMENTS_PER_ATTEMPT
         merge_params = {
             "batch_id": call.batch_id,
             "mode": call.mode,
             "digest": call.key,
-            "first_position": call.first_position,
-            "inputs": call.received,
+            "first_position": judged.first_position,
+            "inputs": judged.received,
         }
         if isolating:
             net = isolate.store_isolating(conn, merge_params, images, rejects, _image_rows, _box_rows)
@@ -246,9 +243,9 @@ def _run_attempt(
             statements = _STATEMENTS_BEFORE_COPY + net.statements + 1
         else:
             rows, statements = _fast_path(conn, merge_params, images, rejects)
-        if any(row.outcome == "conflict" for row in rows):
-            raise _position_conflict(call.batch_id, rows, prepared)
-        if any(row.outcome == "lost" for row in rows):
+        if any(row.outcome == Outcome.CONFLICT for row in rows):
+            raise _position_conflict(call.batch_id, rows, judged)
+        if any(row.outcome == Outcome.LOST for row in rows):
             # Inputs to record as rejects with their raw bytes (duplicates of
             # images stored by earlier calls, paths other batches own or
             # claimed meanwhile): in this same transaction, not a rerun.
@@ -269,7 +266,7 @@ def _fast_path(
         sent += 1
         copy_rows(conn, STAGE_BOXES, _box_rows(images))
         sent += 1
-        return _merge(conn, params), STATEMENTS_PER_ATTEMPT
+        return run_merge(conn, _MERGE, params), STATEMENTS_PER_ATTEMPT
     except Exception as exc:
         if not isolate.is_data_error(exc):
             raise
@@ -318,60 +315,42 @@ def save_batch(
     batch_id = check_batch_id(batch_id)
     total_images = check_total(total_images)
     mode = _mode(repair, replace)
-    if isinstance(results, str | bytes):
-        raise ConfigurationError("results must be an iterable of inputs, not a single str/bytes")
-    offset = check_offset(position_offset)
+    # Judged only if the batch's ledger does not recognise the call (a replay needs no verdicts).
+    judged = judge_checked(batch_id, results, position_offset, now=False)
     # From position 0, the call may be the whole batch: it may create it.
-    whole = offset == 0
-    inputs = list(results)
-    check_last_position(offset + len(inputs) - 1)
-    call = _Call(
-        batch_id,
-        mode,
-        call_digest(enumerate(inputs, offset)),
-        len(inputs),
-        offset if inputs else None,
-        offset + len(inputs) - 1 if inputs else None,
-        lambda: prepare(batch_id, inputs, offset),
-        whole,
-    )
+    call = _Call(mode, judged, whole=position_offset == 0)
     return _store(pool_or_conn, call, total_images, settings or current_settings(), started)
 
 
-def save_prepared(
+def save_judged(
     pool_or_conn: Connectable,
     batch_id: str,
-    prepared: Prepared,
+    judged: Judged,
     *,
     total_images: int | None = None,
     settings: Settings | None = None,
     repair: bool = False,
     replace: bool = False,
 ) -> LoadReport:
-    """save_batch for inputs already judged by ``loader.pipeline.judge(batch_id, results, offset)``.
+    """Store what ``judge(batch_id, ...)`` returned, in one transaction; duration_s covers the storing.
 
-    Lets a caller judge the next chunk (pure Python) while this one is stored;
-    ``prepared`` must come from judge() with the same batch_id. Same outcomes,
-    errors and transaction as save_batch for a chunk: without ``total_images``
-    the batch must exist (BatchNotFoundError), so a load whose batch was deleted
-    meanwhile never re-creates it. duration_s covers only the storing.
+    Lets a caller judge the next chunk (pure Python) while this one is stored.
+    ``settings``, ``repair``, ``replace``: as save_batch's (no settings: ``Settings()``,
+    read from the environment at the call). A judged call is a chunk of its batch:
+    without ``total_images`` the batch must exist (BatchNotFoundError otherwise), so
+    a load never re-creates a batch deleted while it runs; its positions must lie
+    inside the batch's declared total (PositionBeyondTotalError). Same outcomes,
+    errors and transaction as save_batch otherwise.
     """
     started = time.perf_counter()
     batch_id = check_batch_id(batch_id)
     total_images = check_total(total_images)
-    positions = [im.pos for im in prepared.images] + [rj.pos for rj in prepared.rejects]
-    check_last_position(max(positions, default=-1))
-    if prepared.digest is None:
-        raise ConfigurationError("save_judged takes what loader.pipeline.judge() returned")
-    call = _Call(
-        batch_id,
-        _mode(repair, replace),
-        prepared.digest,
-        prepared.received,
-        min(positions, default=None),
-        max(positions, default=None),
-        lambda: prepared,
-    )
+    if not isinstance(judged, Judged) or judged.batch_id != batch_id:
+        raise ConfigurationError(
+            f"save_judged takes what loader.pipeline.judge() returned for the same batch ({quoted(batch_id)})"
+        )
+    check_last_position(-1 if judged.last_position is None else judged.last_position)
+    call = _Call(_mode(repair, replace), judged)
     return _store(pool_or_conn, call, total_images, settings or current_settings(), started)
 
 
@@ -421,7 +400,7 @@ def _store(
     else:
         report = tally_report(
             batch_id,
-            call.prepared().received,
+            call.judged.received,
             attempt.rows,
             attempt.images,
             attempt.rejects,
@@ -446,14 +425,10 @@ def _warn_if_grown(batch_id: str, before: int | None, progress: BatchProgress) -
 
 
 def _replay_report(call: _Call, head: LockRow, duration: float) -> LoadReport:
+    received = call.judged.received
     return LoadReport(
         batch_id=call.batch_id,
-        received=call.received,
-        stored=0,
-        failed=0,
-        rejected=0,
-        unchanged=call.received,
-        boxes=0,
+        **Counts.of({"received": received, Outcome.UNCHANGED: received}).counts(),
         statements=STATEMENTS_PER_REPLAY,
         duration_s=duration,
         progress=head.progress(call.batch_id),

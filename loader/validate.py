@@ -1,8 +1,13 @@
 """Judging every input before COPY, so that COPY never fails on data.
 
-Each input ends as one of:
+To judge an input is to decide what it becomes, one of:
 - an image to store (success with its boxes, or failed with the reason), or
 - a reject (it cannot be stored at all), kept with its raw bytes.
+
+To judge a call (judge_call, the one place: save_batch, loader.pipeline.judge and
+loader.chunks come here) is to judge each of its inputs and digest them: a Judged.
+The merge then gives each staged input its verdict by position (save.sql's
+``judged`` step: what the input does to the batch), which no client code decides.
 """
 
 from __future__ import annotations
@@ -81,16 +86,24 @@ class Image:
         return Image(self.pos, self.chain_id, self.source, Stored(fields, []))
 
 
+#: The reason staged for a duplicate within the call. The merge words a duplicate's
+#: reason itself (save.sql, judged.reason), naming the position that holds the image
+#: in the whole batch, so it reads the same wherever the chunk boundaries fell; this
+#: text is never stored nor reported (tests/unit/test_judging.py, tests/db/test_judged_calls.py).
+WORDED_BY_THE_MERGE = "(a duplicate: the merge words its reason)"
+
+
 @dataclass(frozen=True)
 class Reject:
     """An input that cannot be stored; its raw bytes are kept in load_rejects."""
 
     pos: int
     image_path: str | None
+    #: Why, in the words stored (WORDED_BY_THE_MERGE for a duplicate).
     reason: str
     raw: bytes
-    #: A duplicate within the call ('image_path' or 'public_path'): the merge words
-    #: its reason, naming the image's first position in the batch (``dup_of`` in the call).
+    #: A duplicate within the call ('image_path' or 'public_path'): the merge words its
+    #: reason, naming the image's first position in the batch (``dup_of`` in the call).
     duplicate: str | None = None
     dup_of: int | None = None
 
@@ -100,16 +113,77 @@ class Reject:
 
 
 @dataclass
-class Prepared:
-    """One call's inputs, judged."""
+class _Verdicts:
+    """What each input of a call becomes."""
 
-    received: int
     images: list[Image] = field(default_factory=list)
-    #: SHA-256 of the inputs with their positions (call_digest), when judge() computed it.
-    digest: bytes | None = None
     rejects: list[Reject] = field(default_factory=list)
-    # Inputs stored as failed because the loader found them invalid, by position.
+    #: Inputs stored as failed because the loader found them invalid, by position.
     invalid: dict[int, str] = field(default_factory=dict)
+
+
+# eq=False: two Judged are the same call by their digest, not by how far they were judged.
+@dataclass(eq=False)
+class Judged:
+    """One call of a batch, judged: its inputs' digest and what each input becomes
+    (an image to store, as success or failed, or a reject). Made by judge_call only.
+
+    ``judge_call(..., now=False)`` reaches the verdicts when they are first read:
+    save_batch reads none for a call the batch's ledger recognises.
+    """
+
+    batch_id: str
+    #: SHA-256 of the inputs with their positions (call_digest): what the batch's
+    #: ledger remembers of the call.
+    digest: bytes
+    #: The call's inputs (a file's blank lines are none).
+    received: int
+    first_position: int | None
+    #: With first_position, the range whose rows must confirm a ledger hit
+    #: (schema.sql, loader_locked_call).
+    last_position: int | None
+    _numbered: list[tuple[int, Input]] = field(repr=False)
+    _verdicts: _Verdicts | None = field(default=None, repr=False)
+
+    def _reached(self) -> _Verdicts:
+        if self._verdicts is None:
+            judging = _Judging(self.batch_id)
+            for pos, item in self._numbered:
+                judging.add(pos, item)
+            self._verdicts, self._numbered = judging.verdicts, []
+        return self._verdicts
+
+    @property
+    def images(self) -> list[Image]:
+        return self._reached().images
+
+    @property
+    def rejects(self) -> list[Reject]:
+        return self._reached().rejects
+
+    @property
+    def invalid(self) -> dict[int, str]:
+        return self._reached().invalid
+
+
+def judge_call(batch_id: str, numbered: Iterable[tuple[int, Input]], *, now: bool = True) -> Judged:
+    """Validate and digest one call: its inputs with their positions, in increasing order,
+    gaps allowed (a file's blank lines are no input but keep their number). Never raises
+    on bad data. The one way a call is judged: save_batch, loader.pipeline.judge and the
+    chunks of a file (loader.chunks) all come here.
+    """
+    inputs = list(numbered)
+    judged = Judged(
+        batch_id,
+        call_digest(inputs),
+        len(inputs),
+        inputs[0][0] if inputs else None,
+        inputs[-1][0] if inputs else None,
+        inputs,
+    )
+    if now:
+        judged._reached()
+    return judged
 
 
 def chain_id_for(batch_id: str, image_path: str) -> str:
@@ -330,11 +404,11 @@ def _judge(data: OCRResult | Mapping[str, Any], pos: int) -> Stored:
     return _judge_model(result, pos)
 
 
-class _Call:
+class _Judging:
     """The judging of one call's inputs, in order: duplicates are judged against earlier inputs."""
 
     def __init__(self, batch_id: str) -> None:
-        self.prepared = Prepared(received=0)
+        self.verdicts = _Verdicts()
         self.seen_paths: dict[str, int] = {}
         self.seen_public: dict[str, int] = {}
         self.chain_id_of = chain_ids(batch_id)
@@ -343,10 +417,9 @@ class _Call:
         self, pos: int, item: Input, reason: str, image_path: str | None = None, duplicate: str | None = None
     ) -> None:
         first = self.seen_paths[image_path or ""] if duplicate == "image_path" else None
-        self.prepared.rejects.append(Reject(pos, image_path, reason, raw_bytes(item), duplicate, first))
+        self.verdicts.rejects.append(Reject(pos, image_path, reason, raw_bytes(item), duplicate, first))
 
     def add(self, pos: int, item: Input) -> None:
-        self.prepared.received += 1
         data, problem = _decode(item)
         if data is None:
             self.reject(pos, item, problem or "unreadable input")
@@ -360,14 +433,12 @@ class _Call:
             return
         assert isinstance(image_path, str)
         if image_path in self.seen_paths:
-            first = self.seen_paths[image_path]
-            reason = f"duplicate image_path (first at position {first})"
-            self.reject(pos, item, reason, image_path, duplicate="image_path")
+            self.reject(pos, item, WORDED_BY_THE_MERGE, image_path, duplicate="image_path")
             return
         verdict = _judge(data, pos)
         public_path = verdict.public_path
         if public_path is not None and public_path in self.seen_public:
-            self.reject(pos, item, "public_path already used by another image", image_path, "public_path")
+            self.reject(pos, item, WORDED_BY_THE_MERGE, image_path, "public_path")
             return
         self.keep(pos, item, image_path, verdict)
 
@@ -377,19 +448,5 @@ class _Call:
             self.seen_public[verdict.public_path] = pos
         if verdict.invalid:
             assert verdict.error is not None
-            self.prepared.invalid[pos] = verdict.error
-        self.prepared.images.append(Image(pos, self.chain_id_of(image_path), item, verdict))
-
-
-def prepare(batch_id: str, results: Iterable[Input], position_offset: int = 0) -> Prepared:
-    """Judge every input of one call, numbered from ``position_offset``. Never raises on bad data."""
-    return prepare_at(batch_id, enumerate(results, position_offset))
-
-
-def prepare_at(batch_id: str, inputs: Iterable[tuple[int, Input]]) -> Prepared:
-    """prepare() for inputs that carry their own positions, in increasing order, gaps
-    allowed (the lines of a file where blank lines are no input but keep their number)."""
-    call = _Call(batch_id)
-    for pos, item in inputs:
-        call.add(pos, item)
-    return call.prepared
+            self.verdicts.invalid[pos] = verdict.error
+        self.verdicts.images.append(Image(pos, self.chain_id_of(image_path), item, verdict))

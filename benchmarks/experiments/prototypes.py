@@ -35,12 +35,12 @@ from loader.connection import SCHEMA_VERSION
 from loader.copy import STAGE_BOXES, STAGE_IMAGES, copy_rows
 from loader.save import _box_rows, _image_rows
 from loader.settings import Settings
-from loader.validate import Prepared, _Call
+from loader.validate import _Judging, _Verdicts
 
 HERE = Path(__file__).resolve().parent
 
 
-def _lock_batch(conn: psycopg.Connection[Any], batch_id: str, total: int, prepared: Prepared) -> None:
+def _lock_batch(conn: psycopg.Connection[Any], batch_id: str, total: int, prepared: _Verdicts) -> None:
     settings = Settings()
     row = conn.execute(
         queries.get("lock_batch"),
@@ -60,12 +60,12 @@ def _lock_batch(conn: psycopg.Connection[Any], batch_id: str, total: int, prepar
     assert row is not None and row[2] is None, row
 
 
-def _judge(call: _Call, items: Sequence[Any], offset: int) -> Prepared:
+def _judge(call: _Judging, items: Sequence[Any], offset: int) -> _Verdicts:
     """Judge one part with the call's state (duplicates are seen across parts)."""
-    call.prepared = Prepared(received=0)
+    call.verdicts = _Verdicts()
     for index, item in enumerate(items):
         call.add(offset + index, item)
-    return call.prepared
+    return call.verdicts
 
 
 class _Prototype(Approach):
@@ -96,7 +96,7 @@ class SplitCall(_Prototype):
         conn, n = self.conn, len(results)
         size = math.ceil(n / self.parts)
         bounds = [(start, results[start : start + size]) for start in range(0, n, size)]
-        call = _Call(batch_id)
+        call = _Judging(batch_id)
         prepared = _judge(call, bounds[0][1], 0)
         with conn.transaction():
             for number in range(len(bounds)):
@@ -166,7 +166,7 @@ class BoxesDirect(_Prototype):
 
     def __call__(self, batch_id: str, results: Sequence[dict[str, Any]]) -> None:
         conn = self.conn
-        prepared = _judge(_Call(batch_id), results, 0)
+        prepared = _judge(_Judging(batch_id), results, 0)
         with conn.transaction():
             _store_part(conn, batch_id, prepared, _reserve_ids(conn, len(results)), first=True)
 
@@ -184,7 +184,7 @@ def _reserve_ids(conn: psycopg.Connection[Any], n: int) -> list[int]:
 
 
 def _store_part(
-    conn: psycopg.Connection[Any], batch_id: str, prepared: Prepared, ids: list[int], first: bool
+    conn: psycopg.Connection[Any], batch_id: str, prepared: _Verdicts, ids: list[int], first: bool
 ) -> None:
     """One part, boxes direct: lock_batch, (CREATE | TRUNCATE), COPY images, images-only merge, COPY boxes."""
     images = prepared.images
@@ -240,7 +240,7 @@ class SplitBoxesDirect(BoxesDirect):
         conn, n = self.conn, len(results)
         size = math.ceil(n / self.parts)
         bounds = [(start, results[start : start + size]) for start in range(0, n, size)]
-        call = _Call(batch_id)
+        call = _Judging(batch_id)
         prepared = _judge(call, bounds[0][1], 0)
         with conn.transaction():
             ids = _reserve_ids(conn, n)

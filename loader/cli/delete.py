@@ -25,7 +25,7 @@ A batch goes with its chains, OCR results, text boxes, task logs, rejects and
 call ledger, in one transaction; nothing else is touched, and its images can
 be loaded again. Retention deletes the batches that finished (SUCCESS or
 FAILURE) and last changed before the date, oldest first, each in its own
-transaction, printing each one. Each is judged again under the batch's lock
+transaction, printing each one. Each is checked again under the batch's lock
 from its rows: one that a recount does not call finished, or that (or any row
 under it) changed since the date, is skipped and printed as such. Needs a role
 holding loader_admin.

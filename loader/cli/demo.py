@@ -93,8 +93,9 @@ def _demo(session: Session, tmp: Path, images: int, chunk_size: int) -> None:
         raise click.exceptions.Exit(outcome.exit_code)
     out.echo("\n$ loader load (the same file again: a redelivery)")
     t = run_load(session, request).totals
+    n = t.counts
     out.echo(
-        f"  {out.n(t.unchanged)} unchanged, {out.n(t.stored)} stored, {out.n(t.rejected)} rejected: "
+        f"  {out.n(n.unchanged)} unchanged, {out.n(n.stored)} stored, {out.n(n.rejected)} rejected: "
         f"nothing written twice ({t.chunks} chunks, {out.n(t.statements)} statements)"
     )
     out.echo(f"\n$ loader status {batch_id}")

@@ -119,10 +119,10 @@ class Display:
                 self._task,
                 completed=next_position - self.start,
                 rate=f"{self._rate(next_position):,.0f} images/s",
-                stored=out.n(totals.stored),
-                failed=out.n(totals.failed),
-                rejected=out.n(totals.rejected),
-                unchanged=out.n(totals.unchanged),
+                stored=out.n(totals.counts.stored),
+                failed=out.n(totals.counts.failed),
+                rejected=out.n(totals.counts.rejected),
+                unchanged=out.n(totals.counts.unchanged),
             )
         elif self.mode == "plain" and self._line_due(totals, next_position):
             self._log_line("progress", totals, next_position, eta=True)
@@ -147,10 +147,10 @@ class Display:
             fields["total_lines"] = self.total
             fields["percent"] = round(100.0 * next_position / self.total, 1) if self.total else 100.0
         fields.update(
-            stored=totals.stored,
-            failed=totals.failed,
-            rejected=totals.rejected,
-            unchanged=totals.unchanged,
+            stored=totals.counts.stored,
+            failed=totals.counts.failed,
+            rejected=totals.counts.rejected,
+            unchanged=totals.counts.unchanged,
             chunks=totals.chunks,
             images_per_s=round(rate),
         )

@@ -35,7 +35,7 @@ from loader.errors import (
     quoted,
 )
 from loader.jsonl import Sources, countable, input_span, line_counts
-from loader.models import BatchProgress, LoadReport
+from loader.models import BatchProgress, LoadReport, Outcome
 from loader.pipeline import Judged, save_judged
 from loader.progress import get_progress
 from loader.retry import Backoff
@@ -350,36 +350,38 @@ def _print_json(outcome: LoadOutcome) -> None:
 
 def _print_text(outcome: LoadOutcome, batch_id: str) -> None:
     totals, seconds = outcome.totals, outcome.duration_s
+    counts = totals.counts
     report = outcome.report()
-    rate = totals.received / seconds if seconds else 0.0
+    rate = counts.received / seconds if seconds else 0.0
     out.echo(
-        f"loaded {out.count(totals.received, 'line')} into batch {batch_id} in {out.duration(seconds)} "
+        f"loaded {out.count(counts.received, 'line')} into batch {batch_id} in {out.duration(seconds)} "
         f"({rate:,.0f} images/s): {out.count(totals.chunks, 'chunk')}, "
         f"{out.count(totals.statements, 'statement')}"
     )
     out.echo(
-        f"  stored {out.n(totals.stored)} · failed {out.n(totals.failed)} · "
-        f"rejected {out.n(totals.rejected)} · unchanged {out.n(totals.unchanged)} · "
-        f"text boxes {out.n(totals.boxes)}"
+        f"  stored {out.n(counts.stored)} · failed {out.n(counts.failed)} · "
+        f"rejected {out.n(counts.rejected)} · unchanged {out.n(counts.unchanged)} · "
+        f"text boxes {out.n(counts.boxes)}"
     )
-    if totals.replaced:
+    if counts.replaced:
         out.echo(
-            f"  replaced {out.n(totals.replaced)} stored result(s) in place (re-OCR, or a repaired failure)"
+            f"  replaced {out.n(counts.replaced)} stored result(s) in place (re-OCR, or a repaired failure)"
         )
-    if totals.refused:
-        out.echo(f"  refused {out.n(totals.refused)} line(s) that fix nothing (not stored, not counted)")
-    if totals.resolved:
-        out.echo(f"  resolved {out.count(totals.resolved, 'reject')} of the batch (kept, marked resolved)")
+    if counts.refused:
+        out.echo(f"  refused {out.n(counts.refused)} line(s) that fix nothing (not stored, not counted)")
+    if counts.resolved:
+        out.echo(f"  resolved {out.count(counts.resolved, 'reject')} of the batch (kept, marked resolved)")
     out.echo(f"  {out.batch_line(report.progress)}")
     _print_issues(totals, batch_id)
 
 
 def _print_issues(totals: Totals, batch_id: str) -> None:
-    shown = [i for i in totals.issues if i.outcome != "unchanged"][:ISSUES_SHOWN]
+    shown = [i for i in totals.issues if i.outcome != Outcome.UNCHANGED][:ISSUES_SHOWN]
     if not shown:
         return
+    counts = totals.counts
     out.echo(
-        f"first {len(shown)} of {out.n(totals.failed + totals.rejected + totals.refused)} "
+        f"first {len(shown)} of {out.n(counts.failed + counts.rejected + counts.refused)} "
         "failed, rejected or refused lines:"
     )
     out.table([(f"line {i.position + 1}", i.outcome.ljust(8), i.reason) for i in shown], indent="  ")

@@ -233,7 +233,8 @@ judged AS (
                ELSE 'new'
            END AS verdict,
            -- The reason of a reject the merge words itself, so it reads the
-           -- same wherever the chunk boundaries fell.
+           -- same wherever the chunk boundaries fell: a duplicate's is worded
+           -- here only (the client stages a placeholder, validate.WORDED_BY_THE_MERGE).
            CASE
                WHEN %(mode)s = 'replace' AND st.reject IS NULL AND st.mine_batch = %(batch_id)s
                     AND st.pub_batch IS NOT NULL
@@ -241,7 +242,7 @@ judged AS (
                WHEN %(mode)s = 'replace' AND st.reject IS NULL AND st.mine_batch <> %(batch_id)s
                    THEN format('image_path already stored by another batch (%%L): a re-OCR replaces only '
                                'this batch''s images', st.mine_batch)
-               WHEN %(mode)s = 'replace' AND st.reject IS NOT NULL
+               WHEN %(mode)s = 'replace' AND st.reject IS NOT NULL AND st.duplicate IS NULL
                     AND (st.here_id IS NOT NULL OR st.hrej_id IS NOT NULL)
                    THEN format('%%s: a re-OCR line that cannot be read replaces nothing', st.reject)
                WHEN st.duplicate = 'image_path' AND st.mine_batch IS DISTINCT FROM %(batch_id)s

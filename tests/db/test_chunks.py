@@ -73,7 +73,7 @@ def test_a_stop_request_ends_the_load_after_the_chunk_in_flight_and_skip_resumes
         "S", Sources([str(path)]), store_with(conn, "S"), chunk_size=10, skip=first.next_position
     )
 
-    assert (rest.next_position, rest.totals.chunks, rest.totals.unchanged) == (30, 2, 0)
+    assert (rest.next_position, rest.totals.chunks, rest.totals.counts.unchanged) == (30, 2, 0)
     assert stored_totals(db, "S") == (30, 30, 0, "SUCCESS")
     assert_totals_match_recount(db, "S")
 
@@ -87,7 +87,11 @@ def test_issues_are_capped_once_over_all_chunks_while_the_counts_stay_exact(
 
     outcome = load_chunks("I", Sources([str(path)]), store_with(conn, "I"), chunk_size=6)
 
-    assert (outcome.totals.failed, len(outcome.totals.issues), outcome.totals.issues_omitted) == (20, 7, 13)
+    assert (outcome.totals.counts.failed, len(outcome.totals.issues), outcome.totals.issues_omitted) == (
+        20,
+        7,
+        13,
+    )
 
 
 def test_a_celery_batch_file_sums_replaced_failures_like_save_batch(

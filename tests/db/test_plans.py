@@ -31,7 +31,7 @@ from loader.datagen import break_some, make_batch
 from loader.save import _box_rows, _image_rows  # staging rows as a call builds them
 from loader.settings import Settings
 from loader.testing import TemplateDatabases
-from loader.validate import prepare
+from loader.validate import judge_call
 
 # The grown batch: saved after ANALYZE, in chunks, to this many images; the
 # next chunk is the one EXPLAINed. The statistics say the batch does not exist.
@@ -284,7 +284,7 @@ def _staged_next_chunk(conn: psycopg.Connection[Any]) -> None:
     """lock_batch, then the next chunk of the grown batch staged, as a call does before its merge."""
     conn.execute(queries.get("lock_batch"), _lock_params(GROWN), prepare=False)
     images = make_batch(CHUNK * (GROWN_CHUNKS + 1), prefix="plans-grown")[GROWN_CHUNKS * CHUNK :]
-    prepared = prepare(GROWN, images, GROWN_CHUNKS * CHUNK)
+    prepared = judge_call(GROWN, enumerate(images, GROWN_CHUNKS * CHUNK))
     conn.execute(sql.SQL("; ").join([STAGE_IMAGES.create(), STAGE_BOXES.create()]))
     copy_rows(conn, STAGE_IMAGES, _image_rows(prepared.images, list(prepared.rejects)))
     copy_rows(conn, STAGE_BOXES, _box_rows(prepared.images))

@@ -21,7 +21,7 @@ import loader.validate
 from loader.copy import bbox_json
 from loader.datagen import break_some, make_batch
 from loader.models import MAX_BBOX_POINTS, MAX_COORDINATE, MAX_TEXT_CHARS, OCRResult
-from loader.validate import CHAIN_NAMESPACE, Prepared, _path_ok, chain_id_for, prepare
+from loader.validate import CHAIN_NAMESPACE, Judged, _path_ok, chain_id_for, judge_call
 
 # Every field of the model but its boxes is a stored field of fastcheck.Stored, compared one by one.
 _NOT_COMPARED = {"text_boxes"}
@@ -51,10 +51,10 @@ def _agree(data: Any, pos: int = 0) -> bool:
     return True
 
 
-def _prepared_without_fast_path(monkeypatch: pytest.MonkeyPatch, items: list[Any]) -> Prepared:
+def _judged_without_fast_path(monkeypatch: pytest.MonkeyPatch, items: list[Any]) -> Judged:
     with monkeypatch.context() as m:
         m.setattr(loader.fastcheck, "check", lambda *args: None)
-        return prepare("batch", items, 7)
+        return judge_call("batch", enumerate(items, 7))
 
 
 def test_generated_batches_take_the_fast_path_and_match_the_model() -> None:
@@ -115,8 +115,8 @@ def test_the_fast_path_changes_no_outcome_on_the_hostile_corpus(monkeypatch: pyt
     items = [case.item for case in both + dict_only_cases("/fcd/")]
     items += [case.as_line() for case in both + line_only_cases("/fcl/")]
 
-    with_fast_path = prepare("batch", items, 7)
-    without = _prepared_without_fast_path(monkeypatch, items)
+    with_fast_path = judge_call("batch", enumerate(items, 7))
+    without = _judged_without_fast_path(monkeypatch, items)
 
     assert with_fast_path.received == without.received
     assert with_fast_path.images == without.images
