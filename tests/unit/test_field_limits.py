@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from loader import fastcheck
 from loader.fields import STORED, Chars, Declared
 from loader.models import OCRResult
-from loader.validate import _path_ok, prepare
+from loader.validate import _path_ok, judge_call
 
 _LIMITED = [f for f in STORED if isinstance(f.rule, Chars)]
 
@@ -39,7 +39,7 @@ def test_a_value_at_the_limit_passes_both_paths_and_one_past_it_neither(field: D
 @pytest.mark.parametrize("field", _LIMITED, ids=[f.name for f in _LIMITED])
 def test_a_value_past_its_limit_is_stored_as_failed_and_says_so_in_characters(field: Declared) -> None:
     assert isinstance(field.rule, Chars)
-    (image,) = prepare("edge", [_with(field, "x" * (field.rule.max_chars + 1))]).images
+    (image,) = judge_call("edge", enumerate([_with(field, "x" * (field.rule.max_chars + 1))])).images
     assert image.status == "failed" and image.stored.fields[field.name] is None
     limit = f"String should have at most {field.rule.max_chars} characters"
     assert image.error is not None and image.error.startswith(
