@@ -29,6 +29,7 @@ from typing import TypeVar
 
 from loader.jsonl import Sources, is_blank
 from loader.models import BatchProgress, Counts, InputIssue, LoadReport
+from loader.settings import Limits, current_limits
 from loader.validate import Judged, judge_call
 
 # A chunk is also cut when its lines reach this many bytes, so a file of huge
@@ -138,7 +139,9 @@ def cut(lines: Iterable[tuple[int, bytes]], skip: int, chunk_size: int) -> Itera
         yield first, chunk
 
 
-def judge_lines(batch_id: str, lines: list[bytes], first: int, cancel: threading.Event) -> Judged:
+def judge_lines(
+    batch_id: str, lines: list[bytes], first: int, cancel: threading.Event, limits: Limits | None = None
+) -> Judged:
     """Judge consecutive lines, the first at position ``first``; blank lines are no
     input but keep their number. Stops early once ``cancel`` is set: the load is
     stopping and the result will not be stored, so it should not hold up the exit."""
@@ -150,7 +153,7 @@ def judge_lines(batch_id: str, lines: list[bytes], first: int, cancel: threading
             if not is_blank(line):
                 yield position, line
 
-    return judge_call(batch_id, inputs())
+    return judge_call(batch_id, inputs(), limits=limits)
 
 
 def _in_thread(work: Callable[[], T]) -> Future[T]:
@@ -179,6 +182,7 @@ def load_chunks(
     offset: int = 0,
     on_chunk: Callable[[Chunk, Totals], None] | None = None,
     stop: Callable[[], bool] = lambda: False,
+    limits: Limits | None = None,
 ) -> Outcome:
     """Judge and store ``sources`` chunk by chunk, from line ``skip`` on.
 
@@ -187,20 +191,22 @@ def load_chunks(
 
     ``store`` saves one judged chunk (e.g. ``save_judged`` with retries);
     ``on_chunk`` is called after each commit; ``stop`` is asked after each
-    commit and ends the load there when it says so. An error of the reader
+    commit and ends the load there when it says so. ``limits``: what one result may
+    hold (None: ``Limits()``, read once for the whole load). An error of the reader
     or of ``store`` propagates once the chunks before it are committed.
     """
     started = time.monotonic()
     totals = Totals(batch_id)
     chunks = cut(sources.lines(), skip, chunk_size)
     cancel = threading.Event()
+    limits = limits or current_limits()
 
     def judge_next() -> _Ahead | None:
         item = next(chunks, None)
         if item is None:
             return None
         first, lines = item
-        return _Ahead(first, len(lines), judge_lines(batch_id, lines, offset + first, cancel))
+        return _Ahead(first, len(lines), judge_lines(batch_id, lines, offset + first, cancel, limits))
 
     next_position, stopped = skip, False
     ahead = _in_thread(judge_next)

@@ -12,15 +12,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from loader.save import judge_checked, save_judged
+from loader.settings import Limits
 from loader.validate import Input, Judged
 
 __all__ = ["Judged", "judge", "save_judged"]
 
 
-def judge(batch_id: str, results: Iterable[Input], position_offset: int = 0) -> Judged:
+def judge(
+    batch_id: str, results: Iterable[Input], position_offset: int = 0, *, limits: Limits | None = None
+) -> Judged:
     """Judge ``results`` (OCRResult objects, dicts or raw JSON lines) as save_batch would; no database.
 
     The arguments are checked as save_batch checks them (ConfigurationError). What it
-    returns is for ``save_judged`` with the same batch_id only.
+    returns is for ``save_judged`` with the same batch_id only. ``limits``: as save_batch's.
     """
-    return judge_checked(batch_id, results, position_offset, now=True)
+    return judge_checked(batch_id, results, position_offset, now=True, limits=limits)

@@ -38,7 +38,7 @@ from loader.models import BatchProgress, Counts, LoadReport, Outcome
 from loader.progress import reread_if_stale
 from loader.report import log_saved, tally_report
 from loader.rows import LockRow, MergeRow, run_merge
-from loader.settings import Settings, current_settings
+from loader.settings import Limits, Settings, current_settings
 from loader.validate import Image, Input, Judged, Reject, judge_call
 
 log = logging.getLogger("loader")
@@ -94,7 +94,9 @@ class _Call:
         return hashlib.sha256(self.mode.encode() + b"\0" + self.judged.digest).digest()
 
 
-def judge_checked(batch_id: str, results: Iterable[Input], position_offset: int, *, now: bool) -> Judged:
+def judge_checked(
+    batch_id: str, results: Iterable[Input], position_offset: int, *, now: bool, limits: Limits | None = None
+) -> Judged:
     """The inputs of save_batch and loader.pipeline.judge, checked the same way and judged:
     ``now``, or (save_batch) when their verdicts are first read."""
     batch_id = check_batch_id(batch_id)
@@ -103,7 +105,7 @@ def judge_checked(batch_id: str, results: Iterable[Input], position_offset: int,
     offset = check_offset(position_offset)
     inputs = list(results)
     check_last_position(offset + len(inputs) - 1)
-    return judge_call(batch_id, enumerate(inputs, offset), now=now)
+    return judge_call(batch_id, enumerate(inputs, offset), now=now, limits=limits)
 
 
 def _image_rows(images: list[Image], rejects: list[Reject]) -> Iterator[tuple[Any, ...]]:
@@ -281,6 +283,7 @@ def save_batch(
     total_images: int | None = None,
     position_offset: int = 0,
     settings: Settings | None = None,
+    limits: Limits | None = None,
     repair: bool = False,
     replace: bool = False,
 ) -> LoadReport:
@@ -301,6 +304,9 @@ def save_batch(
     ``settings``: the transaction's server settings; without them ``Settings()``,
     read from the environment (LOADER_WORK_MEM, LOADER_STATEMENT_TIMEOUT,
     LOADER_LOCK_TIMEOUT) at the call.
+    ``limits``: what one result may hold (more boxes than ``max_boxes``, ...: stored
+    as failed with the reason); without them ``Limits()``, read from the environment
+    (LOADER_MAX_BOXES, LOADER_MAX_TEXT_CHARS, LOADER_MAX_BBOX_POINTS) at the call.
     ``repair=True``: each input fixes the open reject at its position, or the
     stored failure of its image; one that fixes nothing is refused, never added.
     ``replace=True`` (re-OCR): each input replaces the stored result of its
@@ -316,7 +322,7 @@ def save_batch(
     total_images = check_total(total_images)
     mode = _mode(repair, replace)
     # Judged only if the batch's ledger does not recognise the call (a replay needs no verdicts).
-    judged = judge_checked(batch_id, results, position_offset, now=False)
+    judged = judge_checked(batch_id, results, position_offset, now=False, limits=limits)
     # From position 0, the call may be the whole batch: it may create it.
     call = _Call(mode, judged, whole=position_offset == 0)
     return _store(pool_or_conn, call, total_images, settings or current_settings(), started)

@@ -29,6 +29,7 @@ from loader.digest import call_digest as _typed_call_digest
 from loader.fastcheck import BoxRow, Stored
 from loader.fields import MAX_ERROR_CHARS, MAX_PATH_BYTES, STORED, Chars, Declared, Path
 from loader.models import OCRResult
+from loader.settings import Limits, current_limits
 
 # Namespace of the chain ids the loader derives (UUIDv5), fixed forever: changing
 # it would make redelivered batches create new chains.
@@ -143,11 +144,13 @@ class Judged:
     #: (schema.sql, loader_locked_call).
     last_position: int | None
     _numbered: list[tuple[int, Input]] = field(repr=False)
+    #: What one result may hold (LOADER_MAX_BOXES, ...): beyond it, stored as failed.
+    limits: Limits = field(default_factory=current_limits, repr=False)
     _verdicts: _Verdicts | None = field(default=None, repr=False)
 
     def _reached(self) -> _Verdicts:
         if self._verdicts is None:
-            judging = _Judging(self.batch_id)
+            judging = _Judging(self.batch_id, self.limits)
             for pos, item in self._numbered:
                 judging.add(pos, item)
             self._verdicts, self._numbered = judging.verdicts, []
@@ -166,11 +169,14 @@ class Judged:
         return self._reached().invalid
 
 
-def judge_call(batch_id: str, numbered: Iterable[tuple[int, Input]], *, now: bool = True) -> Judged:
+def judge_call(
+    batch_id: str, numbered: Iterable[tuple[int, Input]], *, now: bool = True, limits: Limits | None = None
+) -> Judged:
     """Validate and digest one call: its inputs with their positions, in increasing order,
     gaps allowed (a file's blank lines are no input but keep their number). Never raises
     on bad data. The one way a call is judged: save_batch, loader.pipeline.judge and the
-    chunks of a file (loader.chunks) all come here.
+    chunks of a file (loader.chunks) all come here. ``limits``: what one result may
+    hold (None: ``Limits()`` from the environment); they do not enter the digest.
     """
     inputs = list(numbered)
     judged = Judged(
@@ -180,6 +186,7 @@ def judge_call(batch_id: str, numbered: Iterable[tuple[int, Input]], *, now: boo
         inputs[0][0] if inputs else None,
         inputs[-1][0] if inputs else None,
         inputs,
+        limits or current_limits(),
     )
     if now:
         judged._reached()
@@ -382,6 +389,29 @@ def _judge_model(result: OCRResult, pos: int) -> Stored:
     return _outcome(Stored(fields, rows))
 
 
+def _beyond_limits(stored: Stored, limits: Limits) -> str | None:
+    """Which limit of ``limits`` a valid result exceeds, or None (a failure keeps no boxes)."""
+    boxes = stored.boxes
+    if len(boxes) > limits.max_boxes:
+        return f"{len(boxes):,} text boxes, more than the limit of {limits.max_boxes:,} (LOADER_MAX_BOXES)"
+    if not limits.tightened:
+        return None  # the declared limits, which judging already applied
+    for _pos, n, text, _confidence, bbox in boxes:
+        if len(text) > limits.max_text_chars:
+            return (
+                f"text_boxes[{n}].text has {len(text):,} characters, more than the limit of "
+                f"{limits.max_text_chars:,} (LOADER_MAX_TEXT_CHARS)"
+            )
+        # A validated bbox's JSON is a list of [x, y] lists of numbers: one "[" per point, plus its own.
+        points = bbox.count("[") - 1
+        if points > limits.max_bbox_points:
+            return (
+                f"text_boxes[{n}].bbox has {points} points, more than the limit of "
+                f"{limits.max_bbox_points} (LOADER_MAX_BBOX_POINTS)"
+            )
+    return None
+
+
 def _unfit(field: Declared) -> str:
     """Why a value of a model built without validation cannot be stored."""
     if isinstance(field.rule, Chars):
@@ -407,8 +437,9 @@ def _judge(data: OCRResult | Mapping[str, Any], pos: int) -> Stored:
 class _Judging:
     """The judging of one call's inputs, in order: duplicates are judged against earlier inputs."""
 
-    def __init__(self, batch_id: str) -> None:
+    def __init__(self, batch_id: str, limits: Limits) -> None:
         self.verdicts = _Verdicts()
+        self.limits = limits
         self.seen_paths: dict[str, int] = {}
         self.seen_public: dict[str, int] = {}
         self.chain_id_of = chain_ids(batch_id)
@@ -436,6 +467,9 @@ class _Judging:
             self.reject(pos, item, WORDED_BY_THE_MERGE, image_path, duplicate="image_path")
             return
         verdict = _judge(data, pos)
+        beyond = _beyond_limits(verdict, self.limits)
+        if beyond is not None:
+            verdict = _invalid(f"invalid OCR result: {beyond}", data, image_path)
         public_path = verdict.public_path
         if public_path is not None and public_path in self.seen_public:
             self.reject(pos, item, WORDED_BY_THE_MERGE, image_path, "public_path")

@@ -13,7 +13,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from loader.errors import ConfigurationError, redact_dsn
-from loader.settings import Settings, describe_errors
+from loader.settings import Limits, Settings, describe_errors
 
 #: The loader's task, by the name publishers use (``send_task(TASK_NAME, ...)``).
 TASK_NAME = "loader.save_ocr_batch"
@@ -67,13 +67,15 @@ def _default_backend(broker_url: str) -> str:
     )
 
 
-class CeleryConfig(Settings):
+class CeleryConfig(Settings, Limits):
     """Everything the loader's Celery app, workers and submit helper read from the environment.
 
     ``CeleryConfig()`` reads the ``LOADER_*`` variables named below, and the server
     settings of loader.Settings (LOADER_WORK_MEM, LOADER_STATEMENT_TIMEOUT,
-    LOADER_LOCK_TIMEOUT), the same way as ``Settings()`` (pydantic-settings; unset or
-    empty ones take the defaults, values are stripped); ``CeleryConfig(queue="q")``
+    LOADER_LOCK_TIMEOUT) and the validation limits of loader.settings.Limits
+    (LOADER_MAX_BOXES, LOADER_MAX_TEXT_CHARS, LOADER_MAX_BBOX_POINTS), the same way
+    as ``Settings()`` (pydantic-settings; unset or empty ones take the defaults,
+    values are stripped); ``CeleryConfig(queue="q")``
     takes the fields given by name over the environment. A bad value is a
     ConfigurationError naming the variable.
     """
@@ -164,6 +166,11 @@ class CeleryConfig(Settings):
     @property
     def save_settings(self) -> Settings:
         """The per-transaction server settings of the worker's saves: this configuration's."""
+        return self
+
+    @property
+    def save_limits(self) -> Limits:
+        """What one OCR result may hold in the worker's saves: this configuration's."""
         return self
 
     def backend(self) -> str:

@@ -37,7 +37,7 @@ from loader.models import LoadReport, OCRResult
 from loader.pipeline import Judged, save_judged
 from loader.progress import get_progress
 from loader.save import save_batch
-from loader.settings import Settings
+from loader.settings import Limits, Settings
 from loader.validate import Input
 
 __all__ = ["BatchReferenceError", "encode_line", "load_file", "read_lines", "resolve_reference"]
@@ -176,6 +176,7 @@ def load_file(
     total_images: int | None,
     chunk_images: int,
     settings: Settings,
+    limits: Limits | None = None,
     position_offset: int = 0,
     replace: bool = False,
 ) -> LoadReport:
@@ -195,7 +196,9 @@ def load_file(
     try:
         total = _total_for(pool, batch_id, path, total_images)
         sources = jsonl.Sources([str(path)], check_text=False)
-        outcome = load_chunks(batch_id, sources, store, chunk_size=chunk_images, offset=position_offset)
+        outcome = load_chunks(
+            batch_id, sources, store, chunk_size=chunk_images, offset=position_offset, limits=limits
+        )
     except InputFileError as exc:
         raise BatchReferenceError(
             f"batch file {path} is unreadable: {exc}; the lines before it may be stored (each chunk "

@@ -25,7 +25,7 @@ from loader.errors import LoaderError, redact_dsn
 from loader.metrics import record_save
 from loader.models import LoadReport
 from loader.save import save_batch
-from loader.settings import Settings
+from loader.settings import Limits, Settings
 from loader.validate import Input
 
 log = logging.getLogger("loader.celery")
@@ -117,6 +117,7 @@ def save_with_worker_pool(
     total_images: int | None = None,
     position_offset: int = 0,
     settings: Settings | None = None,
+    limits: Limits | None = None,
     repair: bool = False,
     replace: bool = False,
 ) -> LoadReport:
@@ -125,7 +126,8 @@ def save_with_worker_pool(
     For a pipeline stage that saves its own results inside its own task, rather
     than sending them to ``loader.save_ocr_batch``. ``settings`` default to the
     worker's configuration (LOADER_WORK_MEM, LOADER_STATEMENT_TIMEOUT,
-    LOADER_LOCK_TIMEOUT); ``repair`` and ``replace`` are save_batch's. Each call
+    LOADER_LOCK_TIMEOUT), ``limits`` to its LOADER_MAX_BOXES, ...; ``repair`` and
+    ``replace`` are save_batch's. Each call
     is recorded like the loader's own task's (loader.metrics.record_save), so the
     worker's endpoint counts it. Raises what save_batch raises.
     """
@@ -136,6 +138,7 @@ def save_with_worker_pool(
         total_images=total_images,
         position_offset=position_offset,
         settings=settings or config().save_settings,
+        limits=limits or config().save_limits,
         repair=repair,
         replace=replace,
     )

@@ -55,6 +55,7 @@ def load_reference(
             total_images=total_images,
             chunk_images=cfg.chunk_images,
             settings=cfg.save_settings,
+            limits=cfg.save_limits,
             position_offset=position_offset,
             replace=replace,
         )
@@ -73,6 +74,7 @@ def load_reference(
             total_images=total_images,
             chunk_images=cfg.chunk_images,
             settings=cfg.save_settings,
+            limits=cfg.save_limits,
             position_offset=position_offset,
             replace=replace,
         )

@@ -59,6 +59,7 @@ def load_payload(
             total_images=total_images,
             position_offset=position_offset,
             settings=cfg.save_settings,
+            limits=cfg.save_limits,
             replace=replace,
         )
         record_save(report)

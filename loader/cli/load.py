@@ -40,7 +40,7 @@ from loader.pipeline import Judged, save_judged
 from loader.progress import get_progress
 from loader.retry import Backoff
 from loader.save import register_batch
-from loader.settings import Settings
+from loader.settings import Limits, Settings
 
 # Retries of a chunk after a transient database failure (lost connection,
 # deadlock, server restart); each retry reconnects after the loader's one backoff
@@ -167,6 +167,7 @@ class RetryingStore:
         self.request = request
         # Read once, before anything is written: a bad LOADER_* value stops the load at once.
         self.settings = Settings()
+        self.limits = Limits()
         self.conn = session.connect()
 
     def _save(self, judged: Judged) -> LoadReport:
@@ -300,6 +301,7 @@ def _load(
             offset=request.offset,
             on_chunk=committed.on_chunk(display),
             stop=lambda: stop.requested,
+            limits=store.limits,
         )
         result.totals.progress = result.totals.progress or progress
         display.finish(result.totals, result.next_position, stopped=stop.requested)
