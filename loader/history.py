@@ -15,6 +15,7 @@ reads it (loader/sql/history.sql). An image's results are numbered 1, 2, ...
 from __future__ import annotations
 
 import hashlib
+import sys
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -25,11 +26,11 @@ from loader import queries
 from loader.batch_ids import check_batch_id
 from loader.connection import Connectable, connection
 from loader.errors import ConfigurationError, quoted, translating
-from loader.fields import REPLACED
+from loader.fields import MAX_BBOX_POINTS, MAX_TEXT_CHARS, REPLACED
 from loader.models import LoadReport
 from loader.progress import get_progress
 from loader.save import save_judged
-from loader.settings import Settings
+from loader.settings import Limits, Settings
 from loader.validate import judge_call
 
 __all__ = [
@@ -48,6 +49,12 @@ __all__ = [
 
 # How many images `compare` lists by default among those that changed most.
 DEFAULT_TOP = 10
+
+
+def _restoring() -> Limits:
+    """The limits a rollback judges with: the declared ones only. It restores results the
+    batch held, which limits tightened since (LOADER_MAX_BOXES, ...) must not fail."""
+    return Limits(max_boxes=sys.maxsize, max_text_chars=MAX_TEXT_CHARS, max_bbox_points=MAX_BBOX_POINTS)
 
 
 class ResultVersion(NamedTuple):
@@ -277,7 +284,7 @@ def rollback(
         if not targets:
             return Rollback(None, {})
         inputs = _inputs(targets)
-        judged = judge_call(batch_id, inputs)
+        judged = judge_call(batch_id, inputs, limits=_restoring())
         # The ledger's key: the restored results, and the versions they replace, so a
         # later rollback to the same results (after another re-OCR) is a new call.
         state = b"".join(t.current_version.to_bytes(4, "little") for t in targets)

@@ -22,6 +22,7 @@ from psycopg_pool import ConnectionPool
 from loader import ConfigurationError, register_batch, save_batch
 from loader.celery import submit_batch
 from loader.cli import cli
+from loader.history import rollback
 from loader.pipeline import judge, save_judged
 from loader.settings import Limits
 
@@ -156,3 +157,16 @@ def test_a_celery_worker_judges_with_the_limits_of_its_settings(
     assert (report["stored"], report["failed"]) == (1, 1)
     assert "more than the limit of 2 (LOADER_MAX_BOXES)" in report["issues"][0]["reason"]
     assert _stored(db, "worker")["/w2.jpg"][0] == "failed"
+
+
+def test_a_rollback_restores_a_kept_result_beyond_limits_tightened_since(
+    pool: ConnectionPool, db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save_batch(pool, "kept", [_result("/k.jpg", 3)])
+    save_batch(pool, "kept", [_result("/k.jpg", 1)], replace=True)
+    monkeypatch.setenv("LOADER_MAX_BOXES", "2")
+
+    done = rollback(pool, "kept")
+
+    assert done.report is not None and done.report.replaced == 1
+    assert _stored(db, "kept")["/k.jpg"] == ("success", None, 3)
