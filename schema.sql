@@ -10,7 +10,7 @@
 --   the file on a database of its version changes nothing.
 -- * Refuses to run on a database holding another schema version (it raises and
 --   rolls back). An older one is upgraded in place by the numbered migrations
---   in loader/migrations/ (`loader schema upgrade`), never by this file; a
+--   in loader/schema/migrations/ (`loader schema upgrade`), never by this file; a
 --   database the OCR application's ORM created is converted by `loader schema adopt`.
 -- * A fresh install is created at its version directly and records every version
 --   from 1, exactly as a version-1 database upgraded by the migrations.
@@ -26,7 +26,7 @@ BEGIN;
 -- "already exists, skipping" notices on a re-run are expected, not news.
 SET LOCAL client_min_messages = warning;
 
--- The version this file builds: the newest migration's in loader/migrations (the
+-- The version this file builds: the newest migration's in loader/schema/migrations (the
 -- loader's SCHEMA_VERSION is derived from them; a test holds the two equal).
 -- Read below by current_setting; written here only.
 SET LOCAL loader.schema_version = 5;
@@ -56,7 +56,7 @@ BEGIN
     SELECT max(version) INTO deployed FROM loader_schema_version;
     IF deployed < release THEN
         RAISE EXCEPTION 'loader schema.sql is version % but this database holds schema version %', release, deployed
-            USING HINT = 'Upgrade it in place with `loader schema upgrade` (or apply loader/migrations/*.sql in order with psql); this file does not upgrade.';
+            USING HINT = 'Upgrade it in place with `loader schema upgrade` (or apply loader/schema/migrations/*.sql in order with psql); this file does not upgrade.';
     ELSIF deployed > release THEN
         RAISE EXCEPTION 'loader schema.sql is version % but this database holds the newer schema version %', release, deployed
             USING HINT = 'Use the schema.sql of the loader release that matches the database.';
@@ -275,7 +275,7 @@ COMMENT ON COLUMN loader_calls.first_position IS 'Position of the call''s first 
 
 -- [v5 tables: result history]
 -- Version 5: a re-OCR (replace=True), a repair that replaces a stored failure
--- and a rollback (loader.history) keep the result they replace. The merge
+-- and a rollback (loader.lifecycle.history) keep the result they replace. The merge
 -- copies it here in its own statement (data-modifying CTEs, no row trigger),
 -- so a plain save pays nothing. docs/history.md.
 ALTER TABLE ocr_executions
@@ -474,7 +474,7 @@ COMMENT ON COLUMN batch_executions.outside_writes IS
 COMMENT ON TABLE loader_calls IS
     'The calls each batch committed. A redelivered call is a replay (nothing judged or written) only when the rows at its positions confirm it (loader_locked_call); otherwise it is judged. Deleted with the batch.';
 COMMENT ON COLUMN loader_calls.digest IS
-    'SHA-256 of the call: its kind (plain, repair, replace), and every input with its position, over a typed canonical form (loader/digest.py: a Decimal and a string, bytes and str never share one).';
+    'SHA-256 of the call: its kind (plain, repair, replace), and every input with its position, over a typed canonical form (loader/save/digest.py: a Decimal and a string, bytes and str never share one).';
 COMMENT ON COLUMN batch_executions.totals_stale IS
     'True when a writer other than the loader changed the counters, the status, the total or the rows they count (triggers loader_note_batch_write, loader_note_outside_write); readers then read the rows'' figures, and the next merge recounts the batch and clears it, unless another outside write came meanwhile (outside_writes). Only the loader clears it.';
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The files the code opens through importlib.resources (loader/schema.py,
-# loader/queries.py, loader/migrate.py) and the PEP 561 marker mypy users need.
+# The files the code opens through importlib.resources (loader/schema/apply.py,
+# loader/queries.py, loader/schema/migrate.py) and the PEP 561 marker mypy users need.
 READ_BY_NAME = ("loader/py.typed", "loader/schema.sql")
-READ_BY_GLOB = ("loader/sql/*.sql", "loader/migrations/*.sql")
+READ_BY_GLOB = ("loader/sql/*.sql", "loader/schema/migrations/*.sql")
 
 
 def source_files() -> set[str]:

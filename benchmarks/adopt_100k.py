@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from helpers.oldapp import OldApp, Shape
 
-from loader.adopt import adopt
-from loader.schema_check import check
+from loader.schema.adopt import adopt
+from loader.schema.check import check
 from loader.testing import with_dbname
 
 # Images per batch in the generated database.

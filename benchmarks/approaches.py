@@ -26,7 +26,7 @@ from psycopg.types.json import Jsonb
 
 from loader import save_batch
 from loader.copy import bbox_json
-from loader.validate import chain_id_for
+from loader.save.validate import chain_id_for
 
 # Benchmark connections never prepare statements: a prepared statement runs
 # faster, but PostgreSQL 15's pg_stat_statements stops counting some utility

@@ -23,7 +23,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from loader import queries, register_batch, save_batch
 from loader.datagen import make_batch
-from loader.schema import apply_schema
+from loader.schema.apply import apply_schema
 
 
 def main() -> None:

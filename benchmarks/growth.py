@@ -45,7 +45,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from loader import register_batch, save_batch  # noqa: E402
 from loader.datagen import make_batch  # noqa: E402
-from loader.schema import apply_schema  # noqa: E402
+from loader.schema.apply import apply_schema  # noqa: E402
 from loader.testing import embedded_server, with_dbname  # noqa: E402
 
 TARGET = 1.2

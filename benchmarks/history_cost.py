@@ -33,12 +33,12 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-import loader.save
+import loader.save.call
 from loader import queries, save_batch
 from loader.copy import staging_names
 from loader.datagen import make_batch
-from loader.history import compare
-from loader.schema import apply_schema
+from loader.lifecycle.history import compare
+from loader.schema.apply import apply_schema
 
 ROUNDS = 5
 # Images per call when the compare batch is loaded (the CLI's chunks are 5,000).
@@ -97,18 +97,18 @@ def one_replace(
     admin: str, first: list[dict[str, Any]], second: list[dict[str, Any]], keep: bool
 ) -> tuple[float, float]:
     """(wall seconds, server CPU seconds) of one replace call."""
-    shipped = loader.save._MERGE
+    shipped = loader.save.call._MERGE
     with fresh_database(admin) as dsn, psycopg.connect(dsn, autocommit=True) as conn:
         save_batch(conn, "b", first)
         conn.execute("CHECKPOINT")  # superuser; the replace then starts from the same state
         if not keep:
-            loader.save._MERGE = merge_without_history()
+            loader.save.call._MERGE = merge_without_history()
         try:
             cpu = backend_cpu(conn)
             seconds = timed(lambda: save_batch(conn, "b", second, replace=True))
             cpu = backend_cpu(conn) - cpu
         finally:
-            loader.save._MERGE = shipped
+            loader.save.call._MERGE = shipped
         kept = conn.execute("SELECT count(*) FROM ocr_result_history").fetchone()
         assert kept is not None and kept[0] == (len(second) if keep else 0)
     return seconds, cpu

@@ -30,9 +30,9 @@ from loader import queries
 from loader.connection import SCHEMA_VERSION
 from loader.copy import STAGE_BOXES, STAGE_IMAGES, copy_rows, staging_names
 from loader.datagen import make_batch
-from loader.save import DEFAULT_SETTINGS, _box_rows, _image_rows
+from loader.save.call import DEFAULT_SETTINGS, _box_rows, _image_rows
+from loader.save.validate import judge_call
 from loader.testing import TemplateDatabases, embedded_server
-from loader.validate import judge_call
 
 
 def _nodes(plan: dict[str, Any], cte: str | None = None) -> Iterator[tuple[str | None, dict[str, Any]]]:

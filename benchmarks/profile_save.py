@@ -30,11 +30,11 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import loader.save as save_module
+import loader.save.call as save_module
 from loader import save_batch
 from loader.datagen import make_batch
+from loader.save.validate import judge_call
 from loader.testing import TemplateDatabases, embedded_server
-from loader.validate import judge_call
 
 TABLES = ", ".join(
     [

@@ -22,8 +22,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from loader import register_batch, save_batch
 from loader.datagen import make_batch
-from loader.progress import CHANNEL
-from loader.schema import apply_schema
+from loader.progress.read import CHANNEL
+from loader.schema.apply import apply_schema
 
 
 def main() -> None:

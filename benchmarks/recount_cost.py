@@ -22,7 +22,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from loader import register_batch, save_batch
 from loader.datagen import make_batch
-from loader.schema import apply_schema
+from loader.schema.apply import apply_schema
 
 # The counts of the old merge's totals CTE, word for word.
 RECOUNT = """

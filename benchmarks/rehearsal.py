@@ -58,8 +58,8 @@ from helpers.celery_harness import Broker, Worker  # noqa: E402
 from loader import save_batch  # noqa: E402
 from loader.celery import CeleryConfig, make_app, submit_batch  # noqa: E402
 from loader.datagen import make_batch  # noqa: E402
-from loader.lifecycle import delete_finished  # noqa: E402
-from loader.schema import apply_schema  # noqa: E402
+from loader.lifecycle.delete import delete_finished  # noqa: E402
+from loader.schema.apply import apply_schema  # noqa: E402
 from loader.testing import with_dbname  # noqa: E402
 
 REDIS_URL = "redis://127.0.0.1:6379/12"

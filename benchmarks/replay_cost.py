@@ -28,8 +28,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from loader import register_batch, save_batch
 from loader.datagen import make_batch
-from loader.lifecycle import delete_batch
-from loader.schema import apply_schema
+from loader.lifecycle.delete import delete_batch
+from loader.schema.apply import apply_schema
 
 ROUNDS = 5
 

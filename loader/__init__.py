@@ -27,16 +27,16 @@ from loader.errors import (
     PositionConflictError,
     TransientDatabaseError,
 )
-from loader.lifecycle import delete_batch
+from loader.lifecycle.delete import delete_batch
 from loader.models import BatchProgress, LoadReport, OCRResult, ProcessStatus, TextBox
-from loader.progress import follow_progress, get_progress, recount_batch
-from loader.save import register_batch, save_batch
+from loader.progress.read import follow_progress, get_progress, recount_batch
+from loader.save.call import register_batch, save_batch
 from loader.settings import Settings
 
 # The front a caller needs, at most 20 names (python3 dev.py check holds it there).
-# The rest lives in named modules: loader.pipeline (judge / save_judged), loader.repair
-# (list_rejects, count_rejects), loader.lifecycle (retention), loader.aio (async API),
-# loader.errors (every exception), loader.models (InputIssue), loader.schema
+# The rest lives in named modules: loader.save.pipeline (judge / save_judged), loader.lifecycle.repair
+# (list_rejects, count_rejects), loader.lifecycle.delete (retention), loader.aio (async API),
+# loader.errors (every exception), loader.models (InputIssue), loader.schema.apply
 # (apply_schema), loader.connection (SCHEMA_VERSION).
 __all__ = [
     "BatchConflictError",

@@ -6,14 +6,14 @@
   from make_pool's arguments (loader.connection.pool_arguments);
 - ``follow_progress``: a batch's progress as an async iterator, on a listening
   connection of its own (a script, a worker), driving the sync follower's plan
-  (loader.progress.follow_plan);
+  (loader.progress.read.follow_plan);
 - ``ProgressHub``: one listening connection per process, fanned out to any
   number of followers (an API streaming progress to browsers). An event wakes
   the hub, which reads the batch's row once for all of that batch's followers;
 - ``with_heartbeats``: an async iterator that also yields None after every
   quiet interval (server-sent-event comments keep proxies from closing the stream).
 
-Events are wake-ups, never the truth (see loader.progress): what a follower
+Events are wake-ups, never the truth (see loader.progress.read): what a follower
 yields is read from the database, so a forged or malformed notification is
 neither believed nor fatal. Idle timeouts count per batch.
 """
@@ -55,7 +55,7 @@ from loader.errors import (
     translating,
 )
 from loader.models import BatchProgress
-from loader.progress import (
+from loader.progress.read import (
     CHANNEL,
     DELIVERY_CHECK_S,
     PROBE_CONNECT_TIMEOUT_S,
@@ -162,7 +162,7 @@ async def register_batch(pool_or_conn: AsyncConnectable, batch_id: str, total_im
 
 
 async def _check_delivery(listener: psycopg.AsyncConnection[Any], conninfo: str) -> None:
-    """loader.progress.check_delivery for an async listener, statement for statement."""
+    """loader.progress.read.check_delivery for an async listener, statement for statement."""
     channel = probe_channel()
     await listener.execute(listen(channel))
     async with await psycopg.AsyncConnection.connect(
@@ -200,7 +200,7 @@ async def follow_progress(
     conninfo: str, batch_id: str, *, idle_timeout: float | None = None, listen_dsn: str | None = None
 ) -> AsyncGenerator[BatchProgress, None]:
     """loader.follow_progress as an async iterator, on a listening connection of its own:
-    the same plan (loader.progress.follow_progress), reads and errors.
+    the same plan (loader.progress.read.follow_progress), reads and errors.
 
     For many followers in one process, use a ProgressHub (one connection for all).
     """

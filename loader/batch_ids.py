@@ -9,7 +9,7 @@ from __future__ import annotations
 import unicodedata
 
 from loader.errors import ConfigurationError, PositionBeyondTotalError, quoted
-from loader.validate import path_problem
+from loader.fields import path_problem
 
 # schema.sql: CHECK (batch_id <> '' AND length(batch_id) <= 255), in characters.
 MAX_BATCH_ID_CHARS = 255

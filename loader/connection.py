@@ -25,8 +25,8 @@ from loader.errors import (
 
 
 def _newest_migration() -> int:
-    """The number of the newest migration in loader/migrations (1, schema.sql's first version, if none)."""
-    names = (entry.name for entry in (resources.files("loader") / "migrations").iterdir())
+    """The newest migration's number in loader/schema/migrations (1, schema.sql's first version, if none)."""
+    names = (entry.name for entry in (resources.files("loader.schema") / "migrations").iterdir())
     return max((int(name[:4]) for name in names if name[:4].isdigit() and name.endswith(".sql")), default=1)
 
 

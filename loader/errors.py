@@ -31,16 +31,21 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-if TYPE_CHECKING:
-    from loader.adopt import BrokenRule
+
+class BrokenRuleLike(Protocol):
+    """What DirtyRowsError holds of a broken rule (loader.schema.adopt.BrokenRule)."""
+
+    count: int
+
+    def line(self) -> str: ...
 
 
 class LoaderError(Exception):
@@ -151,7 +156,7 @@ class UnknownShapeError(AdoptError):
 class DirtyRowsError(AdoptError):
     """Old rows break constraints of schema.sql; ``broken`` says which, per rule."""
 
-    def __init__(self, broken: list[BrokenRule]) -> None:
+    def __init__(self, broken: Sequence[BrokenRuleLike]) -> None:
         self.broken = broken
         total = sum(rule.count for rule in broken)
         super().__init__(
@@ -186,10 +191,10 @@ class Interrupted(CliError):
 
 class DataRefused(Exception):
     """The fast path's COPY or merge refused some input's data; save runs the call again,
-    isolating it (loader/isolate.py).
+    isolating it (loader/save/isolate.py).
 
     Internal: save_batch catches it and never lets it out, so it is no LoaderError.
-    ``loader.isolate.DataRefused`` names it too.
+    ``loader.save.isolate.DataRefused`` names it too.
     """
 
     def __init__(self, cause: BaseException, statements: int) -> None:

@@ -84,6 +84,28 @@ def _indexable_path(value: str) -> str:
     return value
 
 
+def path_problem(value: Any, what: str) -> str | None:
+    """Why ``value`` is not a usable path, or None."""
+    if value is None:
+        return f"{what} is missing"
+    if not isinstance(value, str):
+        return f"{what} is not a string (got {type(value).__name__})"
+    if not value.strip():
+        return f"{what} is empty or only whitespace"
+    if "\x00" in value:
+        return f"{what} contains a NUL byte"
+    if len(value) > MAX_PATH_BYTES:
+        return f"{what} is longer than {MAX_PATH_BYTES} bytes ({len(value)} characters)"
+    if not value.isascii():
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError:
+            return f"{what} is not valid Unicode (lone surrogate)"
+        if size > MAX_PATH_BYTES:
+            return f"{what} is longer than {MAX_PATH_BYTES} bytes in UTF-8 ({size})"
+    return None
+
+
 def _nullable(source: Any, schema: CoreSchema) -> CoreSchema:
     """``schema``, taking None too when the annotated type is optional."""
     if get_origin(source) in (Union, types.UnionType) and type(None) in get_args(source):
@@ -265,7 +287,7 @@ class Declared:
     def quick(self, path_ok: Callable[[object], bool]) -> Callable[[object], bool]:
         """The fast path's check of a present value: True only if the model certainly keeps it as is."""
         if isinstance(self.rule, Path):
-            test = path_ok  # validate.path_problem's verdict, whose wording a reject needs
+            test = path_ok  # fields.path_problem's verdict, whose wording a reject needs
         elif self.rule is not None:
             test = self.rule.quick()
         elif self.choices is not None:

@@ -34,7 +34,7 @@ class ProcessStatus(enum.StrEnum):
 
 
 # The fields, their types and limits are declared once, in loader/fields.py;
-# loader/fastcheck.py passes certainly valid dicts without these models (for
+# loader/save/fastcheck.py passes certainly valid dicts without these models (for
 # speed), its checks derived from the same declaration, and
 # tests/unit/test_fastcheck.py holds the two to the same answers.
 class TextBox(BoxFields):
@@ -52,7 +52,7 @@ class Outcome(enum.StrEnum):
     A report counts the first six (REPORTED_OUTCOMES: a field of Counts each) and an
     InputIssue carries only those. ``lost`` and ``conflict`` are internal to the save
     path, which resolves them before it reports: a lost input is rejected in the same
-    transaction (loader/isolate.py, reject_lost), a conflict refuses the whole call
+    transaction (loader/save/isolate.py, reject_lost), a conflict refuses the whole call
     (PositionConflictError). The merge says ``stored`` for an image stored as failed
     too; the tally tells the two apart by the image's OCR status.
     """
@@ -105,7 +105,7 @@ class Counts(BaseModel):
 
     Every input is counted in ``received`` and in exactly one outcome field (a field per
     REPORTED_OUTCOMES, named as its outcome); ``resolved`` and ``boxes`` count other
-    things. The tally of a call (loader/report.py), the sum over chunks (loader/chunks.py),
+    things. The tally of a call (loader/save/report.py), the sum over chunks (loader/save/chunks.py),
     LoadReport, ``log_fields``, the log line and the metrics follow these fields: a new
     outcome is a member of Outcome and a field here.
     """

@@ -10,7 +10,7 @@ without ``settings=``, ``loader load`` and the Celery workers (whose
 call. A value PostgreSQL would refuse, or would read otherwise than meant (a
 timeout under a millisecond is 0: no timeout at all), is a ConfigurationError
 naming the variable, before anything is sent. ``Limits`` is read the same way
-(``limits=`` of save_batch, loader.pipeline.judge and loader.chunks.load_chunks).
+(``limits=`` of save_batch, loader.save.pipeline.judge and loader.save.chunks.load_chunks).
 """
 
 from __future__ import annotations

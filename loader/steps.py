@@ -29,7 +29,7 @@ The connection handling around a step (a pool's checkout, the idle rule, the
 prepare threshold) is each API's: that is I/O of its own kind. The rules it
 applies are shared too (loader.connection: ``check_idle``, ``pool_closed``,
 ``pool_arguments``). Following a batch is built the same way with other
-requests than statements (loader.progress.follow_plan: read, listen, wait,
+requests than statements (loader.progress.read.follow_plan: read, listen, wait,
 show), since its I/O is notifications and a second connection.
 tests/db/test_async_parity.py holds both APIs to the same answers and messages.
 """

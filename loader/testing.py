@@ -34,7 +34,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from loader.errors import ConfigurationError
-from loader.schema import apply_schema
+from loader.schema.apply import apply_schema
 
 log = logging.getLogger("loader.testing")
 
@@ -303,7 +303,7 @@ def earlier_batches(dsn: str) -> list[str]:
     rare to the planner, as a batch that grew since the last autovacuum does.
     """
     from loader.datagen import break_some, make_batch  # noqa: PLC0415  (test data, imported on use)
-    from loader.save import register_batch, save_batch  # noqa: PLC0415  (loader.save imports much)
+    from loader.save.call import register_batch, save_batch  # noqa: PLC0415  (loader.save.call imports much)
 
     names = [f"earlier-{n}" for n in range(EARLIER_FINISHED_BATCHES)] + ["earlier-loading"]
     with psycopg.connect(dsn) as conn:

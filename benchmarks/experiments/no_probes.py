@@ -16,7 +16,7 @@ from typing import Any
 from approaches import Loader
 from psycopg import sql
 
-import loader.save as save_module
+import loader.save.call as save_module
 from loader import queries
 from loader.copy import staging_names
 

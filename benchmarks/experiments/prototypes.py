@@ -33,9 +33,9 @@ from psycopg.types import TypeInfo
 from loader import queries
 from loader.connection import SCHEMA_VERSION
 from loader.copy import STAGE_BOXES, STAGE_IMAGES, copy_rows
-from loader.save import _box_rows, _image_rows
+from loader.save.call import _box_rows, _image_rows
+from loader.save.validate import _Judging, _Verdicts
 from loader.settings import Settings
-from loader.validate import _Judging, _Verdicts
 
 HERE = Path(__file__).resolve().parent
 

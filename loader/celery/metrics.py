@@ -1,4 +1,4 @@
-"""The worker's metrics: Celery signals feeding loader.metrics, and the scrape endpoint.
+"""The worker's metrics: Celery signals feeding loader.progress.metrics, and the scrape endpoint.
 
 With LOADER_METRICS_PORT set, the worker's main process serves the metrics over
 HTTP on LOADER_METRICS_HOST (127.0.0.1 by default: metrics name hosts and
@@ -24,7 +24,13 @@ from prometheus_client import multiprocess
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from loader.celery.config import TASK_NAME, config
-from loader.metrics import multiprocess_dir, record_payload, record_redelivery, record_retry, wsgi_app
+from loader.progress.metrics import (
+    multiprocess_dir,
+    record_payload,
+    record_redelivery,
+    record_retry,
+    wsgi_app,
+)
 
 log = logging.getLogger("loader.celery")
 
@@ -46,7 +52,7 @@ def serve_metrics(port: int, host: str = "127.0.0.1") -> ThreadingWSGIServer:
 def _clean_multiprocess_dir(directory: str) -> None:
     """Remove the files of earlier runs: every process's but this one's. At
     worker_init no child exists yet, and this process opened its own files when
-    it imported loader.metrics (removing those would hide its samples)."""
+    it imported loader.progress.metrics (removing those would hide its samples)."""
     mine = f"_{os.getpid()}.db"
     for stale in Path(directory).glob("*.db"):
         if not stale.name.endswith(mine):

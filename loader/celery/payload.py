@@ -3,7 +3,7 @@ streamed by the worker in chunks.
 
 A file holds one input per line (JSONL, gzip-compressed or not; the gzip magic
 bytes decide, not the name). The worker loads it with the chunk engine
-(loader.chunks, the same as `loader load`): ``chunk_images`` lines per
+(loader.save.chunks, the same as `loader load`): ``chunk_images`` lines per
 transaction, positions = 0-based line numbers, so a rejected line keeps its
 exact bytes and its line number. Each chunk is its own transaction and
 idempotent, so a task rerun after a crash finds the chunks already stored
@@ -29,16 +29,16 @@ from urllib.parse import unquote, urlparse
 
 from psycopg_pool import ConnectionPool
 
-from loader import jsonl
-from loader.chunks import load_chunks
 from loader.errors import BatchNotFoundError, BatchReferenceError, InputFileError
-from loader.metrics import record_save
 from loader.models import LoadReport, OCRResult
-from loader.pipeline import Judged, save_judged
-from loader.progress import get_progress
-from loader.save import save_batch
+from loader.progress.metrics import record_save
+from loader.progress.read import get_progress
+from loader.save import jsonl
+from loader.save.call import save_batch
+from loader.save.chunks import load_chunks
+from loader.save.inputs import Input
+from loader.save.pipeline import Judged, save_judged
 from loader.settings import Limits, Settings
-from loader.validate import Input
 
 __all__ = ["BatchReferenceError", "encode_line", "load_file", "read_lines", "resolve_reference"]
 
@@ -180,7 +180,7 @@ def load_file(
     position_offset: int = 0,
     replace: bool = False,
 ) -> LoadReport:
-    """Load a JSONL batch file, ``chunk_images`` lines per transaction (loader.chunks).
+    """Load a JSONL batch file, ``chunk_images`` lines per transaction (loader.save.chunks).
 
     Without ``total_images``, a new batch's total is the file's non-blank line
     count; an existing batch keeps its own. Line N is the input at position

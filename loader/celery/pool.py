@@ -22,11 +22,11 @@ from psycopg_pool import ConnectionPool
 from loader.celery.config import CeleryConfig, config
 from loader.connection import make_pool
 from loader.errors import LoaderError, redact_dsn
-from loader.metrics import record_save
 from loader.models import LoadReport
-from loader.save import save_batch
+from loader.progress.metrics import record_save
+from loader.save.call import save_batch
+from loader.save.inputs import Input
 from loader.settings import Limits, Settings
-from loader.validate import Input
 
 log = logging.getLogger("loader.celery")
 
@@ -128,7 +128,7 @@ def save_with_worker_pool(
     worker's configuration (LOADER_WORK_MEM, LOADER_STATEMENT_TIMEOUT,
     LOADER_LOCK_TIMEOUT), ``limits`` to its LOADER_MAX_BOXES, ...; ``repair`` and
     ``replace`` are save_batch's. Each call
-    is recorded like the loader's own task's (loader.metrics.record_save), so the
+    is recorded like the loader's own task's (loader.progress.metrics.record_save), so the
     worker's endpoint counts it. Raises what save_batch raises.
     """
     report = save_batch(

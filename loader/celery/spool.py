@@ -16,8 +16,8 @@ from loader.celery import objectstore
 from loader.celery.config import CeleryConfig
 from loader.celery.payload import load_file, resolve_reference, write_batch_file
 from loader.errors import BatchReferenceError
-from loader.metrics import record_payload
 from loader.models import LoadReport
+from loader.progress.metrics import record_payload
 
 
 def spool_batch(

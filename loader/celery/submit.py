@@ -14,7 +14,7 @@ from celery.result import AsyncResult
 from loader.celery.config import TASK_NAME, config
 from loader.celery.payload import encode_line, inline_form
 from loader.celery.spool import spool_batch
-from loader.validate import Input
+from loader.save.inputs import Input
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from loader.celery.config import TASK_NAME, config
 from loader.celery.pool import current_pool, worker_conninfo
 from loader.errors import ConfigurationError, redact_dsn
 from loader.models import ProcessStatus
-from loader.validate import storable
+from loader.save.validate import storable
 
 log = logging.getLogger("loader.celery.tasklog")
 

@@ -13,10 +13,10 @@ from loader.celery.config import DEFAULT_MAX_RETRIES, TASK_NAME, CeleryConfig, c
 from loader.celery.pool import worker_pool
 from loader.celery.spool import load_reference
 from loader.errors import ConfigurationError, is_transient
-from loader.metrics import record_save
 from loader.models import LoadReport
-from loader.retry import Backoff
-from loader.save import save_batch
+from loader.progress.metrics import record_save
+from loader.save.call import save_batch
+from loader.save.retry import Backoff
 
 log = logging.getLogger("loader.celery")
 
@@ -31,7 +31,7 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 def retry_delay(retries: int, cfg: CeleryConfig) -> float:
-    """Seconds before retry number ``retries + 1``: the loader's one policy (loader.retry)."""
+    """Seconds before retry number ``retries + 1``: the loader's one policy (loader.save.retry)."""
     return Backoff(cfg.retry_backoff_s, cfg.retry_backoff_max_s).delay(retries)
 
 

@@ -13,7 +13,7 @@ from loader.connection import SCHEMA_VERSION
 from loader.errors import CliError, DirtyRowsError, UnknownShapeError
 
 if TYPE_CHECKING:
-    from loader.adopt import AdoptReport
+    from loader.schema.adopt import AdoptReport
 
 # Seconds to wait for the application's tables before giving up (nothing
 # changed): a queued ACCESS EXCLUSIVE request stalls every reader behind it.
@@ -62,7 +62,7 @@ def schema_adopt(
     recomputed. Exit 3 (nothing changed) on tables of a shape it does not know,
     1 when old rows break constraints (unless --set-aside).
     """
-    from loader import adopt  # noqa: PLC0415  (only this command needs it)
+    from loader.schema import adopt  # noqa: PLC0415  (only this command needs it)
 
     try:
         report = adopt.adopt(

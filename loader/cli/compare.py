@@ -12,7 +12,7 @@ from rich.text import Text
 
 from loader.cli import output as out
 from loader.cli.base import Session, cli, common_options
-from loader.history import DEFAULT_TOP, ChangedImage, Comparison, compare
+from loader.lifecycle.history import DEFAULT_TOP, ChangedImage, Comparison, compare
 
 COMPARE_EPILOG = """\b
 Examples:

@@ -10,7 +10,7 @@ import click
 from loader.cli import output as out
 from loader.cli.base import Session, cli, common_options
 from loader.errors import CliError, quoted
-from loader.lifecycle import Deleted, Skipped, delete_batch, finished_batches, iter_delete_finished
+from loader.lifecycle.delete import Deleted, Skipped, delete_batch, finished_batches, iter_delete_finished
 
 DELETE_EPILOG = """\b
 Examples:

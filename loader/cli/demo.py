@@ -17,7 +17,7 @@ from loader.cli.load import LoadRequest, print_load, run_load
 from loader.cli.logs import logging_to_stderr
 from loader.cli.status import show_status
 from loader.connection import SCHEMA_VERSION
-from loader.schema import apply_schema
+from loader.schema.apply import apply_schema
 
 # Images `loader demo` loads per chunk: small enough to show several chunks.
 DEMO_CHUNK_SIZE = 250

@@ -23,9 +23,9 @@ from rich.progress import (
 )
 from rich.table import Column
 
-from loader.chunks import Totals
 from loader.cli import output as out
 from loader.cli.logs import progress_log
+from loader.save.chunks import Totals
 
 # Seconds between two progress lines when stderr is not a terminal.
 PLAIN_PROGRESS_INTERVAL_S = 5.0

@@ -10,7 +10,7 @@ import click
 from loader.cli import output as out
 from loader.cli.base import Session, cli, common_options
 from loader.errors import CliError, quoted
-from loader.history import BatchVersion, ResultVersion, batch_versions, image_history, prune_history
+from loader.lifecycle.history import BatchVersion, ResultVersion, batch_versions, image_history, prune_history
 
 HISTORY_EPILOG = """\b
 Examples:

@@ -1,4 +1,4 @@
-"""`loader load`: stream JSONL files into a batch, chunk by chunk (the engine is loader.chunks).
+"""`loader load`: stream JSONL files into a batch, chunk by chunk (the engine is loader.save.chunks).
 
 This module only adapts the engine to a terminal: registering the batch,
 retrying a chunk after a transient failure, Ctrl-C, the progress display, the
@@ -19,7 +19,6 @@ from typing import Any
 import click
 import psycopg
 
-from loader.chunks import Chunk, Totals, load_chunks
 from loader.cli import output as out
 from loader.cli.base import EXIT_OK, Session, cli, common_options, one_line
 from loader.cli.display import Display
@@ -34,17 +33,18 @@ from loader.errors import (
     LoaderError,
     quoted,
 )
-from loader.jsonl import Sources, countable, input_span, line_counts
 from loader.models import BatchProgress, LoadReport, Outcome
-from loader.pipeline import Judged, save_judged
-from loader.progress import get_progress
-from loader.retry import Backoff
-from loader.save import register_batch
+from loader.progress.read import get_progress
+from loader.save.call import register_batch
+from loader.save.chunks import Chunk, Totals, load_chunks
+from loader.save.jsonl import Sources, countable, input_span, line_counts
+from loader.save.pipeline import Judged, save_judged
+from loader.save.retry import Backoff
 from loader.settings import Limits, Settings
 
 # Retries of a chunk after a transient database failure (lost connection,
 # deadlock, server restart); each retry reconnects after the loader's one backoff
-# (loader/retry.py): about 1 s, 2 s, 4 s, ..., jittered, at most 30 s.
+# (loader/save/retry.py): about 1 s, 2 s, 4 s, ..., jittered, at most 30 s.
 DEFAULT_RETRIES = 3
 CHUNK_BACKOFF = Backoff(first_s=1.0, max_s=30.0)
 # Issues the text summary of a load prints.

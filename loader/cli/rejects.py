@@ -17,8 +17,8 @@ import psycopg
 from loader.cli import output as out
 from loader.cli.base import Session, cli, common_options
 from loader.errors import CliError
-from loader.progress import get_progress
-from loader.repair import RejectCounts, RejectRecord, count_rejects, list_rejects, raw_rejects
+from loader.lifecycle.repair import RejectCounts, RejectRecord, count_rejects, list_rejects, raw_rejects
+from loader.progress.read import get_progress
 
 REJECTS_EPILOG = """\b
 Examples:

@@ -7,7 +7,7 @@ import click
 from loader.cli import output as out
 from loader.cli.base import Session, cli, common_options
 from loader.errors import CliError, quoted
-from loader.history import rollback, rollback_plan
+from loader.lifecycle.history import rollback, rollback_plan
 
 ROLLBACK_EPILOG = """\b
 Examples:

@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING
 
 import click
 
-from loader import migrate
 from loader.cli import output as out
 from loader.cli.base import EXIT_SCHEMA_DIFFERS, Session, cli, common_options
 from loader.connection import SCHEMA_VERSION
 from loader.errors import CliError
-from loader.schema import apply_schema, schema_sql
+from loader.schema import migrate
+from loader.schema.apply import apply_schema, schema_sql
 
 if TYPE_CHECKING:
-    from loader.schema_check import SchemaDiff
+    from loader.schema.check import SchemaDiff
 
 SCHEMA_EPILOG = """\b
 Examples:
@@ -66,7 +66,7 @@ def schema_apply(session: Session) -> None:
 @click.option("--dry-run", is_flag=True, help="Only list the migrations that would be applied.")
 @common_options
 def schema_upgrade(dry_run: bool, session: Session) -> None:
-    """Apply the numbered migrations (loader/migrations/NNNN_*.sql) the database needs.
+    """Apply the numbered migrations (loader/schema/migrations/NNNN_*.sql) the database needs.
 
     Each migration is one transaction: it applies whole or not at all, and
     records its version in loader_schema_version.
@@ -103,7 +103,7 @@ def schema_check_command(as_json: bool, session: Session) -> None:
     indexes, triggers, enums, functions, the loader_writer grants and the
     recorded version are compared.
     """
-    from loader.schema_check import check  # noqa: PLC0415  (only this command needs it)
+    from loader.schema.check import check  # noqa: PLC0415  (only this command needs it)
 
     diff = check(session.dsn)
     if as_json:

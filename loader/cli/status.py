@@ -8,10 +8,10 @@ from typing import Any
 import click
 import psycopg
 
-from loader.batches import BatchReport, describe_batch, list_batches
 from loader.cli import output as out
 from loader.cli.base import Session, cli, common_options
-from loader.progress import follow_progress, recount_batch
+from loader.lifecycle.batches import BatchReport, describe_batch, list_batches
+from loader.progress.read import follow_progress, recount_batch
 
 # Largest --limit: the query's LIMIT is a bigint.
 MAX_LIMIT = 2**63 - 1

@@ -98,7 +98,7 @@ class OCRResultVersion(Base):
 
     @property
     def boxes(self) -> list[dict[str, Any]]:
-        """The boxes in reading order, as ``{"text", "confidence", "bbox"}`` (what loader.history returns)."""
+        """The boxes in reading order, as ``{"text", "confidence", "bbox"}`` (loader.lifecycle.history's)."""
         return [
             {"text": t, "confidence": c, "bbox": b}
             for t, c, b in zip(self.texts, self.confidences, self.bboxes, strict=True)

@@ -49,7 +49,7 @@ class LoaderCall(Base):
         LargeBinary,
         primary_key=True,
         comment="SHA-256 of the call: its kind (plain, repair, replace), and every input with its "
-        "position, over a typed canonical form (loader/digest.py: a Decimal and a string, bytes and "
+        "position, over a typed canonical form (loader/save/digest.py: a Decimal and a string, bytes and "
         "str never share one).",
     )
     first_position: Mapped[int | None] = mapped_column(

@@ -107,7 +107,7 @@ FROM load_rejects
 WHERE batch_id = %(batch_id)s AND resolved_at IS NULL
 ORDER BY position, id;
 
--- The catalog descriptions `loader schema check` compares (loader/schema_check.py).
+-- The catalog descriptions `loader schema check` compares (loader/schema/check.py).
 -- Each takes the namespace and an optional list of names to restrict to (NULL: all),
 -- and is run with search_path set to that namespace, so types and references
 -- print unqualified and two namespaces compare equal when they match.

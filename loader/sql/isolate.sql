@@ -1,4 +1,4 @@
--- The safety net under validation (loader/isolate.py): statements it runs only
+-- The safety net under validation (loader/save/isolate.py): statements it runs only
 -- when COPY or the merge refused data that validation let through.
 
 -- name: empty_staging

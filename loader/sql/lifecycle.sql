@@ -1,4 +1,4 @@
--- The end of a batch's life: deleting it, and retention (loader/lifecycle.py).
+-- The end of a batch's life: deleting it, and retention (loader/lifecycle/delete.py).
 --
 -- Retention lists candidates without locks, then judges each one again under
 -- the batch's lock (batch_lock, the lock every save takes), in the delete's own

@@ -578,7 +578,7 @@ batch AS (
 ),
 announced AS (
     -- Delivered to LISTEN loader_progress sessions when the call commits, never
-    -- if it rolls back (loader/progress.py follow_progress). batch_id is at
+    -- if it rolls back (loader/progress/read.py follow_progress). batch_id is at
     -- most 255 characters, so the payload stays far below the 8000-byte limit.
     SELECT pg_notify('loader_progress', json_build_object(
                'batch_id', b.batch_id, 'completed', b.completed_images, 'failed', b.failed_images,

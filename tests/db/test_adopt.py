@@ -17,12 +17,12 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from loader import save_batch
-from loader.adopt import PLACEHOLDER_ERROR, adopt
 from loader.cli import cli
 from loader.connection import SCHEMA_VERSION
 from loader.datagen import make_batch
 from loader.errors import DirtyRowsError, UnknownShapeError
-from loader.schema_check import check, describe
+from loader.schema.adopt import PLACEHOLDER_ERROR, adopt
+from loader.schema.check import check, describe
 
 SHAPES = [
     Shape(ocr_status_enum=True, unique_indexes=True, task_name=True),

@@ -13,9 +13,9 @@ from helpers.oldapp import OldApp, OldImage, ProcessStatus, Shape, old_images
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
-from loader.adopt import adopt
 from loader.cli import cli
 from loader.errors import AdoptError, DirtyRowsError
+from loader.schema.adopt import adopt
 
 BOX = {"text": "t", "confidence": 0.5, "bbox": [[0, 0], [1, 1]]}
 

@@ -16,7 +16,7 @@ from psycopg import sql
 
 from loader import BatchNotFoundError, DatabaseError, get_progress, recount_batch, save_batch
 from loader.cli import cli
-from loader.lifecycle import delete_batch, delete_finished
+from loader.lifecycle.delete import delete_batch, delete_finished
 
 
 def result(path: str, *, ok: bool = True, boxes: int = 2, model: str | None = None) -> dict[str, Any]:

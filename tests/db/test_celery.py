@@ -37,7 +37,7 @@ from loader.celery import TASK_NAME, submit_batch, use_pool_for_publishes
 from loader.celery.tasks import is_retryable
 from loader.datagen import break_some, make_batch
 from loader.errors import translate
-from loader.validate import chain_id_for
+from loader.save.validate import chain_id_for
 
 # Seconds to wait for a task's result: generous for a loaded 2-core machine.
 RESULT_TIMEOUT_S = 120

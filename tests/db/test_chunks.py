@@ -1,4 +1,4 @@
-"""The chunk engine (loader.chunks) under `loader load` and Celery batch files."""
+"""The chunk engine (loader.save.chunks) under `loader load` and Celery batch files."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from psycopg_pool import ConnectionPool
 
 from loader import LoadReport, Settings, register_batch, save_batch
 from loader.celery.payload import load_file
-from loader.chunks import Chunk, Totals, load_chunks
-from loader.jsonl import Sources
-from loader.pipeline import Judged, judge, save_judged
+from loader.save.chunks import Chunk, Totals, load_chunks
+from loader.save.jsonl import Sources
+from loader.save.pipeline import Judged, judge, save_judged
 
 # Every test here runs on a fresh database and on an analyzed one holding earlier batches.
 pytestmark = pytest.mark.production_statistics
@@ -81,7 +81,7 @@ def test_a_stop_request_ends_the_load_after_the_chunk_in_flight_and_skip_resumes
 def test_issues_are_capped_once_over_all_chunks_while_the_counts_stay_exact(
     conn: psycopg.Connection[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("loader.chunks.MAX_ISSUES_KEPT", 7)
+    monkeypatch.setattr("loader.save.chunks.MAX_ISSUES_KEPT", 7)
     path = write(tmp_path / "f.jsonl", 20, status="failed")
     register_batch(conn, "I", 20)
 

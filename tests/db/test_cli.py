@@ -17,7 +17,7 @@ from psycopg import sql
 from loader import LoadReport, register_batch, save_batch
 from loader.cli import DEFAULT_CHUNK_SIZE, cli
 from loader.demo import write_demo_file
-from loader.schema import schema_sql
+from loader.schema.apply import schema_sql
 from loader.testing import TemplateDatabases, with_dbname
 
 # write_demo_file(1000): lines 48, 145, ... (10 of them) are stored as failed,
@@ -296,7 +296,7 @@ def test_a_read_error_in_a_later_chunk_keeps_the_chunks_before_it(
     lines = lines_of(demo_file)
     lines[450] = b"x" * 5000
     demo_file.write_bytes(b"\n".join(lines) + b"\n")
-    monkeypatch.setattr("loader.jsonl.MAX_LINE_BYTES", 4000)
+    monkeypatch.setattr("loader.save.jsonl.MAX_LINE_BYTES", 4000)
 
     result = run("load", str(demo_file), "-b", "B1", "--chunk-size", "300", "--dsn", dsn)
 

@@ -13,7 +13,7 @@ from psycopg.conninfo import make_conninfo
 from loader import save_batch
 from loader.cli import cli
 from loader.errors import ConfigurationError, DatabaseError
-from loader.progress import follow_progress
+from loader.progress.read import follow_progress
 
 # ESC, BEL, CSI (C1), DEL, carriage return: anything a terminal acts on.
 RAW_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")

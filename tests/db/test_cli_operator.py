@@ -154,7 +154,7 @@ def test_a_failed_load_prints_a_resume_command_that_reaches_the_same_database(
     lines = path.read_bytes().split(b"\n")[:-1]
     lines[450] = b"x" * 5000
     path.write_bytes(b"\n".join(lines) + b"\n")
-    monkeypatch.setattr("loader.jsonl.MAX_LINE_BYTES", 4000)
+    monkeypatch.setattr("loader.save.jsonl.MAX_LINE_BYTES", 4000)
     # A DSN whose password the server checks (scram) and the hint must never repeat.
     role = login_role("resumer", in_role="loader_writer")
     monkeypatch.delenv("PGPASSWORD", raising=False)

@@ -26,7 +26,7 @@ from helpers.checks import MERGE_MARK, assert_totals_match_recount, snapshot, st
 from helpers.tcp_proxy import TcpProxy, upstream_of
 from psycopg.conninfo import make_conninfo
 
-import loader.save
+import loader.save.call
 from loader import (
     ConfigurationError,
     DatabaseError,
@@ -37,7 +37,7 @@ from loader import (
     save_batch,
 )
 from loader.datagen import make_batch
-from loader.schema import apply_schema
+from loader.schema.apply import apply_schema
 from loader.testing import embedded_server
 
 BATCH = "faults"
@@ -163,7 +163,7 @@ def test_backend_terminated_during_copy(
         _earlier_chunk(c)
     before = snapshot(db)
     in_copy, resume = threading.Event(), threading.Event()
-    real_box_rows = loader.save._box_rows
+    real_box_rows = loader.save.call._box_rows
 
     def paused_box_rows(images: Any) -> Iterator[Any]:
         for n, row in enumerate(real_box_rows(images)):
@@ -172,7 +172,7 @@ def test_backend_terminated_during_copy(
                 resume.wait(WAIT_S)
             yield row
 
-    monkeypatch.setattr(loader.save, "_box_rows", paused_box_rows)
+    monkeypatch.setattr(loader.save.call, "_box_rows", paused_box_rows)
     with psycopg.connect(dsn) as victim:
         pid = victim.info.backend_pid
         call = Call(lambda: save_batch(victim, BATCH, CALL, position_offset=100))

@@ -14,7 +14,7 @@ from sqlalchemy import CheckConstraint
 
 from loader.fields import REPLACED, STORED, Declared
 from loader.orm import OCRExecution, OCRResultVersion
-from loader.schema import schema_sql
+from loader.schema.apply import schema_sql
 
 _IDS = [f.name for f in STORED]
 

@@ -1,5 +1,5 @@
 """Result history: a re-OCR, a repair or a rollback keeps the result it replaces (in the
-merge's own statement); loader.history reads it, compares two model versions in SQL,
+merge's own statement); loader.lifecycle.history reads it, compares two model versions in SQL,
 rolls back as a counted replace, and prunes; deleting a batch takes its history along."""
 
 from __future__ import annotations
@@ -21,9 +21,16 @@ from sqlalchemy.orm import Session
 from loader import DatabaseError, delete_batch, save_batch
 from loader.cli import cli
 from loader.datagen import make_batch
-from loader.history import batch_versions, compare, image_history, prune_history, rollback, rollback_plan
+from loader.lifecycle.history import (
+    batch_versions,
+    compare,
+    image_history,
+    prune_history,
+    rollback,
+    rollback_plan,
+)
 from loader.orm import OCRExecution, OCRResultVersion, engine_url
-from loader.progress import CHANNEL
+from loader.progress.read import CHANNEL
 
 # Seconds to wait for a progress event that should arrive.
 WAIT_S = 1.0

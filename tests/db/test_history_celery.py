@@ -14,7 +14,7 @@ from helpers.checks import assert_totals_match_recount, stored_totals
 
 from loader.celery import submit_batch
 from loader.datagen import make_batch
-from loader.history import compare, image_history
+from loader.lifecycle.history import compare, image_history
 
 # Seconds to wait for a task's result: generous for a loaded 2-core machine.
 RESULT_TIMEOUT_S = 120

@@ -39,10 +39,10 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session as OrmSession
 
 from loader import LoadReport, delete_batch, get_progress, queries, register_batch, save_batch
-from loader.adopt import adopt
 from loader.cli import cli
-from loader.lifecycle import Deleted, iter_delete_finished
+from loader.lifecycle.delete import Deleted, iter_delete_finished
 from loader.orm import BatchExecution
+from loader.schema.adopt import adopt
 from loader.testing import TemplateDatabases
 
 # Every spec's summary, so the module's last test can say how many permutations ran.

@@ -9,12 +9,12 @@ import psycopg
 import pytest
 from helpers.checks import assert_totals_match_recount
 
-import loader.validate
+import loader.save.validate
 from loader import OCRResult, TextBox, save_batch
 from loader.datagen import make_batch
 from loader.models import LoadReport, Outcome
-from loader.save import STATEMENTS_PER_REPLAY
-from loader.validate import WORDED_BY_THE_MERGE
+from loader.save.call import STATEMENTS_PER_REPLAY
+from loader.save.validate import WORDED_BY_THE_MERGE
 
 
 def _reasons(db: psycopg.Connection[Any], batch_id: str) -> dict[int, str]:
@@ -41,7 +41,7 @@ def test_a_replayed_call_is_never_judged(
     def never(*args: Any) -> None:
         raise AssertionError("a replay judged an input")
 
-    monkeypatch.setattr(loader.validate._Judging, "add", never)
+    monkeypatch.setattr(loader.save.validate._Judging, "add", never)
     again = save_batch(conn, "R", results)
 
     assert first.stored == 20

@@ -42,7 +42,7 @@ from loader import (
 from loader.datagen import make_batch
 from loader.errors import redact_dsn
 from loader.fields import REPLACED
-from loader.schema import apply_schema
+from loader.schema.apply import apply_schema
 
 
 @dataclass(frozen=True)
@@ -393,7 +393,7 @@ def test_forged_counters_cannot_make_retention_delete_an_unfinished_batch(
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from loader.lifecycle import delete_finished
+    from loader.lifecycle.delete import delete_finished
 
     with psycopg.connect(writer.dsn) as c:
         save_batch(c, "half", make_batch(1, prefix="half"), total_images=2)

@@ -2,7 +2,7 @@
 
 A result beyond a limit is stored as failed with a reason naming the limit and its
 variable, whichever way it came in: save_batch's ``limits=``, the environment at
-the call, loader.pipeline.judge, the chunks of ``loader load``, a Celery worker's
+the call, loader.save.pipeline.judge, the chunks of ``loader load``, a Celery worker's
 settings.
 """
 
@@ -22,8 +22,8 @@ from psycopg_pool import ConnectionPool
 from loader import ConfigurationError, register_batch, save_batch
 from loader.celery import submit_batch
 from loader.cli import cli
-from loader.history import rollback
-from loader.pipeline import judge, save_judged
+from loader.lifecycle.history import rollback
+from loader.save.pipeline import judge, save_judged
 from loader.settings import Limits
 
 RESULT_TIMEOUT_S = 120

@@ -18,10 +18,10 @@ from loader.cli import cli
 from loader.connection import SCHEMA_VERSION
 from loader.datagen import make_batch
 from loader.errors import LoaderError, SchemaVersionError
-from loader.migrate import MigrationError, deployed_version, load, upgrade
-from loader.schema import apply_schema
-from loader.schema_check import describe_deployed
-from loader.validate import chain_id_for
+from loader.save.validate import chain_id_for
+from loader.schema.apply import apply_schema
+from loader.schema.check import describe_deployed
+from loader.schema.migrate import MigrationError, deployed_version, load, upgrade
 
 # schema.sql as it was at version 1, before migration 0002 existed.
 SCHEMA_V1 = Path(__file__).parent / "data" / "schema_v1.sql"

@@ -22,7 +22,7 @@ from loader import LoadReport, get_progress, register_batch, save_batch
 from loader.datagen import make_batch
 from loader.models import BatchProgress
 from loader.queries import get as query
-from loader.validate import call_digest
+from loader.save.validate import call_digest
 
 
 def _waiting_on_lock(db: psycopg.Connection[Any], what: str) -> None:

@@ -20,11 +20,11 @@ from helpers.checks import LoginRole
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-import loader.save
+import loader.save.call
 from loader import DatabaseError, ProcessStatus, aio, follow_progress, get_progress, save_batch
 from loader.cli import cli
-from loader.lifecycle import delete_batch, delete_finished, iter_delete_finished
-from loader.progress import CHANNEL
+from loader.lifecycle.delete import delete_batch, delete_finished, iter_delete_finished
+from loader.progress.read import CHANNEL
 
 #: The payload of issue 20, item 14: json.loads raises RecursionError on it.
 NESTED = "SELECT pg_notify(%s, repeat('[', 3000) || repeat(']', 3000))"
@@ -341,15 +341,15 @@ def test_the_hubs_log_shows_no_password_however_escaped(dsn: str, caplog: pytest
 def test_a_bug_building_copy_rows_raises_instead_of_rejecting_every_input(
     monkeypatch: pytest.MonkeyPatch, conn: psycopg.Connection[Any], db: psycopg.Connection[Any]
 ) -> None:
-    real = loader.save._image_rows
+    real = loader.save.call._image_rows
 
     def misspelt(images: Any, rejects: Any) -> Iterator[Any]:
         for row in real(images, rejects):
-            yield loader.save.StagedImage(
+            yield loader.save.call.StagedImage(
                 **{("postion" if k == "pos" else k): v for k, v in row._asdict().items()}
             )
 
-    monkeypatch.setattr(loader.save, "_image_rows", misspelt)
+    monkeypatch.setattr(loader.save.call, "_image_rows", misspelt)
     with pytest.raises(TypeError):
         save_batch(conn, "bug", [result(f"/bug/{i}") for i in range(8)])
     assert batches(db) == set()

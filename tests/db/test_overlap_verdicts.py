@@ -17,13 +17,13 @@ from click.testing import CliRunner
 from helpers.checks import assert_totals_match_recount, stored_totals
 
 from loader import save_batch
-from loader.adopt import adopt
 from loader.cli import cli
 from loader.datagen import make_batch
 from loader.errors import BatchNotFoundError, PositionBeyondTotalError
-from loader.lifecycle import delete_batch
-from loader.migrate import upgrade
-from loader.save import register_batch
+from loader.lifecycle.delete import delete_batch
+from loader.save.call import register_batch
+from loader.schema.adopt import adopt
+from loader.schema.migrate import upgrade
 
 SCHEMA_V1 = Path(__file__).parent / "data" / "schema_v1.sql"
 

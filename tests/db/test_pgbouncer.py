@@ -31,8 +31,8 @@ from loader.copy import STAGE_IMAGES
 from loader.datagen import make_batch
 from loader.demo import write_demo_file
 from loader.errors import ConfigurationError, DatabaseError
+from loader.lifecycle.repair import count_rejects, list_rejects
 from loader.models import ProcessStatus
-from loader.repair import count_rejects, list_rejects
 from loader.testing import pgbouncer_server
 
 LOADER = Path(sys.executable).parent / "loader"

@@ -28,10 +28,10 @@ from loader import queries, register_batch, save_batch
 from loader.connection import SCHEMA_VERSION
 from loader.copy import STAGE_BOXES, STAGE_IMAGES, copy_rows, staging_names
 from loader.datagen import break_some, make_batch
-from loader.save import _box_rows, _image_rows  # staging rows as a call builds them
+from loader.save.call import _box_rows, _image_rows  # staging rows as a call builds them
+from loader.save.validate import judge_call
 from loader.settings import Settings
 from loader.testing import TemplateDatabases
-from loader.validate import judge_call
 
 # The grown batch: saved after ANALYZE, in chunks, to this many images; the
 # next chunk is the one EXPLAINed. The statistics say the batch does not exist.

@@ -23,8 +23,8 @@ from loader.cli import cli
 from loader.datagen import make_batch
 from loader.errors import DatabaseError
 from loader.models import BatchProgress, ProcessStatus
-from loader.progress import CHANNEL, follow_progress
-from loader.save import STATEMENTS_PER_ATTEMPT
+from loader.progress.read import CHANNEL, follow_progress
+from loader.save.call import STATEMENTS_PER_ATTEMPT
 
 # Seconds a test waits for notifications that should (or should not) arrive.
 WAIT_S = 1.0

@@ -20,7 +20,7 @@ from loader import aio, follow_progress, get_progress, register_batch, save_batc
 from loader.datagen import make_batch
 from loader.errors import BatchConflictError, BatchNotFoundError, ConfigurationError
 from loader.models import BatchProgress, ProcessStatus
-from loader.progress import CHANNEL
+from loader.progress.read import CHANNEL
 
 T = TypeVar("T")
 
@@ -201,7 +201,7 @@ def test_malformed_payloads_are_ignored_with_a_debug_line(
 ) -> None:
     register_batch(db, "B", 10)
     data = make_batch(10, prefix="B")
-    caplog.set_level(logging.DEBUG, logger="loader.progress")
+    caplog.set_level(logging.DEBUG, logger="loader.progress.read")
 
     async def scenario() -> list[Any]:
         pool, hub = await _hub(dsn)

@@ -24,7 +24,7 @@ import uvicorn
 from loader import register_batch, save_batch
 from loader.aio import ProgressHub
 from loader.datagen import make_batch
-from loader.progress import CHANNEL
+from loader.progress.read import CHANNEL
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "progress-events.md"
 #: The page's SSE_HEARTBEAT_S for these tests: short, so a quiet stream shows some.

@@ -19,8 +19,8 @@ from loader import BatchConflictError, PositionConflictError, register_batch, sa
 from loader.cli import cli
 from loader.datagen import make_batch, make_result
 from loader.errors import PositionBeyondTotalError
-from loader.progress import recount_batch
-from loader.repair import count_rejects, list_rejects
+from loader.lifecycle.repair import count_rejects, list_rejects
+from loader.progress.read import recount_batch
 
 # Every test here runs on a fresh database and on an analyzed one holding earlier batches.
 pytestmark = pytest.mark.production_statistics

@@ -22,7 +22,7 @@ from psycopg_pool import ConnectionPool
 
 from loader import LoadReport, save_batch
 from loader.datagen import make_batch, make_result
-from loader.isolate import CLAIMED_CONCURRENTLY
+from loader.save.isolate import CLAIMED_CONCURRENTLY
 
 WORKERS = 8
 BATCHES = 40

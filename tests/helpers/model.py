@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field, replace
 
-#: The reason the loader gives a line that is not JSON (tests read it from loader.pipeline.judge).
+#: The reason the loader gives a line that is not JSON (tests read it from loader.save.pipeline.judge).
 JUNK = "junk"
 
 

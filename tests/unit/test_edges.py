@@ -15,8 +15,8 @@ import pytest
 
 from loader.cli.delete import IsoDateTime
 from loader.errors import printable, quoted, redact_dsn
-from loader.jsonl import GzipBombError, Sources
-from loader.progress import event_batch_id
+from loader.progress.read import event_batch_id
+from loader.save.jsonl import GzipBombError, Sources
 
 SECRET = "hunter2"
 

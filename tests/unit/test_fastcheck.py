@@ -1,4 +1,4 @@
-"""The quick judgement (loader/fastcheck.py) never disagrees with the model.
+"""The quick judgement (loader/save/fastcheck.py) never disagrees with the model.
 
 It may only pass inputs the model accepts, and must then produce the very same
 rows; everything else it leaves to the model. No database needed.
@@ -16,12 +16,12 @@ from helpers.hostile_corpus import OK_BOX, corpus, dict_only_cases, line_only_ca
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import loader.fastcheck
-import loader.validate
+import loader.save.fastcheck
+import loader.save.validate
 from loader.copy import bbox_json
 from loader.datagen import break_some, make_batch
 from loader.models import MAX_BBOX_POINTS, MAX_COORDINATE, MAX_TEXT_CHARS, OCRResult
-from loader.validate import CHAIN_NAMESPACE, Judged, _path_ok, chain_id_for, judge_call
+from loader.save.validate import CHAIN_NAMESPACE, Judged, _path_ok, chain_id_for, judge_call
 
 # Every field of the model but its boxes is a stored field of fastcheck.Stored, compared one by one.
 _NOT_COMPARED = {"text_boxes"}
@@ -37,14 +37,14 @@ def _model_rows(data: dict[str, Any], pos: int) -> dict[str, Any]:
     return {**fields, "boxes": rows}
 
 
-def _quick_rows(quick: loader.fastcheck.Stored) -> dict[str, Any]:
+def _quick_rows(quick: loader.save.fastcheck.Stored) -> dict[str, Any]:
     fields = {f: quick.fields[f] for f in OCRResult.model_fields if f not in _NOT_COMPARED}
     return {**fields, "boxes": quick.boxes}
 
 
 def _agree(data: Any, pos: int = 0) -> bool:
     """Assert the fast path agrees with the model on ``data``; return whether it passed it."""
-    quick = loader.fastcheck.check(data, _path_ok, pos)
+    quick = loader.save.fastcheck.check(data, _path_ok, pos)
     if quick is None:
         return False
     assert _quick_rows(quick) == _model_rows(data, pos)
@@ -53,7 +53,7 @@ def _agree(data: Any, pos: int = 0) -> bool:
 
 def _judged_without_fast_path(monkeypatch: pytest.MonkeyPatch, items: list[Any]) -> Judged:
     with monkeypatch.context() as m:
-        m.setattr(loader.fastcheck, "check", lambda *args: None)
+        m.setattr(loader.save.fastcheck, "check", lambda *args: None)
         return judge_call("batch", enumerate(items, 7))
 
 
@@ -72,7 +72,7 @@ def test_broken_inputs_are_left_to_the_model() -> None:
     for index in damaged:
         if results[index]["status"] == "failed":
             continue  # the upstream failures of break_some are valid results
-        assert loader.fastcheck.check(results[index], _path_ok, index) is None, results[index]
+        assert loader.save.fastcheck.check(results[index], _path_ok, index) is None, results[index]
 
 
 @pytest.mark.parametrize(
@@ -105,7 +105,7 @@ def test_broken_inputs_are_left_to_the_model() -> None:
 )
 def test_a_box_the_model_refuses_never_passes_the_fast_path(box: dict[str, Any]) -> None:
     data = {"image_path": "/x.png", "text_boxes": [OK_BOX, box]}
-    assert loader.fastcheck.check(data, _path_ok, 0) is None
+    assert loader.save.fastcheck.check(data, _path_ok, 0) is None
     with pytest.raises(ValueError):
         OCRResult.model_validate(data)
 
@@ -185,8 +185,8 @@ def test_bbox_json_reads_back_as_the_same_numbers_of_the_same_types(bbox: list[l
 
 def _stdlib_only(monkeypatch: pytest.MonkeyPatch, lines: list[Any]) -> list[Any]:
     with monkeypatch.context() as m:
-        m.setattr(loader.validate, "from_json", _refuse)
-        return [loader.validate._parse(line) for line in lines]
+        m.setattr(loader.save.validate, "from_json", _refuse)
+        return [loader.save.validate._parse(line) for line in lines]
 
 
 def _refuse(*args: Any, **kwargs: Any) -> Any:
@@ -199,7 +199,7 @@ def test_lines_parse_as_json_loads_parses_them(monkeypatch: pytest.MonkeyPatch) 
     # str lines too, lone surrogates included (which pydantic-core cannot read).
     lines += ["not json \x00 \ud800", '{"image_path": "/s/\\ud800"}', '{"image_path": "/s/\ud800"}']
     lines += ['{"a": 1}']
-    assert [repr(loader.validate._parse(line)) for line in lines] == [
+    assert [repr(loader.save.validate._parse(line)) for line in lines] == [
         repr(parsed) for parsed in _stdlib_only(monkeypatch, lines)
     ]
 
@@ -217,5 +217,5 @@ _json_value = st.recursive(
 @given(st.dictionaries(st.text(max_size=5), _json_value, max_size=4), st.booleans())
 def test_generated_json_parses_as_json_loads_parses_it(value: dict[str, Any], ascii_only: bool) -> None:
     line = json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
-    stdlib = loader.validate._parse_stdlib(line)
-    assert repr(loader.validate._parse(line)) == repr(stdlib)
+    stdlib = loader.save.validate._parse_stdlib(line)
+    assert repr(loader.save.validate._parse(line)) == repr(stdlib)

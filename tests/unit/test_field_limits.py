@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from loader import fastcheck
 from loader.fields import STORED, Chars, Declared
 from loader.models import OCRResult
-from loader.validate import _path_ok, judge_call
+from loader.save import fastcheck
+from loader.save.validate import _path_ok, judge_call
 
 _LIMITED = [f for f in STORED if isinstance(f.rule, Chars)]
 

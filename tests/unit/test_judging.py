@@ -1,4 +1,4 @@
-"""Judging in one place: save_batch, loader.pipeline.judge and the chunks of a file judge a
+"""Judging in one place: save_batch, loader.save.pipeline.judge and the chunks of a file judge a
 call through one function, check their arguments alike, and word each reason once."""
 
 from __future__ import annotations
@@ -11,18 +11,18 @@ from typing import Any
 
 import pytest
 
-import loader.validate
+import loader.save.validate
 from loader import queries, save_batch
 from loader.batch_ids import MAX_POSITION
-from loader.chunks import judge_lines
 from loader.datagen import make_batch
 from loader.errors import ConfigurationError
-from loader.isolate import CLAIMED_CONCURRENTLY
-from loader.pipeline import judge, save_judged
-from loader.save import judge_checked
-from loader.validate import WORDED_BY_THE_MERGE, Judged, judge_call
+from loader.save.call import judge_checked
+from loader.save.chunks import judge_lines
+from loader.save.isolate import CLAIMED_CONCURRENTLY
+from loader.save.pipeline import judge, save_judged
+from loader.save.validate import WORDED_BY_THE_MERGE, Judged, judge_call
 
-LOADER = Path(loader.validate.__file__).resolve().parent
+LOADER = Path(loader.save.validate.__file__).resolve().parent
 
 
 def _plain(count: int) -> list[bytes]:
@@ -71,13 +71,13 @@ def test_a_blank_line_is_no_input_but_keeps_its_number() -> None:
 
 def test_a_call_is_judged_only_when_its_verdicts_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
     judged_inputs: list[int] = []
-    real_add = loader.validate._Judging.add
+    real_add = loader.save.validate._Judging.add
 
     def counted(self: Any, pos: int, item: Any) -> None:
         judged_inputs.append(pos)
         real_add(self, pos, item)
 
-    monkeypatch.setattr(loader.validate._Judging, "add", counted)
+    monkeypatch.setattr(loader.save.validate._Judging, "add", counted)
 
     later = judge_checked("B", _plain(3), 0, now=False)
     assert judged_inputs == [] and later.received == 3  # digested, not judged: a replay needs no verdicts

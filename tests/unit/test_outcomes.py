@@ -9,7 +9,6 @@ import pytest
 from pydantic import ValidationError
 
 from loader import queries
-from loader.chunks import Totals
 from loader.models import (
     INTERNAL_OUTCOMES,
     REPORTED_OUTCOMES,
@@ -20,7 +19,8 @@ from loader.models import (
     Outcome,
     ProcessStatus,
 )
-from loader.report import log_saved
+from loader.save.chunks import Totals
+from loader.save.report import log_saved
 
 MERGE = queries.get("merge")
 

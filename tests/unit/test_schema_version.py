@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 from loader.connection import SCHEMA_VERSION
-from loader.migrate import load
-from loader.schema import schema_sql
+from loader.schema.apply import schema_sql
+from loader.schema.migrate import load
 
 
 def test_the_loaders_version_is_its_newest_migrations() -> None:

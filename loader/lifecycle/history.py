@@ -5,7 +5,7 @@ statement that replaces it (loader/sql/save.sql, ``kept_results``); this module
 reads it (loader/sql/history.sql). An image's results are numbered 1, 2, ...
 (``ocr_executions.result_version`` is the current one's number). See docs/history.md.
 
-    from loader import history
+    from loader.lifecycle import history
     history.image_history(pool, "/images/a.png")      # every result, newest first
     history.compare(pool, "B1", from_model="ocr-v1", to_model="ocr-v2")
     history.rollback(pool, "B1")                       # each image back to its previous result
@@ -28,10 +28,10 @@ from loader.connection import Connectable, connection
 from loader.errors import ConfigurationError, quoted, translating
 from loader.fields import MAX_BBOX_POINTS, MAX_TEXT_CHARS, REPLACED
 from loader.models import LoadReport
-from loader.progress import get_progress
-from loader.save import save_judged
+from loader.progress.read import get_progress
+from loader.save.call import save_judged
+from loader.save.validate import judge_call
 from loader.settings import Limits, Settings
-from loader.validate import judge_call
 
 __all__ = [
     "BatchVersion",

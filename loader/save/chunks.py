@@ -1,8 +1,8 @@
 """Loading one batch in chunks: the engine under `loader load` and Celery batch files.
 
-Lines come from the one JSONL reader (loader.jsonl.Sources) and are cut into
+Lines come from the one JSONL reader (loader.save.jsonl.Sources) and are cut into
 chunks of at most ``chunk_size`` lines (or MAX_CHUNK_BYTES bytes). Each chunk is
-judged (pure Python, judge_lines: loader.validate) in a background thread while the chunk
+judged (pure Python, judge_lines: loader.save.validate) in a background thread while the chunk
 before it is stored (one transaction, mostly waiting on the server), so the
 two overlap. Lines are read only in that thread, in order, and at most two
 chunks are held: the one being stored and the one judged ahead. A slow
@@ -27,10 +27,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from loader.jsonl import Sources, is_blank
 from loader.models import BatchProgress, Counts, InputIssue, LoadReport
+from loader.save.jsonl import Sources, is_blank
+from loader.save.validate import Judged, judge_call
 from loader.settings import Limits, current_limits
-from loader.validate import Judged, judge_call
 
 # A chunk is also cut when its lines reach this many bytes, so a file of huge
 # lines cannot grow one chunk beyond memory: 64 MiB of raw JSON.
@@ -41,7 +41,7 @@ MAX_CHUNK_BYTES = 64 * 1024 * 1024
 # memory, nor a Celery result become a 10 MB message.
 MAX_ISSUES_KEPT = 1_000
 
-log = logging.getLogger("loader.chunks")
+log = logging.getLogger("loader.save.chunks")
 
 #: Stores one judged chunk: save_judged, with whatever retries the caller wants.
 Store = Callable[[Judged], LoadReport]

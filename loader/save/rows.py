@@ -10,6 +10,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import RowMaker, class_row
 
+from loader import steps
 from loader.models import BatchProgress, Outcome, ProcessStatus
 
 
@@ -112,3 +113,29 @@ def run_merge(conn: psycopg.Connection[Any], merge: sql.Composed, params: dict[s
     """Run the merge (loader/sql/save.sql, its staging tables' names filled in): its rows."""
     with conn.cursor(row_factory=_merge_row) as cur:
         return cur.execute(merge, params, prepare=False).fetchall()
+
+
+def reread_if_stale(
+    conn: psycopg.Connection[Any], batch_id: str, rows: list[MergeRow], statements: int
+) -> tuple[list[MergeRow], int]:
+    """A merge's rows, with the batch's progress read again if another writer
+    committed while the merge ran (one more statement, on that path only).
+
+    The merge's totals are its snapshot's; such a write left the batch stale
+    (schema.sql, outside_writes), and a new statement of the same transaction
+    sees it, so the call's report says what get_progress says after the commit.
+    """
+    if not rows or not rows[0].left_stale:
+        return rows, statements
+    now = steps.run(conn, steps.batch_progress(batch_id, alone=False))
+    fresh = [
+        row._replace(
+            total_images=now.total_images,
+            completed_images=now.completed_images,
+            failed_images=now.failed_images,
+            rejected_images=now.rejected_images,
+            status=now.status.value,
+        )
+        for row in rows
+    ]
+    return fresh, statements + 1

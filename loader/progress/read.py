@@ -30,11 +30,10 @@ from loader.connection import Connectable, call, connection
 from loader.dsn import check_dsn
 from loader.errors import BatchNotFoundError, ConfigurationError, printable, quoted, redact_dsn, translating
 from loader.models import BatchProgress, ProcessStatus
-from loader.rows import MergeRow
 
 __all__ = ["BatchNotFoundError", "follow_progress", "get_progress", "recount_batch"]
 
-log = logging.getLogger("loader.progress")
+log = logging.getLogger("loader.progress.read")
 
 #: The channel every merge that changes a batch's totals notifies, on commit.
 CHANNEL = "loader_progress"
@@ -60,11 +59,6 @@ FINISHED = frozenset({ProcessStatus.SUCCESS, ProcessStatus.FAILURE})
 def get_progress(pool_or_conn: Connectable, batch_id: str) -> BatchProgress:
     """The batch's totals, status and percentage, as last committed (loader.steps.get_progress)."""
     return call(pool_or_conn, steps.get_progress(batch_id))
-
-
-def _read_progress(conn: psycopg.Connection[Any], batch_id: str) -> BatchProgress:
-    """The batch's progress read by a new statement of the connection's transaction."""
-    return steps.run(conn, steps.batch_progress(batch_id, alone=False))
 
 
 def event_batch_id(payload: str) -> str | None:
@@ -312,29 +306,3 @@ def recount_batch(pool_or_conn: Connectable, batch_id: str) -> BatchProgress:
             conn.execute(queries.get("batch_lock"), {"batch_id": batch_id})
             conn.execute(queries.get("recount_batch"), {"batch_id": batch_id})
         return get_progress(conn, batch_id)
-
-
-def reread_if_stale(
-    conn: psycopg.Connection[Any], batch_id: str, rows: list[MergeRow], statements: int
-) -> tuple[list[MergeRow], int]:
-    """A merge's rows, with the batch's progress read again if another writer
-    committed while the merge ran (one more statement, on that path only).
-
-    The merge's totals are its snapshot's; such a write left the batch stale
-    (schema.sql, outside_writes), and a new statement of the same transaction
-    sees it, so the call's report says what get_progress says after the commit.
-    """
-    if not rows or not rows[0].left_stale:
-        return rows, statements
-    now = _read_progress(conn, batch_id)
-    fresh = [
-        row._replace(
-            total_images=now.total_images,
-            completed_images=now.completed_images,
-            failed_images=now.failed_images,
-            rejected_images=now.rejected_images,
-            status=now.status.value,
-        )
-        for row in rows
-    ]
-    return fresh, statements + 1

@@ -5,7 +5,7 @@ A reject is resolved when a later input of the same batch stores its image
 that was not JSON) can only be found again by its position, so
 ``loader rejects B --export FILE`` writes a sparse file: line N holds the open
 reject at position N-1 and every other line is empty; ``loader load FILE -b B
---repair`` reads it back with blank lines skipped but counted (loader.chunks),
+--repair`` reads it back with blank lines skipped but counted (loader.save.chunks),
 so each fixed line is stored at its original position and resolves the reject there.
 """
 

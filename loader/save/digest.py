@@ -23,6 +23,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from loader.save.inputs import raw_bytes
+
 Sink = Callable[[bytes], Any]
 
 # The fast typed form, written in C: marshal tags every value with its exact
@@ -144,8 +146,6 @@ def canonical(item: Any) -> bytes:
     except RecursionError:
         # Nested deeper than the interpreter recurses (or a cycle): judged a
         # reject whatever it holds; what Python can say of it, tagged apart.
-        from loader.validate import raw_bytes  # noqa: PLC0415  (validate imports this module)
-
         return b"X" + raw_bytes(item)
     return b"V" + b"".join(parts)
 

@@ -3,7 +3,7 @@
 ``judge`` is the pure-Python half of save_batch (parsing and validating the
 inputs, no database); ``save_judged`` is the other half (one transaction).
 Running ``judge`` for chunk k+1 in a thread while ``save_judged`` stores chunk
-k overlaps the two (loader.chunks does the same for lines of a file). The outcome,
+k overlaps the two (loader.save.chunks does the same for lines of a file). The outcome,
 errors and transaction are exactly those of save_batch on the same inputs.
 """
 
@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from loader.save import judge_checked, save_judged
+from loader.save.call import judge_checked, save_judged
+from loader.save.inputs import Input
+from loader.save.validate import Judged
 from loader.settings import Limits
-from loader.validate import Input, Judged
 
 __all__ = ["Judged", "judge", "save_judged"]
 

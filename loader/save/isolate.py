@@ -32,9 +32,11 @@ from loader import queries
 from loader.copy import STAGE_BOXES, STAGE_IMAGES, copy_rows, staging_names
 from loader.errors import DatabaseError, translate
 from loader.errors import DataRefused as DataRefused  # noqa: PLC0414  (re-exported: save.py uses isolate.DataRefused)
+from loader.fields import path_problem
 from loader.models import Outcome
-from loader.rows import MergeRow, run_merge
-from loader.validate import Image, Reject, path_problem, raw_bytes, storable
+from loader.save.inputs import raw_bytes
+from loader.save.rows import MergeRow, run_merge
+from loader.save.validate import Image, Reject, storable
 
 log = logging.getLogger("loader")
 

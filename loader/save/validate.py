@@ -4,8 +4,8 @@ To judge an input is to decide what it becomes, one of:
 - an image to store (success with its boxes, or failed with the reason), or
 - a reject (it cannot be stored at all), kept with its raw bytes.
 
-To judge a call (judge_call, the one place: save_batch, loader.pipeline.judge and
-loader.chunks come here) is to judge each of its inputs and digest them: a Judged.
+To judge a call (judge_call, the one place: save_batch, loader.save.pipeline.judge and
+loader.save.chunks come here) is to judge each of its inputs and digest them: a Judged.
 The merge then gives each staged input its verdict by position (save.sql's
 ``judged`` step: what the input does to the batch), which no client code decides.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import reprlib
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,34 +22,25 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import from_json
 
-from loader import fastcheck
 from loader.copy import bbox_json
-from loader.digest import call_digest as _typed_call_digest
-from loader.fastcheck import BoxRow, Stored
-from loader.fields import MAX_ERROR_CHARS, MAX_PATH_BYTES, STORED, Chars, Declared, Path
+from loader.fields import MAX_ERROR_CHARS, STORED, Chars, Declared, Path, path_problem
 from loader.models import OCRResult
+from loader.save import fastcheck
+from loader.save.digest import call_digest as _typed_call_digest
+from loader.save.fastcheck import BoxRow, Stored
+from loader.save.inputs import QUOTE_CHARS, QUOTER, Input, raw_bytes
 from loader.settings import Limits, current_limits
 
 # Namespace of the chain ids the loader derives (UUIDv5), fixed forever: changing
 # it would make redelivered batches create new chains.
 CHAIN_NAMESPACE = uuid.UUID("6f1b7c52-4d7e-4a59-9a43-0c8e2f6b1d11")
 
-# How much of an offending value an error message quotes, in characters.
-_QUOTE_CHARS = 60
 # How many field errors one message lists; the rest are counted, not quoted.
 _MAX_ERRORS_LISTED = 3
 
-# Quotes offending values without walking all of them: plain repr() of a deeply
-# nested list raises RecursionError, and of a 1 MB text copies it all first.
-_QUOTER = reprlib.Repr()
-_QUOTER.maxlevel = 3
-_QUOTER.maxstring = _QUOTE_CHARS
-_QUOTER.maxother = _QUOTE_CHARS
-
-Input = OCRResult | Mapping[str, Any] | str | bytes
 
 #: SHA-256 of a call's inputs with their positions over their typed canonical
-#: form (loader/digest.py): what the batch's ledger remembers of a call.
+#: form (loader/save/digest.py): what the batch's ledger remembers of a call.
 call_digest = _typed_call_digest
 
 
@@ -174,8 +164,8 @@ def judge_call(
 ) -> Judged:
     """Validate and digest one call: its inputs with their positions, in increasing order,
     gaps allowed (a file's blank lines are no input but keep their number). Never raises
-    on bad data. The one way a call is judged: save_batch, loader.pipeline.judge and the
-    chunks of a file (loader.chunks) all come here. ``limits``: what one result may
+    on bad data. The one way a call is judged: save_batch, loader.save.pipeline.judge and the
+    chunks of a file (loader.save.chunks) all come here. ``limits``: what one result may
     hold (None: ``Limits()`` from the environment); they do not enter the digest.
     """
     inputs = list(numbered)
@@ -223,32 +213,9 @@ def chain_ids(batch_id: str) -> Callable[[str], str]:
     return chain_id
 
 
-def raw_bytes(item: Input) -> bytes:
-    """The input as received: the line's bytes, or the JSON encoding of an object."""
-    if isinstance(item, bytes):
-        return item
-    if isinstance(item, str):
-        # surrogatepass keeps even lone surrogates, byte for byte.
-        return item.encode("utf-8", "surrogatepass")
-    if isinstance(item, OCRResult):
-        try:
-            return item.model_dump_json().encode("utf-8")
-        except ValueError:  # built without validation (model_construct): a lone surrogate
-            item = item.model_dump()
-    try:
-        return json.dumps(item, ensure_ascii=False, default=repr).encode("utf-8", "surrogatepass")
-    except (TypeError, ValueError, RecursionError):
-        # Not JSON-encodable at all (non-string keys, a cycle, nesting deeper than
-        # the interpreter recurses): keep what Python can say about it.
-        try:
-            return repr(item).encode("utf-8", "surrogatepass")
-        except RecursionError:
-            return _QUOTER.repr(item).encode("utf-8", "surrogatepass")
-
-
 def _quote(value: Any) -> str:
-    text = _QUOTER.repr(value)
-    return text if len(text) <= _QUOTE_CHARS else text[: _QUOTE_CHARS - 3] + "..."
+    text = QUOTER.repr(value)
+    return text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 3] + "..."
 
 
 def storable(text: str) -> str:
@@ -264,28 +231,6 @@ def storable(text: str) -> str:
 
 def _path_ok(value: Any) -> bool:
     return path_problem(value, "path") is None
-
-
-def path_problem(value: Any, what: str) -> str | None:
-    """Why ``value`` is not a usable path, or None."""
-    if value is None:
-        return f"{what} is missing"
-    if not isinstance(value, str):
-        return f"{what} is not a string (got {type(value).__name__})"
-    if not value.strip():
-        return f"{what} is empty or only whitespace"
-    if "\x00" in value:
-        return f"{what} contains a NUL byte"
-    if len(value) > MAX_PATH_BYTES:
-        return f"{what} is longer than {MAX_PATH_BYTES} bytes ({len(value)} characters)"
-    if not value.isascii():
-        try:
-            size = len(value.encode("utf-8"))
-        except UnicodeEncodeError:
-            return f"{what} is not valid Unicode (lone surrogate)"
-        if size > MAX_PATH_BYTES:
-            return f"{what} is longer than {MAX_PATH_BYTES} bytes in UTF-8 ({size})"
-    return None
 
 
 # Each stored field's quick check (loader/fields.py): whether a value is certainly storable as it is.

@@ -2,7 +2,7 @@
 application's original models (:data:`EXPECTED`), and how a database differs from it.
 
 Anything else is refused with one line per difference, before anything changes
-(loader/adopt.py runs the conversion).
+(loader/schema/adopt.py runs the conversion).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ One transaction, all or nothing. In it:
 
 1. take the deployment lock and ACCESS EXCLUSIVE locks on the five application tables;
 2. read the catalog and recognise the shape SQLAlchemy's ``create_all`` gives the
-   original models (loader/adopt_shape.py); anything else is refused with one line per
+   original models (loader/schema/adopt_shape.py); anything else is refused with one line per
    difference, before anything changes;
 3. find old rows that break a constraint of schema.sql (adopt.sql, ``adopt_dirty_rows``):
    refuse, or with ``set_aside`` move them (and the rows that hang on them) to
@@ -34,11 +34,11 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from loader import queries
-from loader.adopt_shape import STAMPS, TABLES, Inspection, fetch, inspect
 from loader.connection import SCHEMA_VERSION
 from loader.dsn import check_dsn
 from loader.errors import AdoptError, DirtyRowsError, UnknownShapeError, translating
-from loader.schema_check import package_body
+from loader.schema.adopt_shape import STAMPS, TABLES, Inspection, fetch, inspect
+from loader.schema.check import package_body
 
 # The error an adopted failed OCR row carries: the old table had no error column,
 # and schema.sql requires one on every failed row (ocr_executions_error_iff_failed).

@@ -13,7 +13,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import class_row
 
-from loader import isolate, queries, steps
+from loader import queries, steps
 from loader.batch_ids import (
     check_batch_id,
     check_inside,
@@ -35,23 +35,24 @@ from loader.errors import (
 )
 from loader.fields import NONE
 from loader.models import BatchProgress, Counts, LoadReport, Outcome
-from loader.progress import reread_if_stale
-from loader.report import log_saved, tally_report
-from loader.rows import LockRow, MergeRow, run_merge
+from loader.save import isolate
+from loader.save.inputs import Input
+from loader.save.report import log_saved, tally_report
+from loader.save.rows import LockRow, MergeRow, reread_if_stale, run_merge
+from loader.save.validate import Image, Judged, Reject, judge_call
 from loader.settings import Limits, Settings, current_settings
-from loader.validate import Image, Input, Judged, Reject, judge_call
 
 log = logging.getLogger("loader")
 
 
 # Transactions a call may run: the fast one and, only when the database refused
-# some input's data despite validation, one more isolating it (loader/isolate.py).
+# some input's data despite validation, one more isolating it (loader/save/isolate.py).
 MAX_ATTEMPTS = 2
 
 # Statements of one attempt, as the server counts them: BEGIN, lock_batch,
 # the staging tables' two CREATEs, two COPYs, merge, COMMIT. Only a call whose
 # data the database refuses despite validation, or whose inputs must be
-# rejected with their raw bytes after the merge (loader/isolate.py), sends more.
+# rejected with their raw bytes after the merge (loader/save/isolate.py), sends more.
 STATEMENTS_PER_ATTEMPT = 8
 # Of those, the ones before the first COPY: BEGIN, lock_batch, two CREATEs.
 _STATEMENTS_BEFORE_COPY = 4
@@ -97,7 +98,7 @@ class _Call:
 def judge_checked(
     batch_id: str, results: Iterable[Input], position_offset: int, *, now: bool, limits: Limits | None = None
 ) -> Judged:
-    """The inputs of save_batch and loader.pipeline.judge, checked the same way and judged:
+    """The inputs of save_batch and loader.save.pipeline.judge, checked the same way and judged:
     ``now``, or (save_batch) when their verdicts are first read."""
     batch_id = check_batch_id(batch_id)
     if isinstance(results, str | bytes):
@@ -353,7 +354,8 @@ def save_judged(
     total_images = check_total(total_images)
     if not isinstance(judged, Judged) or judged.batch_id != batch_id:
         raise ConfigurationError(
-            f"save_judged takes what loader.pipeline.judge() returned for the same batch ({quoted(batch_id)})"
+            "save_judged takes what loader.save.pipeline.judge() returned for the same batch "
+            f"({quoted(batch_id)})"
         )
     check_last_position(-1 if judged.last_position is None else judged.last_position)
     call = _Call(_mode(repair, replace), judged)

@@ -23,7 +23,7 @@ from psycopg import sql
 from loader import queries
 from loader.dsn import check_dsn
 from loader.errors import SchemaCheckError, translating
-from loader.schema import schema_sql
+from loader.schema.apply import schema_sql
 
 Description = dict[str, str]
 

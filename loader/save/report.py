@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 from loader.errors import quoted
 from loader.models import Counts, InputIssue, LoadReport, Outcome
-from loader.rows import MergeRow
-from loader.validate import Image, Reject
+from loader.save.rows import MergeRow
+from loader.save.validate import Image, Reject
 
 
 def _replaced(row: MergeRow, image: Image | None) -> str:

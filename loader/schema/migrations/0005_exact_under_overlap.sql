@@ -47,7 +47,7 @@ COMMENT ON COLUMN batch_executions.outside_writes IS
 COMMENT ON TABLE loader_calls IS
     'The calls each batch committed. A redelivered call is a replay (nothing judged or written) only when the rows at its positions confirm it (loader_locked_call); otherwise it is judged. Deleted with the batch.';
 COMMENT ON COLUMN loader_calls.digest IS
-    'SHA-256 of the call: its kind (plain, repair, replace), and every input with its position, over a typed canonical form (loader/digest.py: a Decimal and a string, bytes and str never share one).';
+    'SHA-256 of the call: its kind (plain, repair, replace), and every input with its position, over a typed canonical form (loader/save/digest.py: a Decimal and a string, bytes and str never share one).';
 COMMENT ON COLUMN batch_executions.totals_stale IS
     'True when a writer other than the loader changed the counters, the status, the total or the rows they count (triggers loader_note_batch_write, loader_note_outside_write); readers then read the rows'' figures, and the next merge recounts the batch and clears it, unless another outside write came meanwhile (outside_writes). Only the loader clears it.';
 
@@ -216,7 +216,7 @@ ALTER TABLE load_rejects ENABLE TRIGGER load_rejects_touch;
 
 -- [v5 tables: result history]
 -- Version 5: a re-OCR (replace=True), a repair that replaces a stored failure
--- and a rollback (loader.history) keep the result they replace. The merge
+-- and a rollback (loader.lifecycle.history) keep the result they replace. The merge
 -- copies it here in its own statement (data-modifying CTEs, no row trigger),
 -- so a plain save pays nothing. docs/history.md.
 ALTER TABLE ocr_executions

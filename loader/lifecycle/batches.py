@@ -11,7 +11,7 @@ from loader import queries
 from loader.connection import Connectable, connection
 from loader.errors import quoted, translating
 from loader.models import BatchProgress
-from loader.progress import get_progress
+from loader.progress.read import get_progress
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Schema upgrades: numbered migration files, each one transaction (`loader schema upgrade`).
 
-``loader/migrations/NNNN_name.sql`` takes a database from schema version NNNN-1
+``loader/schema/migrations/NNNN_name.sql`` takes a database from schema version NNNN-1
 to NNNN. Each file is self-contained plain SQL, like schema.sql: it opens its own
 transaction, takes the deployment lock, refuses to run on any other version,
 changes the schema and records its version, so a DBA can also apply it with
@@ -53,7 +53,7 @@ def load(directory: Traversable | Path | None = None) -> list[Migration]:
 
     Versions must run 2, 3, ... without gaps: version 1 is schema.sql itself.
     """
-    folder = directory if directory is not None else resources.files("loader") / "migrations"
+    folder = directory if directory is not None else resources.files("loader.schema") / "migrations"
     found = sorted(
         (_parse(entry.name, entry.read_text(encoding="utf-8")) for entry in _sql_files(folder)),
         key=lambda mig: mig.version,

@@ -130,7 +130,7 @@ _CHECKS: dict[Callable[[object], bool], list[tuple[str, Any, Callable[[object], 
 def check(data: Any, path_ok: Callable[[object], bool], pos: int) -> Stored | None:
     """``data`` judged in one pass: its stored form if certainly valid, else None.
 
-    ``path_ok(value)`` says whether a path is usable (validate.path_problem is
+    ``path_ok(value)`` says whether a path is usable (fields.path_problem is
     None); ``data["image_path"]`` must already have passed it.
     """
     if type(data) is not dict or type(data.get("image_path")) is not str:
