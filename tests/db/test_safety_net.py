@@ -19,6 +19,7 @@ import pytest
 from helpers.checks import assert_totals_match_recount, row_counts, snapshot, stored_totals
 from psycopg import pq
 
+import loader.fields
 import loader.save.validate
 from loader import DatabaseError, LoadReport, OCRResult, TextBox, save_batch
 from loader.datagen import make_batch
@@ -129,7 +130,7 @@ def test_a_path_the_index_cannot_hold_is_rejected_with_its_raw_input(
     conn: psycopg.Connection[Any], db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Before the fix the limit was 4096 characters, which let such paths through.
-    monkeypatch.setattr(loader.save.validate, "MAX_PATH_BYTES", 1_000_000)
+    monkeypatch.setattr(loader.fields, "MAX_PATH_BYTES", 1_000_000)
     rng = random.Random(5)
     long_path = "/long/" + "".join(rng.choice(string.ascii_letters) for _ in range(4000))
     results = make_batch(20, prefix="long")
