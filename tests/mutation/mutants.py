@@ -5,6 +5,14 @@ save.sql, inside the merge (mutate.py refuses to run otherwise, so this list fol
 the SQL as it changes). The texts are taken from the merge's logic (WHERE, CASE,
 ORDER BY, JOIN, counters), never from its column lists or reasons' wording. A mutant
 found equivalent (nothing observable changes) is replaced, saying so below.
+
+Left out as equivalent (by construction; none was run) for tests of one session:
+- new_ocr's ORDER BY image_path removed: it only orders index locks so that calls of
+  different batches cannot deadlock; one session sees the same rows either way.
+- pub's join condition `ON s.public_path IS NOT NULL` made `ON true`: the probe's WHERE
+  (o.public_path = NULL) finds nothing for such an input anyway.
+- resolved's `AND j.hrej_id IS NOT NULL` dropped: the UPDATE's `r.id = NULL` matches nothing.
+- outcome's `r.raw_sha256 = j.raw_sha256` dropped: a call holds one input per position.
 """
 
 from __future__ import annotations
@@ -189,6 +197,18 @@ MUTANTS: tuple[Mutant, ...] = (
         "a slot's input is never stored",
     ),
     Mutant(
+        "new_ocr: ON CONFLICT dropped",
+        "ORDER BY image_path\n    ON CONFLICT DO NOTHING",
+        "ORDER BY image_path",
+        "a path another batch claims during the merge aborts the insert instead of being lost and rejected",
+    ),
+    Mutant(
+        "claim: an image stored at a position is claimed again",
+        "WHEN st.mine_batch = %(batch_id)s AND st.mine_pos IS NULL THEN 'claim'",
+        "WHEN st.mine_batch = %(batch_id)s THEN 'claim'",
+        "an image re-sent at another position moves its chain there",
+    ),
+    Mutant(
         "placed: joined by the derived chain only",
         "JOIN judged j ON coalesce(j.slot_chain, j.chain_id) = n.chain_id",
         "JOIN judged j ON j.chain_id = n.chain_id",
@@ -205,6 +225,12 @@ MUTANTS: tuple[Mutant, ...] = (
         "failed_tasks = (p.status = 'failed')::integer\n    FROM placed p",
         "failed_tasks = (p.status = 'success')::integer\n    FROM placed p",
         "a filled slot's chain counts its run the wrong way",
+    ),
+    Mutant(
+        "filled: a slot's chain counts one more task",
+        "total_tasks = greatest(c.total_tasks, 1)",
+        "total_tasks = c.total_tasks + 1",
+        "a chain whose OCR row was deleted records a second task when filled",
     ),
     Mutant(
         "claimed: join to the claimed chain dropped",
@@ -306,6 +332,12 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     # ------------------------------------------------------------------ outcome
     Mutant(
+        "outcome: lost inputs reported stored",
+        "WHEN j.verdict IN ('new', 'fix', 'fill') AND n.chain_id IS NOT NULL THEN 'stored'",
+        "WHEN j.verdict IN ('new', 'fix', 'fill') THEN 'stored'",
+        "an input whose path another batch claimed during the merge is reported stored, and never rejected",
+    ),
+    Mutant(
         "outcome: take reported unchanged",
         "WHEN j.verdict = 'take' THEN 'stored'",
         "WHEN j.verdict = 'take' THEN 'unchanged'",
@@ -374,6 +406,12 @@ MUTANTS: tuple[Mutant, ...] = (
         "(SELECT rc.failed + rc.rejected FROM loader_recount(%(batch_id)s) rc)",
         "(SELECT rc.failed FROM loader_recount(%(batch_id)s) rc)",
         "a recount by the merge drops open rejects from failed_images",
+    ),
+    Mutant(
+        "base: resolved rejects counted as open",
+        "WHERE r.batch_id = %(batch_id)s AND r.resolved_at IS NULL) AS rejected",
+        "WHERE r.batch_id = %(batch_id)s) AS rejected",
+        "the call's rejected_images counts rejects already resolved",
     ),
     Mutant(
         "counted: rejects left out of failed",

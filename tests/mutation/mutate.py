@@ -187,6 +187,7 @@ def main(argv: list[str]) -> int:
         if code != 0:
             print(f"mutate: the tests fail without any mutant:\n{output[-3000:]}", file=sys.stderr)
             return 2
+        print(f"unmutated: the tests pass ({time.monotonic() - began:.0f} s)", flush=True)
         if not try_mutant(copy, original, CANARY, tests).caught:
             print("mutate: the canary survived: the copy does not run its own save.sql", file=sys.stderr)
             return 2
@@ -219,4 +220,8 @@ def report(verdicts: list[Verdict], seconds: float, *, full: bool) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:
+        # The temporary copy is gone with its directory; the working tree was never written.
+        sys.exit("mutate: interrupted (the working tree was never written)")
