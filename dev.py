@@ -7,6 +7,7 @@
     python3 dev.py bench    # benchmarks (add --smoke for a few-second run)
     python3 dev.py docs     # API reference of loader.__all__ into build/api/ (fails on any warning)
     python3 dev.py wheel-smoke   # build sdist + wheel, check them, run the wheel from a clean venv
+    python3 dev.py mutate   # mutants of the merge SQL against its tests (minutes; not in CI; --list)
 
 The first run creates .venv/ beside this file and installs the project into it
 (editable, with its dev extra); later runs reinstall only when pyproject.toml (or the
@@ -181,6 +182,8 @@ def main(argv: list[str]) -> int:
         return _run(BIN / "loader", *rest)
     if command == "docs":
         return api_docs()
+    if command == "mutate":
+        return _run(BIN / "python", ROOT / "tests" / "mutation" / "mutate.py", *rest)
     if command == "wheel-smoke":
         return _run("bash", ROOT / ".ci" / "wheel-smoke", *rest)
     print(f"unknown command {command!r}\n{__doc__}", file=sys.stderr)
