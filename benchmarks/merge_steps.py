@@ -30,8 +30,9 @@ from loader import queries
 from loader.connection import SCHEMA_VERSION
 from loader.copy import STAGE_BOXES, STAGE_IMAGES, copy_rows, staging_names
 from loader.datagen import make_batch
-from loader.save.call import DEFAULT_SETTINGS, _box_rows, _image_rows
+from loader.save.call import _box_rows, _image_rows
 from loader.save.validate import judge_call
+from loader.settings import Settings
 from loader.testing import TemplateDatabases, embedded_server
 
 
@@ -45,6 +46,7 @@ def _nodes(plan: dict[str, Any], cte: str | None = None) -> Iterator[tuple[str |
 
 def explain_merge(dsn: str, images: int) -> dict[str, Any]:
     batch_id = "steps"
+    settings = Settings()
     with psycopg.connect(dsn) as conn:
         conn.execute(
             queries.get("lock_batch"),
@@ -52,9 +54,12 @@ def explain_merge(dsn: str, images: int) -> dict[str, Any]:
                 "batch_id": batch_id,
                 "total_images": images,
                 "digest": b"\x00" * 32,
-                "work_mem": DEFAULT_SETTINGS.work_mem,
+                "first_position": 0,
+                "last_position": images - 1,
+                "inputs": images,
+                "work_mem": settings.work_mem,
                 "statement_timeout": "0",
-                "lock_timeout": DEFAULT_SETTINGS.lock_timeout,
+                "lock_timeout": settings.lock_timeout,
                 "schema_version": SCHEMA_VERSION,
             },
             prepare=False,
