@@ -12,7 +12,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,6 @@ import pytest
 from helpers.celery_harness import (
     Broker,
     Worker,
-    pick_broker,
     process_gone,
     task_log,
     wait_for,
@@ -41,28 +40,6 @@ from loader.save.validate import chain_id_for
 
 # Seconds to wait for a task's result: generous for a loaded 2-core machine.
 RESULT_TIMEOUT_S = 120
-
-
-@pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Broker:
-    chosen = pick_broker(tmp_path_factory.mktemp("celery-broker"))
-    print(f"\nCelery tests: broker {chosen.describe()}")
-    return chosen
-
-
-@pytest.fixture
-def start_worker(broker: Broker, dsn: str, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
-    """Start a worker (env overrides as keyword arguments); every one is stopped afterwards."""
-    workers: list[Worker] = []
-
-    def start(**env: str) -> Worker:
-        worker = Worker(broker, dsn, tmp_path, env)
-        workers.append(worker)
-        return worker.start()
-
-    yield start
-    for worker in workers:
-        worker.stop()
 
 
 def _stored_boxes(db: psycopg.Connection[Any], batch_id: str) -> set[tuple[str, int, str, float, str]]:

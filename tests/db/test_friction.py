@@ -22,7 +22,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from click.testing import CliRunner
 from helpers import orm_recipe
-from helpers.celery_harness import Broker, Worker, pick_broker
+from helpers.celery_harness import Broker, Worker
 from helpers.pgbouncer import through
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Column, Index, MetaData, Text, create_engine, select
@@ -215,11 +215,6 @@ def test_the_saved_batch_record_keeps_its_structured_fields(
 
 
 # --------------------------------------------------------------------------- the worker pool
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Broker:
-    return pick_broker(tmp_path_factory.mktemp("celery-broker"))
 
 
 @pytest.fixture

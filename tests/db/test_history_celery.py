@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import helpers.celery_tasks as celery_tasks  # noqa: F401  (registers the opt-in tasks)
 import psycopg
-import pytest
-from helpers.celery_harness import Broker, Worker, pick_broker
+from helpers.celery_harness import Worker
 from helpers.checks import assert_totals_match_recount, stored_totals
 
 from loader.celery import submit_batch
@@ -18,25 +16,6 @@ from loader.lifecycle.history import compare, image_history
 
 # Seconds to wait for a task's result: generous for a loaded 2-core machine.
 RESULT_TIMEOUT_S = 120
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Broker:
-    return pick_broker(tmp_path_factory.mktemp("celery-broker"))
-
-
-@pytest.fixture
-def start_worker(broker: Broker, dsn: str, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
-    workers: list[Worker] = []
-
-    def start(**env: str) -> Worker:
-        worker = Worker(broker, dsn, tmp_path, env)
-        workers.append(worker)
-        return worker.start()
-
-    yield start
-    for worker in workers:
-        worker.stop()
 
 
 def test_a_re_ocr_through_the_celery_stage_keeps_the_replaced_results(

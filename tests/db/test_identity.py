@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import CliRunner
-from helpers.celery_harness import DEFAULT_AMQP_URL, Broker, Worker, _amqp_answers, pick_broker
+from helpers.celery_harness import DEFAULT_AMQP_URL, Broker, Worker, _amqp_answers
 from helpers.checks import recount, stored_totals
 
 from loader import PositionConflictError, register_batch, save_batch
@@ -97,11 +97,6 @@ def databases(templates: TemplateDatabases) -> Iterator[Callable[[], str]]:
     yield make
     for url in made:
         templates.drop(url)
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Broker:
-    return pick_broker(tmp_path_factory.mktemp("identity-broker"))
 
 
 @pytest.fixture(scope="module")

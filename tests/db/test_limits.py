@@ -9,13 +9,14 @@ settings.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from click.testing import CliRunner
-from helpers.celery_harness import Broker, Worker, pick_broker
+from helpers.celery_harness import Worker
 from helpers.checks import stored_totals
 from psycopg_pool import ConnectionPool
 
@@ -137,22 +138,13 @@ def test_loader_load_judges_with_the_limits_of_its_environment(
     }
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Broker:
-    return pick_broker(tmp_path_factory.mktemp("limits-broker"))
-
-
 def test_a_celery_worker_judges_with_the_limits_of_its_settings(
-    broker: Broker, dsn: str, db: psycopg.Connection[Any], tmp_path: Path
+    start_worker: Callable[..., Worker], db: psycopg.Connection[Any]
 ) -> None:
-    worker = Worker(broker, dsn, tmp_path, {"LOADER_MAX_BOXES": "2"}).start()
-    try:
-        client = worker.client()
-        submission = submit_batch("worker", [_result("/w1.jpg", 2), _result("/w2.jpg", 3)], app=client)
-        report = submission.result.get(timeout=RESULT_TIMEOUT_S)
-        client.close()
-    finally:
-        worker.stop()
+    client = start_worker(LOADER_MAX_BOXES="2").client()
+    submission = submit_batch("worker", [_result("/w1.jpg", 2), _result("/w2.jpg", 3)], app=client)
+    report = submission.result.get(timeout=RESULT_TIMEOUT_S)
+    client.close()
 
     assert (report["stored"], report["failed"]) == (1, 1)
     assert "more than the limit of 2 (LOADER_MAX_BOXES)" in report["issues"][0]["reason"]

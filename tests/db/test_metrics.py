@@ -20,7 +20,6 @@ import pytest
 from helpers.celery_harness import (
     Broker,
     Worker,
-    pick_broker,
     process_gone,
     wait_for,
     wait_task_log,
@@ -33,11 +32,6 @@ from loader.celery import submit_batch
 from loader.datagen import make_batch
 
 RESULT_TIMEOUT_S = 120
-
-
-@pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Broker:
-    return pick_broker(tmp_path_factory.mktemp("celery-broker"))
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ import pytest
 from helpers.celery_harness import (
     Broker,
     Worker,
-    pick_broker,
     process_gone,
     wait_for,
     wait_task_log,
@@ -41,11 +40,6 @@ from loader.errors import ConfigurationError
 RESULT_TIMEOUT_S = 120
 # 200,000 images are ~20 chunks of 10,000: minutes on a busy 2-core machine.
 BIG_RESULT_TIMEOUT_S = 1200
-
-
-@pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Broker:
-    return pick_broker(tmp_path_factory.mktemp("celery-broker"))
 
 
 @pytest.fixture(scope="session")
