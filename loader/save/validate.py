@@ -135,7 +135,7 @@ class Judged:
     last_position: int | None
     _numbered: list[tuple[int, Input]] = field(repr=False)
     #: What one result may hold (LOADER_MAX_BOXES, ...): beyond it, stored as failed.
-    limits: Limits = field(default_factory=current_limits, repr=False)
+    limits: Limits = field(repr=False)
     _verdicts: _Verdicts | None = field(default=None, repr=False)
 
     def _reached(self) -> _Verdicts:
