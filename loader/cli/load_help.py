@@ -21,8 +21,10 @@ of that chunk kept).
 A blank line (only whitespace) is no input: it is skipped, but it keeps its
 number, so the lines after it keep theirs. Any other line that is not a JSON
 object is rejected with its raw bytes; an invalid result is stored as failed
-with the reason. Input that is not JSON lines at all (xz/bzip2/zstd/zip, NUL
-bytes, mostly invalid UTF-8) is refused before anything is written.
+with the reason, as is one beyond the limits LOADER_MAX_BOXES (10000 boxes),
+LOADER_MAX_TEXT_CHARS and LOADER_MAX_BBOX_POINTS read from the environment.
+Input that is not JSON lines at all (xz/bzip2/zstd/zip, NUL bytes, mostly
+invalid UTF-8) is refused before anything is written.
 
 \b
 --repair loads the file `loader rejects B --export` wrote, once fixed: line N
