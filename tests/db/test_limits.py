@@ -162,3 +162,29 @@ def test_a_rollback_restores_a_kept_result_beyond_limits_tightened_since(
 
     assert done.report is not None and done.report.replaced == 1
     assert _stored(db, "kept")["/k.jpg"] == ("success", None, 3)
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3])
+def test_a_batch_judged_by_limits_ends_the_same_however_it_is_cut_and_replayed(
+    pool: ConnectionPool, db: psycopg.Connection[Any], cut: int
+) -> None:
+    def results(batch_id: str) -> list[dict[str, Any]]:
+        return [_result(f"/{batch_id}/{i}.jpg", i % 4) for i in range(7)]
+
+    limits = Limits(max_boxes=2)
+    save_batch(pool, "whole", results("whole"), limits=limits)
+    register_batch(pool, "cut", 7)
+    cut_results = results("cut")
+    for start in range(0, len(cut_results), cut):
+        chunk = cut_results[start : start + cut]
+        save_batch(pool, "cut", chunk, position_offset=start, limits=limits)
+        save_batch(pool, "cut", chunk, position_offset=start, limits=limits)  # a redelivery
+
+    def outcome(batch_id: str) -> list[tuple[str, str, int]]:
+        stored = _stored(db, batch_id).items()
+        return sorted(
+            (path.removeprefix(f"/{batch_id}/"), status, boxes) for path, (status, _e, boxes) in stored
+        )
+
+    assert outcome("cut") == outcome("whole")
+    assert stored_totals(db, "cut") == stored_totals(db, "whole") == (7, 6, 1, "SUCCESS")
