@@ -22,7 +22,7 @@ from helpers.celery_harness import (
     Worker,
     process_gone,
     wait_for,
-    wait_task_log,
+    wait_task_retried,
     worker_backend,
 )
 from helpers.checks import hold_image_path, stored_totals
@@ -98,7 +98,7 @@ def test_scraped_worker_sums_both_children_and_counts_retries_and_redeliveries(
         quick_report = quick.result.get(timeout=RESULT_TIMEOUT_S)
         # A transient failure: the held batch is retried (and blocks again on the lock) ...
         db.execute("SELECT pg_terminate_backend(%s)", [backend])
-        wait_task_log(db, slow.result.id, "RETRY")
+        wait_task_retried(db, slow.result.id)
         _, retrying_child = wait_for(
             "the retry's merge to wait on the lock", lambda: worker_backend(db, exclude_worker=None)
         )

@@ -274,6 +274,17 @@ def task_log(db: psycopg.Connection[Any], task_id: str) -> dict[str, Any] | None
     return dict(zip([c.name for c in cur.description], row, strict=True))
 
 
+def wait_task_retried(db: psycopg.Connection[Any], task_id: str) -> dict[str, Any]:
+    """The task's log row once it counts a retry. RETRY itself is a passing status:
+    under a short backoff the retry's STARTED overwrites it within a fraction of a
+    second, and a poll on a loaded machine can miss that window; the count stays."""
+    return wait_for(
+        f"task {task_id} to be logged as retried",
+        lambda: row if (row := task_log(db, task_id)) is not None and row["retries"] >= 1 else None,
+        timeout=30,
+    )
+
+
 def wait_task_log(db: psycopg.Connection[Any], task_id: str, status: str) -> dict[str, Any]:
     """The task's log row once it shows ``status``. The worker writes SUCCESS and
     FAILURE from signals sent just after the result is stored, so a caller holding
