@@ -132,7 +132,8 @@ stage AS (
            mine.id AS mine_id, mine.status AS mine_status, mine.batch_id AS mine_batch,
            mine.position AS mine_pos, mine.chain_pk AS mine_chain,
            pub.batch_id AS pub_batch,
-           legacy.id AS legacy_id
+           legacy.id AS legacy_id,
+           taken.id IS NOT NULL AS chain_taken
     FROM {stage_images} s
     LEFT JOIN LATERAL (
         SELECT c.chain_id, o.id, o.image_path, o.status
@@ -171,6 +172,15 @@ stage AS (
         ORDER BY r.id
         LIMIT 1
     ) AS legacy ON (SELECT any_legacy FROM flags)
+    -- An input that creates a chain (no chain here, its image stored nowhere): its
+    -- derived chain id may already name one, whose OCR row the application deleted
+    -- or that another image filled; judged.new_chain then takes another id. The
+    -- conditions on outer columns gate the probe (a one-time filter per row).
+    LEFT JOIN LATERAL (
+        SELECT c.id FROM chain_executions c
+        WHERE s.reject IS NULL AND here.chain_id IS NULL AND mine.id IS NULL AND c.chain_id = s.chain_id
+        LIMIT 1
+    ) AS taken ON true
 ),
 seen AS (
     -- This position received this very input before: the image it stores, or
@@ -265,7 +275,11 @@ judged AS (
                    THEN format('image_path already stored by another batch (%%L)', st.mine_batch)
                WHEN st.pub_batch IS NOT NULL
                    THEN format('public_path already used by another image (batch %%L)', st.pub_batch)
-           END AS reason
+           END AS reason,
+           -- The chain an input stored at a free position creates: the derived id
+           -- (validate.chain_id_for), or a random one, as the application's own chains
+           -- have, where the derived id is taken (else a unique violation, 23505).
+           CASE WHEN st.chain_taken THEN gen_random_uuid()::text ELSE st.chain_id END AS new_chain
     FROM seen st
 ),
 new_ocr AS (
@@ -275,7 +289,7 @@ new_ocr AS (
     -- this statement's snapshot is skipped here and reported as lost below.
     -- An input filling a slot joins the chain already there.
     INSERT INTO ocr_executions (chain_id, {result_columns})
-    SELECT coalesce(slot_chain, chain_id), {result_values}
+    SELECT coalesce(slot_chain, new_chain), {result_values}
     FROM judged
     WHERE verdict IN ('new', 'fix', 'fill')
     ORDER BY image_path
@@ -286,7 +300,7 @@ placed AS (
     -- Each OCR row inserted, with the input it came from.
     SELECT n.id, n.chain_id, n.status, j.pos, j.verdict, j.hrej_id
     FROM new_ocr n
-    JOIN judged j ON coalesce(j.slot_chain, j.chain_id) = n.chain_id AND j.verdict IN ('new', 'fix', 'fill')
+    JOIN judged j ON coalesce(j.slot_chain, j.new_chain) = n.chain_id AND j.verdict IN ('new', 'fix', 'fill')
 ),
 new_chains AS (
     INSERT INTO chain_executions (chain_id, batch_id, status, total_tasks, completed_tasks, failed_tasks, position)

@@ -210,9 +210,21 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "placed: joined by the derived chain only",
-        "JOIN judged j ON coalesce(j.slot_chain, j.chain_id) = n.chain_id",
-        "JOIN judged j ON j.chain_id = n.chain_id",
+        "JOIN judged j ON coalesce(j.slot_chain, j.new_chain) = n.chain_id",
+        "JOIN judged j ON j.new_chain = n.chain_id",
         "an OCR row stored into a slot is not matched to its input",
+    ),
+    Mutant(
+        "new_chain: the derived id even where a chain holds it",
+        "CASE WHEN st.chain_taken THEN gen_random_uuid()::text ELSE st.chain_id END AS new_chain",
+        "st.chain_id AS new_chain",
+        "an image whose deleted OCR row left its chain is refused by the database at another position",
+    ),
+    Mutant(
+        "taken: probed only where a chain is here",
+        "WHERE s.reject IS NULL AND here.chain_id IS NULL AND mine.id IS NULL",
+        "WHERE s.reject IS NULL AND here.chain_id IS NOT NULL AND mine.id IS NULL",
+        "the derived id is believed free where a chain holds it",
     ),
     Mutant(
         "new_chains: fixes get no chain",

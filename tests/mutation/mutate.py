@@ -41,6 +41,7 @@ TESTS = (
     "tests/db/test_identity_table.py",
     "tests/db/test_batch_life.py",
     "tests/db/test_overlap_verdicts.py",
+    "tests/db/test_derived_chain_ids.py",
 )
 # Share of applied mutants the tests must catch (issue 23: at least 90%).
 THRESHOLD = 0.9
