@@ -482,8 +482,15 @@ superseded AS (
     RETURNING r.id
 ),
 ledger AS (
+    -- Only a call that wrote rows is recorded. One that wrote none (every input
+    -- refused, or received before) left nothing at its positions to confirm it:
+    -- sent again, it is judged again, and then finds what changed since (a repair
+    -- that fixed nothing finds the reject a later call put at its position).
     INSERT INTO loader_calls (batch_id, digest, first_position, inputs)
-    VALUES (%(batch_id)s, %(digest)s, %(first_position)s, %(inputs)s)
+    SELECT %(batch_id)s, %(digest)s, %(first_position)s, %(inputs)s
+    WHERE EXISTS (SELECT FROM new_ocr) OR EXISTS (SELECT FROM replaced_ocr) OR EXISTS (SELECT FROM claimed)
+       OR EXISTS (SELECT FROM new_rejects) OR EXISTS (SELECT FROM resolved)
+       OR EXISTS (SELECT FROM superseded) OR EXISTS (SELECT FROM renamed)
     ON CONFLICT (batch_id, digest) DO NOTHING
     RETURNING 1
 ),

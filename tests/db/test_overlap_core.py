@@ -168,6 +168,25 @@ def test_a_call_whose_rows_were_deleted_is_judged_and_restores_them(db: psycopg.
     assert save_batch(db, "L", results).replayed
 
 
+def test_a_call_that_wrote_nothing_is_judged_again_and_finds_what_changed_since(
+    db: psycopg.Connection[Any],
+) -> None:
+    register_batch(db, "N", 2)
+    fix = make_batch(1, prefix="nothing")
+    nothing = save_batch(db, "N", fix, position_offset=1, repair=True)  # no reject at 1 yet
+    assert nothing.refused == 1
+    assert db.execute("SELECT count(*) FROM loader_calls WHERE batch_id = 'N'").fetchone() == (0,)
+    save_batch(db, "N", [b"not json"], position_offset=1)  # a later call: a reject at 1
+
+    again = save_batch(db, "N", fix, position_offset=1, repair=True)  # the same repair, sent again
+
+    # Its position now holds an input (the reject) as its ledger row would have had
+    # it confirm: recorded, the call would have been taken for a replay and fixed nothing.
+    assert (again.replayed, again.stored, again.resolved) == (False, 1, 1)
+    progress = _progress_matches(again, db)
+    assert (progress.completed_images, progress.failed_images, progress.rejected_images) == (1, 0, 0)
+
+
 def test_a_forged_ledger_row_makes_no_replay(db: psycopg.Connection[Any]) -> None:
     results = make_batch(2, prefix="forged")
     register_batch(db, "F", 2)

@@ -141,11 +141,14 @@ class Model:
 
     def _received(self, position: int, given: Input, *, exactly: bool = False) -> bool:
         """Whether ``position`` received ``given`` (a plain call: any result for the image
-        it holds; a repair: exactly this input), now or before a repair replaced it."""
+        it holds, stored or rejected, as the identity table's "another encoding of a
+        rejected image at its position is unchanged"; a repair: exactly this input), now
+        or before a repair replaced it."""
         held = self.held.get(position)
-        if given in self.before.get(position, set()):
+        before = self.before.get(position, set())
+        if given in before or (not exactly and not given.junk and any(given.image == b.image for b in before)):
             return True
-        if isinstance(held, Stored) and not exactly:
+        if held is not None and not exactly and not held.input.junk:
             return not given.junk and given.image == held.input.image
         return held is not None and held.input == given
 
