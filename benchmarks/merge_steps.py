@@ -54,6 +54,7 @@ def explain_merge(dsn: str, images: int) -> dict[str, Any]:
                 "batch_id": batch_id,
                 "total_images": images,
                 "digest": b"\x00" * 32,
+                "mode": "plain",
                 "first_position": 0,
                 "last_position": images - 1,
                 "inputs": images,

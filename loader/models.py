@@ -194,7 +194,8 @@ class LoadReport(Counts, _OfBatch):
     progress: BatchProgress
     replayed: bool = Field(
         default=False,
-        description="the batch had committed this very call before (its ledger): nothing judged or written",
+        description="the batch had committed this very call before (its ledger): nothing judged or written; "
+        "never for a re-OCR call (replace=True), which is judged again",
     )
     issues: list[InputIssue] = Field(default_factory=list)
 

@@ -164,6 +164,7 @@ def _lock(
                 "batch_id": call.batch_id,
                 "total_images": total,
                 "digest": call.key,
+                "mode": call.mode,
                 "first_position": judged.first_position,
                 "last_position": judged.last_position,
                 "inputs": judged.received,

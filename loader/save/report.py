@@ -20,7 +20,9 @@ def _replaced(row: MergeRow, image: Image | None) -> str:
 # The reason for each outcome the report takes as the merge says it.
 _REASON_OF: dict[Outcome, Callable[[MergeRow, Image | None], str]] = {
     Outcome.REJECTED: lambda row, _image: row.reason or "rejected",
-    Outcome.UNCHANGED: lambda _row, _image: "this position of the batch already received this input",
+    Outcome.UNCHANGED: lambda row, _image: (
+        row.reason or "this position of the batch already received this input"
+    ),
     Outcome.REFUSED: lambda row, _image: row.reason or "refused",
     Outcome.REPLACED: _replaced,
 }

@@ -74,8 +74,11 @@ seen AS (
     -- delete committed meanwhile is invisible to it, and a replay judged from it
     -- would acknowledge a call whose rows are gone. A function rather than one
     -- more statement keeps a call at 8 statements and a replay at 3.
-    SELECT loader_locked_call(%(batch_id)s, %(digest)s, %(first_position)s, %(last_position)s,
-                              %(inputs)s) AS v
+    -- A re-OCR call is never taken for a replay here: its rows cannot confirm it
+    -- (it replaces images wherever they are stored), so the merge judges it again
+    -- (flags.sent_again).
+    SELECT loader_locked_call(%(batch_id)s, CASE WHEN %(mode)s <> 'replace' THEN %(digest)s::bytea END,
+                              %(first_position)s, %(last_position)s, %(inputs)s) AS v
     FROM locked, deployed
     WHERE deployed.version = %(schema_version)s
 ),
@@ -122,7 +125,9 @@ flags AS (
                    WHERE batch_id = %(batch_id)s AND resolved_at IS NULL) AS any_open_reject,
            coalesce(%(first_position)s::integer > 0, false)
            AND EXISTS (SELECT FROM load_rejects
-                       WHERE batch_id = %(batch_id)s AND legacy_position AND resolved_at IS NULL) AS any_legacy
+                       WHERE batch_id = %(batch_id)s AND legacy_position AND resolved_at IS NULL) AS any_legacy,
+           %(mode)s = 'replace' AND EXISTS (SELECT FROM loader_calls
+                                            WHERE batch_id = %(batch_id)s AND digest = %(digest)s) AS sent_again
 ),
 stage AS (
     SELECT s.*,
@@ -203,9 +208,12 @@ seen AS (
 judged AS (
     SELECT st.*,
            CASE
-               -- Re-OCR: a result for an image this batch stores replaces it.
+               -- Re-OCR: a result for an image this batch stores replaces it, once: the
+               -- same call sent again (the ledger holds it) leaves the image as it is,
+               -- whatever was written since (README, re-OCR).
                WHEN %(mode)s = 'replace' AND st.reject IS NULL AND st.mine_batch = %(batch_id)s THEN
-                   CASE WHEN st.pub_batch IS NULL THEN 'replace' ELSE 'refused' END
+                   CASE WHEN (SELECT sent_again FROM flags) THEN 'unchanged'
+                        WHEN st.pub_batch IS NULL THEN 'replace' ELSE 'refused' END
                -- ... and never takes another batch's image; a line that cannot be
                -- read replaces nothing (refused alone, never a conflict of the call).
                WHEN %(mode)s = 'replace' AND st.reject IS NULL AND st.mine_batch IS NOT NULL THEN 'refused'
@@ -513,6 +521,8 @@ outcome AS (
                WHEN j.verdict = 'refused' AND %(mode)s = 'repair'
                    THEN 'fixes nothing: this position holds no open reject, and the image is not a failure stored by this batch'
                WHEN j.verdict IN ('elsewhere', 'reject', 'supersede') THEN j.reason
+               WHEN j.verdict = 'unchanged' AND %(mode)s = 'replace' AND j.reject IS NULL
+                   THEN 'a re-OCR call replaces a result once: this very call was committed before'
            END AS reason,
            x.id IS NOT NULL AS resolved
     FROM judged j

@@ -75,8 +75,10 @@ def test_replace_reruns_ocr_keeping_ids_and_moving_counts(
     assert c[0] == ids["/r/c"] and c[1:4] == ("success", None, "v2") and len(c[5]) == 2
     assert_exact(db, "reocr")
 
-    replayed = save_batch(conn, "reocr", rerun, replace=True)
-    assert replayed.replayed and ocr_row(db, "/r/a") == a
+    # Sent again: judged again (never a ledger replay for a re-OCR), and nothing changes.
+    again = save_batch(conn, "reocr", rerun, replace=True)
+    assert (again.unchanged, again.replaced, again.replayed) == (3, 0, False)
+    assert ocr_row(db, "/r/a") == a
 
     plain = save_batch(conn, "reocr", [result("/r/a", boxes=1, model="v3")])  # no replace: first write kept
     assert plain.unchanged == 1 and ocr_row(db, "/r/a") == a

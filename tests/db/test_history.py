@@ -177,8 +177,10 @@ def test_plain_saves_and_replays_keep_nothing(
     again = rerun(data, "m2", seed=2)
     save_batch(conn, "plain", again, replace=True)
     before = snapshot(db), history_rows(db)
-    replay = save_batch(conn, "plain", again, replace=True)  # the same re-OCR call again
-    assert replay.replayed and (snapshot(db), history_rows(db)) == before
+    replay = save_batch(conn, "plain", again, replace=True)  # the same re-OCR call again: judged again
+    assert replay.unchanged == 10 and (snapshot(db), history_rows(db)) == before
+    once = "a re-OCR call replaces a result once: this very call was committed before"
+    assert {issue.reason for issue in replay.issues} == {once}
 
 
 def test_a_repaired_failure_keeps_the_failure(

@@ -20,7 +20,9 @@ identity for every input"; issue 20's rules):
   replace: replaces the stored result of its image in place (a free position of the call
   is then judged as in a plain call: a duplicate); a new image is stored as in a plain
   call; a line that cannot be parsed, or an image another batch owns, is refused (that
-  line only, not counted).
+  line only, not counted). A replace call takes effect once: the same call again leaves
+  every image the batch stores as it is, whatever was written since (the loader's
+  ledger; a deleted image is stored again, as in a plain call).
 """
 
 from __future__ import annotations
@@ -88,6 +90,10 @@ class Model:
     flipped: dict[int, str] = field(default_factory=dict)
     #: Images other batches own: a replace of one is refused (never taken from another batch).
     foreign: set[int] = field(default_factory=set)
+    #: The replace calls that took effect, as (offset, inputs): each takes effect once.
+    replaced_by: set[tuple[int, tuple[Input, ...]]] = field(default_factory=set)
+    #: Whether the replace call being applied took effect before.
+    sent_again: bool = False
 
     # ----------------------------------------------------------------- reading
 
@@ -135,8 +141,12 @@ class Model:
             raise Refused("refused")
         trial = copy.deepcopy(self)
         trial.declared = declared
+        key = (offset, tuple(inputs))
+        trial.sent_again = mode == "replace" and key in self.replaced_by
         for position, given in enumerate(inputs, offset):
             getattr(trial, f"_{mode}")(position, given)
+        if mode == "replace":
+            trial.replaced_by.add(key)
         self.__dict__.update(trial.__dict__)
 
     def _received(self, position: int, given: Input, *, exactly: bool = False) -> bool:
@@ -146,7 +156,9 @@ class Model:
         or before a repair replaced it."""
         held = self.held.get(position)
         before = self.before.get(position, set())
-        if given in before or (not exactly and not given.junk and any(given.image == b.image for b in before)):
+        if given in before or (
+            not exactly and not given.junk and any(given.image == b.image for b in before)
+        ):
             return True
         if held is not None and not exactly and not held.input.junk:
             return not given.junk and given.image == held.input.image
@@ -207,6 +219,8 @@ class Model:
         if at is None:
             self._plain(position, given)
             return
+        if self.sent_again:
+            return  # this very call replaced it before: once
         # The image's result, replaced where it is stored (README, identity table: a
         # re-OCR addresses the image wherever it is stored); P itself receives nothing.
         self.held[at] = Stored(given)

@@ -111,8 +111,8 @@ MUTANTS: tuple[Mutant, ...] = (
     # ------------------------------------------------------------------ judged: verdicts
     Mutant(
         "replace: takes a public_path another owns",
-        "CASE WHEN st.pub_batch IS NULL THEN 'replace' ELSE 'refused' END",
-        "'replace'",
+        "WHEN st.pub_batch IS NULL THEN 'replace' ELSE 'refused' END",
+        "ELSE 'replace' END",
         "a re-OCR takes another image's public_path",
     ),
     Mutant(
@@ -219,6 +219,18 @@ MUTANTS: tuple[Mutant, ...] = (
         "CASE WHEN st.chain_taken THEN gen_random_uuid()::text ELSE st.chain_id END AS new_chain",
         "st.chain_id AS new_chain",
         "an image whose deleted OCR row left its chain is refused by the database at another position",
+    ),
+    Mutant(
+        "judged: a re-OCR sent again always replaces",
+        "CASE WHEN (SELECT sent_again FROM flags) THEN 'unchanged'\n                        WHEN st.pub_batch",
+        "CASE WHEN st.pub_batch",
+        "a redelivered re-OCR adds a version, counts its images replaced again, undoes later writes",
+    ),
+    Mutant(
+        "flags: any call of the ledger counts as this one",
+        "WHERE batch_id = %(batch_id)s AND digest = %(digest)s) AS sent_again",
+        "WHERE batch_id = %(batch_id)s) AS sent_again",
+        "a first re-OCR of a batch that committed any call replaces nothing",
     ),
     Mutant(
         "taken: probed only where a chain is here",
