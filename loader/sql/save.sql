@@ -76,7 +76,7 @@ seen AS (
     -- more statement keeps a call at 8 statements and a replay at 3.
     -- A re-OCR call is never taken for a replay here: its rows cannot confirm it
     -- (it replaces images wherever they are stored), so the merge judges it again
-    -- (flags.sent_again).
+    -- (merge: sent.again).
     SELECT loader_locked_call(%(batch_id)s, CASE WHEN %(mode)s <> 'replace' THEN %(digest)s::bytea END,
                               %(first_position)s, %(last_position)s, %(inputs)s) AS v
     FROM locked, deployed
@@ -125,9 +125,7 @@ flags AS (
                    WHERE batch_id = %(batch_id)s AND resolved_at IS NULL) AS any_open_reject,
            coalesce(%(first_position)s::integer > 0, false)
            AND EXISTS (SELECT FROM load_rejects
-                       WHERE batch_id = %(batch_id)s AND legacy_position AND resolved_at IS NULL) AS any_legacy,
-           %(mode)s = 'replace' AND EXISTS (SELECT FROM loader_calls
-                                            WHERE batch_id = %(batch_id)s AND digest = %(digest)s) AS sent_again
+                       WHERE batch_id = %(batch_id)s AND legacy_position AND resolved_at IS NULL) AS any_legacy
 ),
 stage AS (
     SELECT s.*,
@@ -187,6 +185,11 @@ stage AS (
         LIMIT 1
     ) AS taken ON true
 ),
+sent AS (
+    -- A re-OCR call the ledger holds: sent again (README, re-OCR: it takes effect once).
+    SELECT %(mode)s = 'replace' AND EXISTS (SELECT FROM loader_calls
+                                            WHERE batch_id = %(batch_id)s AND digest = %(digest)s) AS again
+),
 seen AS (
     -- This position received this very input before: the image it stores, or
     -- a reject (open, or resolved by a repair) of the same bytes (seen_bytes)
@@ -212,7 +215,7 @@ judged AS (
                -- same call sent again (the ledger holds it) leaves the image as it is,
                -- whatever was written since (README, re-OCR).
                WHEN %(mode)s = 'replace' AND st.reject IS NULL AND st.mine_batch = %(batch_id)s THEN
-                   CASE WHEN (SELECT sent_again FROM flags) THEN 'unchanged'
+                   CASE WHEN (SELECT again FROM sent) THEN 'unchanged'
                         WHEN st.pub_batch IS NULL THEN 'replace' ELSE 'refused' END
                -- ... and never takes another batch's image; a line that cannot be
                -- read replaces nothing (refused alone, never a conflict of the call).

@@ -222,14 +222,14 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "judged: a re-OCR sent again always replaces",
-        "CASE WHEN (SELECT sent_again FROM flags) THEN 'unchanged'\n                        WHEN st.pub_batch",
+        "CASE WHEN (SELECT again FROM sent) THEN 'unchanged'\n                        WHEN st.pub_batch",
         "CASE WHEN st.pub_batch",
         "a redelivered re-OCR adds a version, counts its images replaced again, undoes later writes",
     ),
     Mutant(
-        "flags: any call of the ledger counts as this one",
-        "WHERE batch_id = %(batch_id)s AND digest = %(digest)s) AS sent_again",
-        "WHERE batch_id = %(batch_id)s) AS sent_again",
+        "sent: any call of the ledger counts as this one",
+        "WHERE batch_id = %(batch_id)s AND digest = %(digest)s) AS again",
+        "WHERE batch_id = %(batch_id)s) AS again",
         "a first re-OCR of a batch that committed any call replaces nothing",
     ),
     Mutant(
@@ -348,11 +348,15 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "ledger: the call is never recorded",
-        "    VALUES (%(batch_id)s, %(digest)s, %(first_position)s, %(inputs)s)\n"
-        "    ON CONFLICT (batch_id, digest) DO NOTHING",
-        "    SELECT %(batch_id)s, %(digest)s, %(first_position)s, %(inputs)s WHERE false\n"
-        "    ON CONFLICT (batch_id, digest) DO NOTHING",
+        "    SELECT %(batch_id)s, %(digest)s, %(first_position)s, %(inputs)s\n    WHERE EXISTS",
+        "    SELECT %(batch_id)s, %(digest)s, %(first_position)s, %(inputs)s\n    WHERE false AND EXISTS",
         "a redelivered call is judged again instead of being a 3-statement replay",
+    ),
+    Mutant(
+        "ledger: a call that wrote nothing is recorded",
+        "       OR EXISTS (SELECT FROM superseded) OR EXISTS (SELECT FROM renamed)\n    ON CONFLICT",
+        "       OR EXISTS (SELECT FROM superseded) OR EXISTS (SELECT FROM renamed) OR true\n    ON CONFLICT",
+        "a repair that fixed nothing is taken for a replay once a reject is at its position",
     ),
     # ------------------------------------------------------------------ outcome
     Mutant(

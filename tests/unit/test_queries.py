@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from psycopg import sql
 
 from loader import queries
+from loader.copy import STAGE_IMAGES, staging_names
 from loader.errors import LoaderError
 
 
@@ -30,3 +32,12 @@ def test_duplicate_name_fails_naming_both_places() -> None:
 def test_query_without_description_fails() -> None:
     with pytest.raises(LoaderError, match="no one-line description"):
         queries.parse("-- name: bare\nSELECT 1;\n", "x.sql")
+
+
+def test_the_merge_names_its_staging_table_within_what_pg_stat_activity_shows() -> None:
+    # pg_stat_activity shows a query's first track_activity_query_size bytes (1024 by
+    # default); operators and the fault tests find a running merge by this FROM.
+    merge = sql.SQL(queries.get("merge")).format(**staging_names()).as_string(None)
+    mark = f'FROM "{STAGE_IMAGES.table}"'
+    assert mark in merge
+    assert len(merge[: merge.index(mark) + len(mark)].encode()) <= 1024
