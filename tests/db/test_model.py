@@ -18,6 +18,7 @@ import os
 from typing import Any, ClassVar
 
 import psycopg
+import pytest
 from helpers.model import JUNK, Input, Model, Refused
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -177,6 +178,12 @@ class LoaderAndModel(RuleBasedStateMachine):
     )
     def replace(self, start: int, length: int, status: str, text: str) -> None:
         rerun = [i if i.junk else Input(i.image, status, text) for i in self.plan[start : start + length]]
+        images = [i.image for i in rerun if not i.junk]
+        if len(images) != len(set(images)):
+            # An image twice in one re-OCR call: the loader's one known disagreement with
+            # the model, open (docs/architecture.md); pinned, strict, by
+            # test_an_image_twice_in_one_reocr_call_ends_as_if_sent_in_two_calls.
+            return
         self.call("replace", start, rerun, POSITIONS)
 
     @rule(position=st.integers(0, POSITIONS - 1))
@@ -214,7 +221,7 @@ class LoaderAndModel(RuleBasedStateMachine):
             self.model.flip_status(position)
         elif what == "ocr row":
             self.db.execute("DELETE FROM ocr_executions WHERE image_path = %s", [path])
-            self.model.delete_image(position)
+            self.model.delete_image(position, chain_kept=True)
         else:
             self.db.execute(
                 "DELETE FROM chain_executions WHERE batch_id = %s AND position = %s",
@@ -346,3 +353,35 @@ def test_the_model_ends_in_one_state_for_every_cut_and_order(plan: list[Input], 
     for start, end in calls:
         cut.call("plain", start, plan[start:end], len(plan))
     assert (cut.images(), cut.rejects(), cut.counts()) == (whole.images(), whole.rejects(), whole.counts())
+
+
+@pytest.mark.xfail(strict=True, reason="open: an image twice in one re-OCR call (docs/architecture.md)")
+def test_an_image_twice_in_one_reocr_call_ends_as_if_sent_in_two_calls(db: psycopg.Connection[Any]) -> None:
+    """Two batches, each X stored at 0 of 3, then re-OCRed at 1 (text x) and 2 (text y):
+    in one call, and in two. The same rows should follow (the model: X at 0 holds y, 1 and
+    2 receive nothing); the loader makes 2 a duplicate reject of the one call instead."""
+
+    def result(batch: str, text: str) -> dict[str, Any]:
+        box = {"text": text, "confidence": 0.5, "bbox": [[0, 0], [1, 1]]}
+        return {"image_path": f"/twice/{batch}/x.png", "model_version": text, "text_boxes": [box]}
+
+    def rows(batch: str) -> tuple[Any, ...]:
+        images = db.execute(
+            "SELECT c.position, o.model_version FROM chain_executions c"
+            " JOIN ocr_executions o USING (chain_id)"
+            " WHERE c.batch_id = %s ORDER BY 1",
+            [batch],
+        ).fetchall()
+        rejects = db.execute(
+            "SELECT position FROM load_rejects WHERE batch_id = %s AND resolved_at IS NULL", [batch]
+        ).fetchall()
+        return images, rejects, _figures(get_progress(db, batch))[1:]
+
+    for batch in ("one", "two"):
+        save_batch(db, batch, [result(batch, "t")], total_images=3)
+    save_batch(db, "one", [result("one", "x"), result("one", "y")], position_offset=1, replace=True)
+    save_batch(db, "two", [result("two", "x")], position_offset=1, replace=True)
+    save_batch(db, "two", [result("two", "y")], position_offset=2, replace=True)
+
+    assert rows("two") == ([(0, "y")], [], (3, 1, 0, 0))
+    assert rows("one") == rows("two")

@@ -14,7 +14,8 @@ identity for every input"; issue 20's rules):
   at a higher position is demoted to such a reject when a lower one arrives.
 * Positions live inside the declared total (else the whole call is refused); a call on an
   unknown batch needs the total, or no offset (then it is the whole batch).
-* A position whose image the application deleted is free for a valid input.
+* A position whose image the application deleted is free for a valid input; where it
+  deleted the OCR row only, the chain it left is filled by a repair too (a slot).
 * repair: fixes the open reject at its position (resolved; a still-bad input takes its
   place) or the stored failure of its image; anything else is refused (not counted).
   replace: replaces the stored result of its image in place (a free position of the call
@@ -90,6 +91,8 @@ class Model:
     flipped: dict[int, str] = field(default_factory=dict)
     #: Images other batches own: a replace of one is refused (never taken from another batch).
     foreign: set[int] = field(default_factory=set)
+    #: Free positions that kept their chain (the application deleted the OCR row only).
+    slots: set[int] = field(default_factory=set)
     #: The replace calls that took effect, as (offset, inputs): each takes effect once.
     replaced_by: set[tuple[int, tuple[Input, ...]]] = field(default_factory=set)
     #: Whether the replace call being applied took effect before.
@@ -203,6 +206,10 @@ class Model:
             # wherever it is stored (README, identity table: a repair goes by the image).
             self.held[at] = Stored(given)
             self.flipped.pop(at, None)
+        elif held is None and position in self.slots and not given.junk and self.holder(given.image) is None:
+            # A chain without an OCR row: a repair fills it as a plain call would
+            # (README, identity table: "as plain").
+            self._place(position, given)
         # Anything else fixes nothing: refused, not counted.
 
     def _replace(self, position: int, given: Input) -> None:
@@ -237,11 +244,16 @@ class Model:
         if isinstance(self.held.get(position), Stored):
             self.flipped[position] = "marked failed by the application"
 
-    def delete_image(self, position: int) -> None:
-        """The application deletes the OCR row (or the whole chain) at ``position``: it is free."""
+    def delete_image(self, position: int, *, chain_kept: bool = False) -> None:
+        """The application deletes the OCR row (the chain kept: a slot) or the whole chain at
+        ``position``: it is free."""
         if isinstance(self.held.get(position), Stored):
             del self.held[position]
             self.flipped.pop(position, None)
+            if chain_kept:
+                self.slots.add(position)
+            else:
+                self.slots.discard(position)
 
     def delete_batch(self) -> None:
         self.__dict__.update(Model(foreign=self.foreign).__dict__)
