@@ -43,6 +43,7 @@ TESTS = (
     "tests/db/test_overlap_verdicts.py",
     "tests/db/test_derived_chain_ids.py",
     "tests/db/test_reocr_sent_again.py",
+    "tests/db/test_overlap_core.py",
 )
 # Share of applied mutants the tests must catch (issue 23: at least 90%).
 THRESHOLD = 0.9
