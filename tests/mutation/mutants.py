@@ -349,7 +349,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "ledger: the call is never recorded",
         "    SELECT %(batch_id)s, %(digest)s, %(first_position)s, %(inputs)s\n    WHERE EXISTS",
-        "    SELECT %(batch_id)s, %(digest)s, %(first_position)s, %(inputs)s\n    WHERE false AND EXISTS",
+        "    SELECT %(batch_id)s, sha256(%(digest)s), %(first_position)s, %(inputs)s\n    WHERE EXISTS",
         "a redelivered call is judged again instead of being a 3-statement replay",
     ),
     Mutant(
