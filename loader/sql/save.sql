@@ -492,6 +492,14 @@ superseded AS (
       AND (SELECT count(*) FROM renamed) >= 0
     RETURNING r.id
 ),
+wrote AS MATERIALIZED (
+    -- Whether this call wrote rows: a change to the batch even when its totals
+    -- stay (a re-OCR whose results stay successes), which moves the batch's
+    -- updated_at (retention reads it), is announced, and is recorded in the ledger.
+    SELECT EXISTS (SELECT FROM new_ocr) OR EXISTS (SELECT FROM replaced_ocr) OR EXISTS (SELECT FROM claimed)
+           OR EXISTS (SELECT FROM new_rejects) OR EXISTS (SELECT FROM resolved)
+           OR EXISTS (SELECT FROM superseded) OR EXISTS (SELECT FROM renamed) AS rows
+),
 ledger AS (
     -- Only a call that wrote rows is recorded. One that wrote none (every input
     -- refused, or received before) left nothing at its positions to confirm it:
@@ -499,9 +507,8 @@ ledger AS (
     -- that fixed nothing finds the reject a later call put at its position).
     INSERT INTO loader_calls (batch_id, digest, first_position, inputs)
     SELECT %(batch_id)s, %(digest)s, %(first_position)s, %(inputs)s
-    WHERE EXISTS (SELECT FROM new_ocr) OR EXISTS (SELECT FROM replaced_ocr) OR EXISTS (SELECT FROM claimed)
-       OR EXISTS (SELECT FROM new_rejects) OR EXISTS (SELECT FROM resolved)
-       OR EXISTS (SELECT FROM superseded) OR EXISTS (SELECT FROM renamed)
+    FROM wrote
+    WHERE wrote.rows
     ON CONFLICT (batch_id, digest) DO NOTHING
     RETURNING 1
 ),
@@ -550,12 +557,7 @@ delta AS MATERIALIZED (
            - (SELECT count(*) FROM resolved)
            - (SELECT count(*) FROM superseded) AS rejected,
            (SELECT count(*) FROM ledger) AS recorded,
-           -- Rows this call wrote: a change to the batch even when its totals
-           -- stay (a re-OCR whose results stay successes), which moves the
-           -- batch's updated_at (retention reads it) and is announced.
-           (SELECT count(*) FROM new_ocr) + (SELECT count(*) FROM replaced_ocr) + (SELECT count(*) FROM claimed)
-           + (SELECT count(*) FROM new_rejects) + (SELECT count(*) FROM resolved)
-           + (SELECT count(*) FROM superseded) + (SELECT count(*) FROM renamed) > 0 AS changed
+           (SELECT rows FROM wrote) AS changed
 ),
 base AS (
     -- A batch another writer touched (totals_stale) is recounted from its rows,

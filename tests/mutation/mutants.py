@@ -348,14 +348,14 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "ledger: the call is never recorded",
-        "    SELECT %(batch_id)s, %(digest)s, %(first_position)s, %(inputs)s\n    WHERE EXISTS",
-        "    SELECT %(batch_id)s, sha256(%(digest)s), %(first_position)s, %(inputs)s\n    WHERE EXISTS",
+        "    SELECT %(batch_id)s, %(digest)s, %(first_position)s, %(inputs)s\n    FROM wrote",
+        "    SELECT %(batch_id)s, sha256(%(digest)s), %(first_position)s, %(inputs)s\n    FROM wrote",
         "a redelivered call is judged again instead of being a 3-statement replay",
     ),
     Mutant(
         "ledger: a call that wrote nothing is recorded",
-        "       OR EXISTS (SELECT FROM superseded) OR EXISTS (SELECT FROM renamed)\n    ON CONFLICT",
-        "       OR EXISTS (SELECT FROM superseded) OR EXISTS (SELECT FROM renamed) OR true\n    ON CONFLICT",
+        "    FROM wrote\n    WHERE wrote.rows\n",
+        "    FROM wrote\n",
         "a repair that fixed nothing is taken for a replay once a reject is at its position",
     ),
     # ------------------------------------------------------------------ outcome
@@ -419,8 +419,8 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "delta: rows written no longer count as a change",
-        "+ (SELECT count(*) FROM superseded) + (SELECT count(*) FROM renamed) > 0 AS changed",
-        "+ (SELECT count(*) FROM superseded) + (SELECT count(*) FROM renamed) > 0 AND false AS changed",
+        "(SELECT rows FROM wrote) AS changed",
+        "false AS changed",
         "a re-OCR that keeps the totals does not move updated_at nor announce",
     ),
     Mutant(
